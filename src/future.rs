@@ -1,0 +1,94 @@
+//! [`ResponseFuture`], the future of [`CacheService`](crate::CacheService).
+//!
+//! A request that bypasses the cache runs the inner future in place (no
+//! allocation); a cacheable one runs a boxed state machine (lookup, inner call,
+//! store).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
+
+use http::{HeaderName, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+
+use crate::{
+    body::CacheBody,
+    service::{mark, BYPASS},
+    store::BoxFuture,
+};
+
+pin_project! {
+    /// The response future of [`CacheService`](crate::CacheService).
+    pub struct ResponseFuture<F, B, E>
+    where
+        B: Body,
+    {
+        #[pin]
+        state: State<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B, E>
+    where
+        B: Body,
+    {
+        Bypass {
+            #[pin]
+            future: F,
+            status_header: Option<HeaderName>,
+        },
+        Cache {
+            future: BoxFuture<'static, Result<Response<CacheBody<B>>, E>>,
+        },
+    }
+}
+
+impl<F, B: Body, E> ResponseFuture<F, B, E> {
+    pub(crate) fn bypass(future: F, status_header: Option<HeaderName>) -> Self {
+        Self {
+            state: State::Bypass {
+                future,
+                status_header,
+            },
+        }
+    }
+
+    pub(crate) fn cache(future: BoxFuture<'static, Result<Response<CacheBody<B>>, E>>) -> Self {
+        Self {
+            state: State::Cache { future },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<CacheBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Bypass {
+                future,
+                status_header,
+            } => {
+                let (mut parts, body) = ready!(future.poll(cx))?.into_parts();
+                mark(status_header.as_ref(), &mut parts.headers, BYPASS);
+                Poll::Ready(Ok(Response::from_parts(parts, CacheBody::inner(body))))
+            }
+            StateProj::Cache { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, B: Body, E> std::fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,255 @@
+//! [`CacheHandle`]: invalidation, direct writes and statistics, cloned into
+//! application state or taken from request extensions.
+
+use std::{collections::HashMap, sync::Arc};
+
+use bytes::Bytes;
+use http::{Method, Response, Uri};
+use serde::Serialize;
+
+use crate::{core::CacheCore, entry, error::Error, jitter, semantics, store::Write};
+
+/// A cheap, cloneable handle to one layer's cache.
+///
+/// Get it from [`RedisCacheLayer::handle`](crate::RedisCacheLayer::handle) (for
+/// axum state) or, inside a handler behind the layer, from the request
+/// extensions; with the `axum` feature it is also an extractor. Every clone
+/// talks to the same store, with the same keys and policies, as the layer.
+///
+/// ```no_run
+/// # async fn run(handle: tower_redis_cache::CacheHandle) -> Result<(), tower_redis_cache::Error> {
+/// use http::{Method, Uri};
+///
+/// // One entry.
+/// handle.invalidate(&Method::GET, &Uri::from_static("/products/42")).await?;
+/// // Every cached page under /products (all query strings).
+/// let removed = handle.invalidate_prefix("/products").await?;
+/// // A whole namespace, in O(1).
+/// handle.invalidate_namespace("products").await?;
+/// println!("{} hits so far, {removed} pages dropped", handle.stats().hits);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct CacheHandle {
+    core: Arc<CacheCore>,
+}
+
+/// The result of [`CacheHandle::invalidate_namespace`].
+///
+/// A namespace bump makes every existing entry of the namespace unreachable at
+/// once without touching them, so how many entries that was is not known; they
+/// are left to expire on their TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NamespaceBump {
+    /// The namespace's generation after the bump.
+    pub generation: u64,
+}
+
+/// Counters of one layer tree since it was built (every clone of the layer
+/// and of its handle counts into the same numbers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Responses served from the cache.
+    pub hits: u64,
+    /// Cacheable requests that were not in the cache and went to the service.
+    pub misses: u64,
+    /// Requests that passed through without the cache: not cacheable (method,
+    /// route, headers) or the store failed.
+    pub bypasses: u64,
+    /// Store calls that failed or ran out of time (each sent its request to the
+    /// service instead).
+    pub store_errors: u64,
+    /// Entries written.
+    pub stores: u64,
+    /// Bytes written, entries' metadata included.
+    pub bytes_stored: u64,
+    /// Stored values that did not decode (they were deleted and counted as misses).
+    pub corrupt_entries: u64,
+}
+
+impl CacheHandle {
+    pub(crate) fn new(core: Arc<CacheCore>) -> Self {
+        Self { core }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> CacheStats {
+        self.core.stats()
+    }
+
+    /// The key under which a GET of `uri` is stored, as the layer derives it
+    /// (useful with `redis-cli`). `None` when the route is not cached.
+    pub fn key_for(&self, method: &Method, uri: &Uri) -> Option<String> {
+        let rule = self.core.policies.lookup(None, uri.path()).as_ref()?;
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        Some(
+            self.core
+                .keys
+                .entry_key(&rule.namespace, method, uri.path(), uri.query()),
+        )
+    }
+
+    /// Removes the one entry for `method` and `uri` (query order does not
+    /// matter; `HEAD` means the `GET` entry it is served from). Returns how many
+    /// entries were removed (0 or 1).
+    pub async fn invalidate(&self, method: &Method, uri: &Uri) -> Result<u64, Error> {
+        let Some(key) = self.key_for(method, uri) else {
+            return Ok(0);
+        };
+        Ok(self.core.store.delete(&[key]).await?)
+    }
+
+    /// Removes every entry whose path starts with `path_prefix` (any query,
+    /// any namespace of this layer's key space). Returns how many were removed.
+    ///
+    /// On Redis this is a SCAN with the prefix glob-escaped, then UNLINK of the
+    /// matching keys, so its cost grows with the number of keys in Redis.
+    pub async fn invalidate_prefix(&self, path_prefix: &str) -> Result<u64, Error> {
+        if !path_prefix.starts_with('/') {
+            return Err(Error::Invalid(format!(
+                "path prefix {path_prefix:?} must start with '/'"
+            )));
+        }
+        let keys = &self.core.keys;
+        let pattern = keys.prefix_pattern(path_prefix);
+        let filter = |key: &str| keys.is_under_path_prefix(key, path_prefix);
+        Ok(self.core.store.delete_matching(&pattern, &filter).await?)
+    }
+
+    /// Drops every entry of `namespace` in O(1): the namespace's generation is
+    /// bumped, so entries written before are never served again (and expire on
+    /// their TTL). Every instance sharing the store sees it at its next lookup.
+    pub async fn invalidate_namespace(&self, namespace: &str) -> Result<NamespaceBump, Error> {
+        crate::key::check_component("namespace", namespace).map_err(|e| match e {
+            Error::Config(m) => Error::Invalid(m),
+            other => other,
+        })?;
+        let key = self.core.keys.generation_key(namespace);
+        let generation = self.core.store.bump_generation(&key).await?;
+        Ok(NamespaceBump { generation })
+    }
+
+    /// Stores `response` as the cached answer to `GET uri`, exactly as the
+    /// layer would after a miss (same key, namespace, TTL and jitter, same
+    /// rules for what may be stored). Returns whether it was stored.
+    pub async fn put(&self, uri: &Uri, response: Response<Bytes>) -> Result<bool, Error> {
+        Ok(self.put_many([(uri.clone(), response)]).await? == 1)
+    }
+
+    /// Stores many responses in one store round trip (one Redis pipeline), as
+    /// [`put`](Self::put) does for one. Returns how many were stored; a
+    /// response its route would not cache (bypassed route, status not listed,
+    /// `Set-Cookie`, `no-store`...) is skipped.
+    pub async fn put_many<I>(&self, responses: I) -> Result<usize, Error>
+    where
+        I: IntoIterator<Item = (Uri, Response<Bytes>)>,
+    {
+        let mut generations: HashMap<String, u64> = HashMap::new();
+        let mut writes = Vec::new();
+        for (uri, response) in responses {
+            let Some(rule) = self.core.policies.lookup(None, uri.path()).as_ref() else {
+                continue;
+            };
+            if !rule.stores_status(response.status())
+                || semantics::refuse_to_store(response.headers()).is_some()
+            {
+                continue;
+            }
+            let generation = match generations.get(&rule.namespace) {
+                Some(g) => *g,
+                None => {
+                    let key = self.core.keys.generation_key(&rule.namespace);
+                    let g = self.core.store.generation(&key).await?;
+                    generations.insert(rule.namespace.clone(), g);
+                    g
+                }
+            };
+            let ttl = jitter::jittered(rule.ttl, rule.jitter);
+            let value = entry::encode(
+                response.status(),
+                response.headers(),
+                response.body(),
+                ttl,
+                generation,
+                self.core.status_header.as_ref(),
+            )
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "response for {uri} has a header value that is not text"
+                ))
+            })?;
+            let key =
+                self.core
+                    .keys
+                    .entry_key(&rule.namespace, &Method::GET, uri.path(), uri.query());
+            writes.push(Write { key, value, ttl });
+        }
+        if !writes.is_empty() {
+            self.core.write(&writes).await?;
+        }
+        Ok(writes.len())
+    }
+}
+
+impl std::fmt::Debug for CacheHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheHandle")
+            .field("store", &self.core.store)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+#[cfg(feature = "axum")]
+mod extract {
+    use axum::{
+        extract::FromRequestParts,
+        response::{IntoResponse, Response},
+    };
+    use http::{request::Parts, StatusCode};
+
+    use super::CacheHandle;
+
+    /// The rejection of the [`CacheHandle`] extractor: the handler is not
+    /// behind a [`RedisCacheLayer`](crate::RedisCacheLayer).
+    #[derive(Debug, Clone, Copy)]
+    pub struct MissingCacheHandle;
+
+    impl std::fmt::Display for MissingCacheHandle {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(
+                "CacheHandle is missing: add RedisCacheLayer to this route (Router::layer \
+                 or route_layer), or keep RedisCacheLayer::handle() in your state",
+            )
+        }
+    }
+
+    impl std::error::Error for MissingCacheHandle {}
+
+    impl IntoResponse for MissingCacheHandle {
+        fn into_response(self) -> Response {
+            (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+        }
+    }
+
+    impl<S: Send + Sync> FromRequestParts<S> for CacheHandle {
+        type Rejection = MissingCacheHandle;
+
+        async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+            parts
+                .extensions
+                .get::<CacheHandle>()
+                .cloned()
+                .ok_or(MissingCacheHandle)
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+pub use extract::MissingCacheHandle;

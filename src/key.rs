@@ -1,0 +1,291 @@
+//! Key derivation: `{prefix}:{version}:{namespace}:{METHOD}:{path}?{query}`.
+//!
+//! Keys are readable for ordinary URLs so operators can find them with
+//! `redis-cli --scan`. Query parameters are sorted by name (values of a repeated
+//! name keep their order), so `?a=1&b=2` and `?b=2&a=1` share an entry. Past
+//! [`READABLE_LIMIT`] bytes the query (or, for a very long path, the tail of the
+//! path) is replaced by a SHA-256 digest after a `#` marker; `#` can never occur
+//! in a request's path or query, so a hashed key cannot collide with a readable
+//! one. Everything taken from a request is glob-escaped before it enters a SCAN
+//! pattern, so no request can widen an invalidation.
+
+use std::borrow::Cow;
+
+use http::Method;
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+
+/// Path plus query longer than this many bytes is hashed.
+pub(crate) const READABLE_LIMIT: usize = 512;
+
+/// The marker that starts a digest inside a key.
+const HASH_MARKER: char = '#';
+
+/// The fixed part of every key this layer writes: `{prefix}:{version}:`.
+#[derive(Clone, Debug)]
+pub(crate) struct KeySpace {
+    base: String,
+}
+
+impl KeySpace {
+    pub(crate) fn new(prefix: &str, version: &str) -> Result<Self, Error> {
+        check_component("prefix", prefix)?;
+        check_component("version", version)?;
+        Ok(Self {
+            base: format!("{prefix}:{version}:"),
+        })
+    }
+
+    /// The key of one stored response.
+    pub(crate) fn entry_key(
+        &self,
+        namespace: &str,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> String {
+        let query = query.map(normalize_query).filter(|q| !q.is_empty());
+        let method = method.as_str();
+        let mut key = String::with_capacity(
+            self.base.len()
+                + namespace.len()
+                + method.len()
+                + path.len().min(READABLE_LIMIT)
+                + query.as_ref().map_or(0, |q| q.len().min(READABLE_LIMIT))
+                + 72,
+        );
+        key.push_str(&self.base);
+        key.push_str(namespace);
+        key.push(':');
+        key.push_str(method);
+        key.push(':');
+        let readable_len = path.len() + query.as_ref().map_or(0, |q| q.len() + 1);
+        if readable_len <= READABLE_LIMIT {
+            key.push_str(path);
+            if let Some(q) = &query {
+                key.push('?');
+                key.push_str(q);
+            }
+        } else if path.len() <= READABLE_LIMIT {
+            key.push_str(path);
+            key.push('?');
+            key.push(HASH_MARKER);
+            push_digest(&mut key, &[query.as_deref().unwrap_or("").as_bytes()]);
+        } else {
+            key.push_str(&path[..floor_boundary(path, READABLE_LIMIT)]);
+            key.push(HASH_MARKER);
+            let q = query.as_deref().unwrap_or("");
+            push_digest(&mut key, &[path.as_bytes(), b"?", q.as_bytes()]);
+        }
+        key
+    }
+
+    /// The key holding a namespace's generation counter.
+    ///
+    /// It has a single `:` after the namespace, while every entry key has
+    /// `:{METHOD}:/...` there, so the two never collide.
+    pub(crate) fn generation_key(&self, namespace: &str) -> String {
+        format!("{}{namespace}:generation", self.base)
+    }
+
+    /// A SCAN pattern that every entry under `path_prefix` (in any namespace and
+    /// method) matches. Use [`KeySpace::is_under_path_prefix`] for the exact test.
+    pub(crate) fn prefix_pattern(&self, path_prefix: &str) -> String {
+        let head = &path_prefix[..floor_boundary(path_prefix, READABLE_LIMIT)];
+        format!("{}*:*:{}*", glob_escape(&self.base), glob_escape(head))
+    }
+
+    /// Whether `key` is an entry of this key space whose path starts with
+    /// `path_prefix`. An entry whose path was too long to keep readable counts
+    /// when its readable head could start with the prefix (removing too much is
+    /// safe; leaving a stale entry is not).
+    pub(crate) fn is_under_path_prefix(&self, key: &str, path_prefix: &str) -> bool {
+        let Some(rest) = key.strip_prefix(&self.base) else {
+            return false;
+        };
+        let Some((_namespace, rest)) = rest.split_once(':') else {
+            return false;
+        };
+        let Some((_method, target)) = rest.split_once(':') else {
+            return false;
+        };
+        if target.starts_with(path_prefix) {
+            return true;
+        }
+        match target.find(HASH_MARKER) {
+            // `{path head}#digest`: the path was cut, so the prefix may go on past it.
+            Some(i) if !target[..i].contains('?') => path_prefix.starts_with(&target[..i]),
+            _ => false,
+        }
+    }
+}
+
+/// Sorts query parameters by name; values of one name keep their order.
+/// Empty segments (`a=1&&b=2`) are dropped.
+pub(crate) fn normalize_query(query: &str) -> Cow<'_, str> {
+    fn name(p: &str) -> &str {
+        p.split_once('=').map_or(p, |(n, _)| n)
+    }
+    let mut parts: Vec<&str> = query.split('&').collect();
+    if parts.iter().all(|p| !p.is_empty()) && parts.windows(2).all(|w| name(w[0]) <= name(w[1])) {
+        return Cow::Borrowed(query);
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.sort_by(|a, b| name(a).cmp(name(b)));
+    Cow::Owned(parts.join("&"))
+}
+
+/// Escapes Redis glob metacharacters so `s` matches only itself in a pattern.
+pub(crate) fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Checks a configured key part: non-empty, printable ASCII without
+/// whitespace, `:` or glob characters.
+pub(crate) fn check_component(what: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(Error::config(format!(
+            "{what} is empty: give a short name such as \"api\""
+        )));
+    }
+    if value.len() > 64 {
+        return Err(Error::config(format!(
+            "{what} {value:?} is longer than 64 bytes: use a short name"
+        )));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, ':' | '*' | '?' | '[' | ']' | '\\' | '#'))
+    {
+        return Err(Error::config(format!(
+            "{what} {value:?} contains {bad:?}: use letters, digits, '-', '_' or '.' \
+             (':' separates key parts; whitespace and glob characters are not allowed)"
+        )));
+    }
+    Ok(())
+}
+
+fn push_digest(key: &mut String, parts: &[&[u8]]) {
+    let mut hasher = Sha256::new();
+    for p in parts {
+        hasher.update(p);
+    }
+    for b in &hasher.finalize()[..16] {
+        key.push(char::from(HEX[usize::from(b >> 4)]));
+        key.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn floor_boundary(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Uri;
+
+    fn space() -> KeySpace {
+        KeySpace::new("api", "v1").unwrap()
+    }
+
+    fn key(uri: &str) -> String {
+        let uri: Uri = uri.parse().unwrap();
+        space().entry_key("products", &Method::GET, uri.path(), uri.query())
+    }
+
+    #[test]
+    fn readable_layout() {
+        assert_eq!(key("/products/1"), "api:v1:products:GET:/products/1");
+        assert_eq!(
+            key("/products?page=2&category=tv"),
+            "api:v1:products:GET:/products?category=tv&page=2"
+        );
+    }
+
+    #[test]
+    fn query_order_does_not_matter_but_repeated_values_keep_order() {
+        assert_eq!(key("/p?a=1&b=2"), key("/p?b=2&a=1"));
+        assert_ne!(key("/p?a=1&a=2"), key("/p?a=2&a=1"));
+        assert_eq!(key("/p?"), key("/p"));
+        assert_eq!(key("/p?a=1&&b=2"), key("/p?b=2&a=1"));
+        assert_ne!(key("/p?a"), key("/p?a="));
+    }
+
+    #[test]
+    fn long_queries_and_paths_are_hashed_and_distinct() {
+        let long_q = format!("/p?x={}", "a".repeat(600));
+        let long_q2 = format!("/p?x={}b", "a".repeat(600));
+        let k = key(&long_q);
+        assert!(k.starts_with("api:v1:products:GET:/p?#"), "{k}");
+        assert!(k.len() < 100);
+        assert_ne!(k, key(&long_q2));
+
+        let long_p = format!("/{}", "s/".repeat(400));
+        let k = key(&long_p);
+        assert!(k.len() < READABLE_LIMIT + 80);
+        assert_ne!(k, key(&format!("{long_p}x")));
+        assert!(space().is_under_path_prefix(&k, "/s/s/"));
+        assert!(space().is_under_path_prefix(&k, &long_p));
+    }
+
+    #[test]
+    fn requests_cannot_produce_the_hash_marker() {
+        for raw in ["/a#b", "/a?b=#c", "/a%23"] {
+            if let Ok(uri) = raw.parse::<Uri>() {
+                assert!(!uri.path().contains('#'), "{raw}");
+                assert!(!uri.query().unwrap_or("").contains('#'), "{raw}");
+            }
+        }
+    }
+
+    #[test]
+    fn prefix_matching_is_exact_about_structure() {
+        let s = space();
+        let k = key("/products/1");
+        assert!(s.is_under_path_prefix(&k, "/products"));
+        assert!(s.is_under_path_prefix(&k, "/products/"));
+        assert!(!s.is_under_path_prefix(&k, "/orders"));
+        // A path containing ":/products" is not under "/products".
+        assert!(!s.is_under_path_prefix(&key("/a:/products"), "/products"));
+        // Another version's keys are never matched.
+        let v2 = KeySpace::new("api", "v2").unwrap();
+        assert!(!v2.is_under_path_prefix(&k, "/products"));
+        // Generation keys are not entries.
+        assert!(!s.is_under_path_prefix(&s.generation_key("products"), "/"));
+    }
+
+    #[test]
+    fn glob_characters_are_escaped_in_patterns() {
+        let p = space().prefix_pattern("/a*[b]?\\");
+        assert_eq!(p, "api:v1:*:*:/a\\*\\[b\\]\\?\\\\*");
+    }
+
+    #[test]
+    fn components_are_validated_with_a_message() {
+        assert!(KeySpace::new("", "v1")
+            .unwrap_err()
+            .to_string()
+            .contains("prefix is empty"));
+        let e = KeySpace::new("api", "v 1").unwrap_err().to_string();
+        assert!(e.contains("version"), "{e}");
+        assert!(KeySpace::new("a:b", "v1").is_err());
+        assert!(KeySpace::new("a*", "v1").is_err());
+    }
+}

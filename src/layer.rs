@@ -1,0 +1,365 @@
+//! [`RedisCacheLayer`] and its builder: the configuration, validated once in
+//! [`RedisCacheLayerBuilder::build`].
+
+use std::{sync::Arc, time::Duration};
+
+use http::{HeaderName, StatusCode};
+use tower_layer::Layer;
+
+use crate::{
+    core::CacheCore,
+    error::Error,
+    key::KeySpace,
+    policy::{CachePolicy, Policies, Resolved},
+    service::CacheService,
+    store::{MemoryStore, RedisStore, Store},
+    CacheHandle,
+};
+
+/// A tower layer that caches responses in Redis (or in memory).
+///
+/// Cheap to clone: every clone, and every service it makes, shares one store,
+/// one [`CacheHandle`] and one set of statistics.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{routing::get, Router};
+/// use tower_redis_cache::{CachePolicy, RedisCacheLayer};
+///
+/// # fn run() -> Result<(), tower_redis_cache::Error> {
+/// let cache = RedisCacheLayer::builder()      // in-memory store unless a Redis one is given
+///     .prefix("api")
+///     .version("v1")
+///     .ttl(Duration::from_secs(60))
+///     .route("/products/{id}", CachePolicy::new().ttl(Duration::from_secs(900)))
+///     .build()?;
+/// let app: Router = Router::new()
+///     .route("/products/{id}", get(|| async { "a product" }))
+///     .layer(cache);
+/// # let _ = app; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisCacheLayer {
+    core: Arc<CacheCore>,
+}
+
+impl RedisCacheLayer {
+    /// Starts a configuration with the defaults listed on
+    /// [`RedisCacheLayerBuilder`].
+    pub fn builder() -> RedisCacheLayerBuilder {
+        RedisCacheLayerBuilder::default()
+    }
+
+    /// The handle to this layer's cache: invalidation, direct writes, stats.
+    pub fn handle(&self) -> CacheHandle {
+        CacheHandle::new(self.core.clone())
+    }
+}
+
+impl<S> Layer<S> for RedisCacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService::new(inner, self.core.clone())
+    }
+}
+
+impl std::fmt::Debug for RedisCacheLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCacheLayer")
+            .field("store", &self.core.store)
+            .finish_non_exhaustive()
+    }
+}
+
+enum StoreChoice {
+    Memory,
+    Store(Arc<dyn Store>),
+    Url(String),
+}
+
+/// The configuration of a [`RedisCacheLayer`]. Nothing is checked until
+/// [`build`](Self::build), which names what to fix.
+///
+/// | setting | default |
+/// |---|---|
+/// | store | in-memory ([`MemoryStore`], 64 MiB) |
+/// | `prefix` / `version` / `namespace` | `cache` / `v1` / `default` |
+/// | `ttl` / `jitter` | 60 s / 0.1 (±10%) |
+/// | `statuses` | `200 OK` |
+/// | `allow_authorization` | `false` |
+/// | routes and prefixes | none; unmatched routes use the settings above |
+/// | `bypass_unmatched` | `false` |
+/// | `status_header` | `x-cache` |
+/// | `store_timeout` (the time budget of every store call) | 50 ms |
+/// | `max_body_bytes` | 1 MiB |
+pub struct RedisCacheLayerBuilder {
+    store: StoreChoice,
+    prefix: String,
+    version: String,
+    namespace: String,
+    ttl: Duration,
+    jitter: f64,
+    statuses: Vec<StatusCode>,
+    allow_authorization: bool,
+    routes: Vec<(String, CachePolicy)>,
+    prefixes: Vec<(String, CachePolicy)>,
+    bypass_unmatched: bool,
+    status_header: Option<String>,
+    store_timeout: Duration,
+    max_body_bytes: usize,
+}
+
+impl Default for RedisCacheLayerBuilder {
+    fn default() -> Self {
+        Self {
+            store: StoreChoice::Memory,
+            prefix: "cache".into(),
+            version: "v1".into(),
+            namespace: "default".into(),
+            ttl: Duration::from_secs(60),
+            jitter: 0.1,
+            statuses: vec![StatusCode::OK],
+            allow_authorization: false,
+            routes: Vec::new(),
+            prefixes: Vec::new(),
+            bypass_unmatched: false,
+            status_header: Some("x-cache".into()),
+            store_timeout: Duration::from_millis(50),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl RedisCacheLayerBuilder {
+    /// Uses Redis at `url` (`redis://`, `rediss://` with the `tls` feature,
+    /// `redis-cluster://`), with [`RedisStore::builder`]'s defaults; it connects
+    /// in the background when the layer is built.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), tower_redis_cache::Error> {
+    /// let cache = tower_redis_cache::RedisCacheLayer::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .build()?;
+    /// # let _ = cache; Ok(()) }
+    /// ```
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.store = StoreChoice::Url(url.into());
+        self
+    }
+
+    /// Uses a store you built: a [`RedisStore`] with your own settings, a
+    /// [`MemoryStore`], or your own [`Store`].
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = StoreChoice::Store(Arc::new(store));
+        self
+    }
+
+    /// The first part of every key (default `cache`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The second part of every key (default `v1`). Change it when the stored
+    /// format of your responses changes: a `v2` layer never reads `v1` entries.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// The namespace of routes whose policy names none (default `default`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long entries live (default 60 s); must not be zero.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The jitter fraction (default 0.1: each TTL is scaled by a uniform factor
+    /// in 0.9..=1.1); `0.0` turns it off, and it must be below 1.0.
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction;
+        self
+    }
+
+    /// The statuses that are stored (default `200 OK` only).
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// Whether requests with `Authorization` use the cache (default `false`).
+    pub fn allow_authorization(mut self, allow: bool) -> Self {
+        self.allow_authorization = allow;
+        self
+    }
+
+    /// A policy for one route pattern, in axum 0.8 syntax (`/products/{id}`,
+    /// `/files/{*path}`). Matched through axum's `MatchedPath` when present and
+    /// against the request path otherwise; the most specific pattern wins.
+    pub fn route(mut self, pattern: impl Into<String>, policy: CachePolicy) -> Self {
+        self.routes.push((pattern.into(), policy));
+        self
+    }
+
+    /// A policy for every path starting with `prefix` that no route pattern
+    /// matched; the longest prefix wins.
+    pub fn path_prefix(mut self, prefix: impl Into<String>, policy: CachePolicy) -> Self {
+        self.prefixes.push((prefix.into(), policy));
+        self
+    }
+
+    /// When `true`, requests that match no route or prefix pass through
+    /// uncached (default `false`: they use the layer's own settings).
+    pub fn bypass_unmatched(mut self, bypass: bool) -> Self {
+        self.bypass_unmatched = bypass;
+        self
+    }
+
+    /// The name of the header that says `HIT`, `MISS` or `BYPASS` (default
+    /// `x-cache`).
+    pub fn status_header(mut self, name: impl Into<String>) -> Self {
+        self.status_header = Some(name.into());
+        self
+    }
+
+    /// Sends no cache-status header.
+    pub fn without_status_header(mut self) -> Self {
+        self.status_header = None;
+        self
+    }
+
+    /// The time budget of every store call on the request path (default
+    /// 50 ms). Past it the request goes to the inner service.
+    pub fn store_timeout(mut self, budget: Duration) -> Self {
+        self.store_timeout = budget;
+        self
+    }
+
+    /// The largest body that is stored (default 1 MiB). Larger responses
+    /// stream to the client untouched and are not stored.
+    pub fn max_body_bytes(mut self, max: usize) -> Self {
+        self.max_body_bytes = max;
+        self
+    }
+
+    /// Validates everything and builds the layer. With
+    /// [`redis_url`](Self::redis_url) it must run inside a Tokio runtime.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let err = tower_redis_cache::RedisCacheLayer::builder()
+    ///     .ttl(Duration::ZERO)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("TTL is zero"));
+    /// ```
+    pub fn build(self) -> Result<RedisCacheLayer, Error> {
+        let keys = KeySpace::new(&self.prefix, &self.version)?;
+        let base = Resolved {
+            ttl: self.ttl,
+            jitter: self.jitter,
+            generation_key: keys.generation_key(&self.namespace),
+            namespace: self.namespace,
+            statuses: self.statuses,
+            allow_authorization: self.allow_authorization,
+        };
+        base.validate("layer")?;
+        if self.store_timeout.is_zero() {
+            return Err(Error::config(
+                "store_timeout is zero: give the store a budget such as 50 ms",
+            ));
+        }
+        let status_header = self
+            .status_header
+            .map(|name| {
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    Error::config(format!(
+                        "status header {name:?} is not a valid header name: use e.g. \"x-cache\""
+                    ))
+                })
+            })
+            .transpose()?;
+        let resolve = |rules: Vec<(String, CachePolicy)>, kind: &str| {
+            rules
+                .into_iter()
+                .map(|(at, policy)| {
+                    let rule = policy.resolve(&base, &format!("{kind} {at:?}"), &keys)?;
+                    Ok((at, rule))
+                })
+                .collect::<Result<Vec<_>, Error>>()
+        };
+        let routes = resolve(self.routes, "route")?;
+        let prefixes = resolve(self.prefixes, "path prefix")?;
+        let default = (!self.bypass_unmatched).then(|| Arc::new(base.clone()));
+        let policies = Policies::new(default, routes, prefixes)?;
+        let store: Arc<dyn Store> = match self.store {
+            StoreChoice::Memory => Arc::new(MemoryStore::default()),
+            StoreChoice::Store(store) => store,
+            StoreChoice::Url(url) => Arc::new(RedisStore::builder(url).build()?),
+        };
+        let core = CacheCore::new(
+            store,
+            keys,
+            policies,
+            status_header,
+            self.store_timeout,
+            self.max_body_bytes,
+        );
+        Ok(RedisCacheLayer {
+            core: Arc::new(core),
+        })
+    }
+}
+
+impl std::fmt::Debug for RedisCacheLayerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCacheLayerBuilder")
+            .field("prefix", &self.prefix)
+            .field("version", &self.version)
+            .field("namespace", &self.namespace)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(b: RedisCacheLayerBuilder) -> String {
+        b.build().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_configurations_say_what_to_fix() {
+        let b = RedisCacheLayer::builder;
+        assert!(err(b().prefix("")).contains("prefix is empty"));
+        assert!(err(b().version("v:1")).contains("version"));
+        assert!(err(b().ttl(Duration::ZERO)).contains("TTL is zero"));
+        assert!(err(b().jitter(1.5)).contains("jitter 1.5 is outside"));
+        assert!(err(b().statuses([])).contains("no cacheable statuses"));
+        assert!(err(b().status_header("bad header")).contains("not a valid header name"));
+        assert!(err(b().store_timeout(Duration::ZERO)).contains("store_timeout"));
+        let e = err(b().route("/p/{id}", CachePolicy::new().ttl(Duration::ZERO)));
+        assert!(e.contains("route \"/p/{id}\": TTL is zero"), "{e}");
+        assert!(err(b().route("p", CachePolicy::new())).contains("must start with '/'"));
+        assert!(err(b().redis_url("redis://127.0.0.1:1")).contains("Tokio runtime"));
+    }
+
+    #[tokio::test]
+    async fn bad_urls_fail_at_build() {
+        let e = err(RedisCacheLayer::builder().redis_url("127.0.0.1:6379"));
+        assert!(e.contains("no scheme"), "{e}");
+    }
+
+    #[test]
+    fn the_defaults_build() {
+        assert!(RedisCacheLayer::builder().build().is_ok());
+    }
+}

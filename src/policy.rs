@@ -1,0 +1,436 @@
+//! Per-route policies: TTL, jitter, namespace, cacheable statuses and whether
+//! requests with `Authorization` may be cached.
+//!
+//! A layer has a default policy (its own settings) and any number of rules,
+//! each keyed by an axum route pattern (`/products/{id}`, matched through
+//! axum's `MatchedPath` when present and against the request path otherwise,
+//! so plain hyper services and the [`CacheHandle`](crate::CacheHandle) resolve
+//! the same rule) or by a path prefix. Fields a rule does not set are taken
+//! from the layer's settings when the layer is built.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use http::StatusCode;
+
+use crate::{
+    error::Error,
+    key::{check_component, KeySpace},
+};
+
+/// How the responses of one route are cached.
+///
+/// Every setter is optional; what a policy leaves unset comes from the
+/// [`RedisCacheLayerBuilder`](crate::RedisCacheLayerBuilder) it is given to.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::StatusCode;
+/// use tower_redis_cache::CachePolicy;
+///
+/// let items = CachePolicy::new()
+///     .ttl(Duration::from_secs(900))
+///     .jitter(0.1)
+///     .namespace("products")
+///     .statuses([StatusCode::OK, StatusCode::NOT_FOUND]);
+/// let never = CachePolicy::bypass();
+/// # let _ = (items, never);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CachePolicy {
+    ttl: Option<Duration>,
+    jitter: Option<f64>,
+    namespace: Option<String>,
+    statuses: Option<Vec<StatusCode>>,
+    allow_authorization: Option<bool>,
+    bypass: bool,
+}
+
+impl CachePolicy {
+    /// A policy that takes every setting from the layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A policy that never caches: requests pass through (`x-cache: BYPASS`).
+    pub fn bypass() -> Self {
+        Self {
+            bypass: true,
+            ..Self::default()
+        }
+    }
+
+    /// How long entries live in the store (before jitter). Must not be zero.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The jitter fraction: each TTL is scaled by a uniform factor in
+    /// `1 - fraction ..= 1 + fraction`. `0.0` turns jitter off; must be below `1.0`.
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = Some(fraction);
+        self
+    }
+
+    /// The namespace of this route's keys; one
+    /// [`CacheHandle::invalidate_namespace`](crate::CacheHandle::invalidate_namespace)
+    /// call drops every entry in it.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// The response statuses that are stored (default: `200 OK` only).
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.statuses = Some(statuses.into_iter().collect());
+        self
+    }
+
+    /// Whether requests carrying `Authorization` may be served from and stored
+    /// in the cache (default: `false`, they pass through). Turn it on only for
+    /// routes whose responses are the same for every user.
+    pub fn allow_authorization(mut self, allow: bool) -> Self {
+        self.allow_authorization = Some(allow);
+        self
+    }
+
+    /// Fills what this policy leaves unset from `base` and validates the result.
+    pub(crate) fn resolve(
+        &self,
+        base: &Resolved,
+        what: &str,
+        keys: &KeySpace,
+    ) -> Result<Rule, Error> {
+        if self.bypass {
+            return Ok(None);
+        }
+        let namespace = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| base.namespace.clone());
+        let resolved = Resolved {
+            generation_key: keys.generation_key(&namespace),
+            ttl: self.ttl.unwrap_or(base.ttl),
+            jitter: self.jitter.unwrap_or(base.jitter),
+            namespace,
+            statuses: self
+                .statuses
+                .clone()
+                .unwrap_or_else(|| base.statuses.clone()),
+            allow_authorization: self.allow_authorization.unwrap_or(base.allow_authorization),
+        };
+        resolved.validate(what)?;
+        Ok(Some(Arc::new(resolved)))
+    }
+}
+
+/// A policy with every field decided.
+#[derive(Clone, Debug)]
+pub(crate) struct Resolved {
+    pub(crate) ttl: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) namespace: String,
+    pub(crate) statuses: Vec<StatusCode>,
+    pub(crate) allow_authorization: bool,
+    /// Where this namespace's generation counter lives.
+    pub(crate) generation_key: String,
+}
+
+impl Resolved {
+    pub(crate) fn validate(&self, what: &str) -> Result<(), Error> {
+        if self.ttl.is_zero() {
+            return Err(Error::config(format!(
+                "{what}: TTL is zero; give a positive TTL, or use CachePolicy::bypass() \
+                 to turn caching off"
+            )));
+        }
+        if self.ttl < Duration::from_millis(1) {
+            return Err(Error::config(format!(
+                "{what}: TTL {:?} is below the store's 1 ms precision",
+                self.ttl
+            )));
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(Error::config(format!(
+                "{what}: jitter {} is outside 0.0..1.0; use e.g. 0.1 for ±10%, 0.0 for none",
+                self.jitter
+            )));
+        }
+        check_component(&format!("{what}: namespace"), &self.namespace)?;
+        if self.statuses.is_empty() {
+            return Err(Error::config(format!(
+                "{what}: no cacheable statuses; list at least one, or use CachePolicy::bypass()"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn stores_status(&self, status: StatusCode) -> bool {
+        self.statuses.contains(&status)
+    }
+}
+
+/// A resolved rule: `None` means "bypass".
+pub(crate) type Rule = Option<Arc<Resolved>>;
+
+/// One axum-style route pattern, split into segments.
+#[derive(Debug)]
+struct RoutePattern {
+    segments: Vec<Segment>,
+    /// Literal segments count most, then fewer wildcards: axum prefers static
+    /// routes over captures, and captures over catch-alls.
+    specificity: (usize, usize),
+}
+
+#[derive(Debug, PartialEq)]
+enum Segment {
+    Literal(String),
+    Capture,
+    CatchAll,
+}
+
+impl RoutePattern {
+    fn parse(pattern: &str) -> Result<Self, Error> {
+        let Some(rest) = pattern.strip_prefix('/') else {
+            return Err(Error::config(format!(
+                "route pattern {pattern:?} must start with '/' (e.g. \"/products/{{id}}\")"
+            )));
+        };
+        let mut segments = Vec::new();
+        let parts: Vec<&str> = rest.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let segment = if let Some(inner) =
+                part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
+            {
+                if let Some(name) = inner.strip_prefix('*') {
+                    if i + 1 != parts.len() || name.is_empty() {
+                        return Err(Error::config(format!(
+                            "route pattern {pattern:?}: a catch-all {{*name}} must be the last segment"
+                        )));
+                    }
+                    Segment::CatchAll
+                } else if inner.is_empty() {
+                    return Err(Error::config(format!(
+                        "route pattern {pattern:?}: a capture needs a name, e.g. {{id}}"
+                    )));
+                } else {
+                    Segment::Capture
+                }
+            } else if part.contains(['{', '}']) || part.starts_with(':') || part.starts_with('*') {
+                return Err(Error::config(format!(
+                    "route pattern {pattern:?}: use axum 0.8 syntax, a whole segment \
+                     {{name}} or a last segment {{*name}}"
+                )));
+            } else {
+                Segment::Literal((*part).to_owned())
+            };
+            segments.push(segment);
+        }
+        let literals = segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Literal(_)))
+            .count();
+        let catch_alls = segments.iter().filter(|s| **s == Segment::CatchAll).count();
+        Ok(Self {
+            specificity: (
+                literals,
+                usize::MAX - catch_alls - (segments.len() - literals),
+            ),
+            segments,
+        })
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = rest.split('/');
+        for segment in &self.segments {
+            match segment {
+                Segment::CatchAll => return parts.next().is_some_and(|p| !p.is_empty()),
+                Segment::Literal(l) => {
+                    if parts.next() != Some(l.as_str()) {
+                        return false;
+                    }
+                }
+                Segment::Capture => {
+                    if parts.next().is_none_or(str::is_empty) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// All the rules of one layer, ready for lookups.
+#[derive(Debug)]
+pub(crate) struct Policies {
+    default: Rule,
+    by_pattern: HashMap<String, Rule>,
+    patterns: Vec<(RoutePattern, Rule)>,
+    /// Longest prefix first.
+    prefixes: Vec<(String, Rule)>,
+}
+
+impl Policies {
+    pub(crate) fn new(
+        default: Rule,
+        routes: Vec<(String, Rule)>,
+        mut prefixes: Vec<(String, Rule)>,
+    ) -> Result<Self, Error> {
+        let mut by_pattern = HashMap::new();
+        let mut patterns = Vec::new();
+        for (pattern, rule) in routes {
+            patterns.push((RoutePattern::parse(&pattern)?, rule.clone()));
+            if by_pattern.insert(pattern.clone(), rule).is_some() {
+                return Err(Error::config(format!(
+                    "route pattern {pattern:?} is given twice; give each route one policy"
+                )));
+            }
+        }
+        for (prefix, _) in &prefixes {
+            if !prefix.starts_with('/') {
+                return Err(Error::config(format!(
+                    "path prefix {prefix:?} must start with '/'"
+                )));
+            }
+        }
+        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Ok(Self {
+            default,
+            by_pattern,
+            patterns,
+            prefixes,
+        })
+    }
+
+    /// The rule for a request: the route pattern axum matched (if any), else
+    /// the most specific pattern matching `path`, else the longest path
+    /// prefix, else the default.
+    pub(crate) fn lookup(&self, matched_route: Option<&str>, path: &str) -> &Rule {
+        if let Some(rule) = matched_route.and_then(|m| self.by_pattern.get(m)) {
+            return rule;
+        }
+        if let Some((_, rule)) = self
+            .patterns
+            .iter()
+            .filter(|(p, _)| p.matches(path))
+            .max_by_key(|(p, _)| p.specificity)
+        {
+            return rule;
+        }
+        self.prefixes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map_or(&self.default, |(_, rule)| rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Resolved {
+        Resolved {
+            ttl: Duration::from_secs(60),
+            jitter: 0.1,
+            namespace: "default".into(),
+            statuses: vec![StatusCode::OK],
+            allow_authorization: false,
+            generation_key: "g".into(),
+        }
+    }
+
+    fn keys() -> KeySpace {
+        KeySpace::new("t", "v1").unwrap()
+    }
+
+    fn rule(ns: &str) -> Rule {
+        CachePolicy::new()
+            .namespace(ns)
+            .resolve(&base(), "test", &keys())
+            .unwrap()
+    }
+
+    fn ns(rule: &Rule) -> &str {
+        rule.as_ref().map_or("BYPASS", |r| r.namespace.as_str())
+    }
+
+    fn policies() -> Policies {
+        Policies::new(
+            rule("default"),
+            vec![
+                ("/products/{id}".into(), rule("item")),
+                ("/products/new".into(), rule("new")),
+                ("/products".into(), rule("list")),
+                ("/files/{*rest}".into(), rule("files")),
+                ("/admin/{id}".into(), None),
+            ],
+            vec![
+                ("/static/".into(), rule("static")),
+                ("/static/big/".into(), None),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn patterns_prefixes_and_default() {
+        let p = policies();
+        assert_eq!(ns(p.lookup(None, "/products/42")), "item");
+        assert_eq!(ns(p.lookup(None, "/products/new")), "new");
+        assert_eq!(ns(p.lookup(None, "/products")), "list");
+        assert_eq!(ns(p.lookup(None, "/products/")), "default");
+        assert_eq!(ns(p.lookup(None, "/products/1/2")), "default");
+        assert_eq!(ns(p.lookup(None, "/files/a/b/c")), "files");
+        assert_eq!(ns(p.lookup(None, "/files/")), "default");
+        assert_eq!(ns(p.lookup(None, "/admin/1")), "BYPASS");
+        assert_eq!(ns(p.lookup(None, "/static/app.js")), "static");
+        assert_eq!(ns(p.lookup(None, "/static/big/x.iso")), "BYPASS");
+        assert_eq!(ns(p.lookup(None, "/other")), "default");
+    }
+
+    #[test]
+    fn matched_route_wins_over_path_matching() {
+        let p = policies();
+        assert_eq!(
+            ns(p.lookup(Some("/products/{id}"), "/products/new")),
+            "item"
+        );
+        assert_eq!(ns(p.lookup(Some("/unknown/{x}"), "/products/9")), "item");
+    }
+
+    #[test]
+    fn bad_rules_fail_with_a_message() {
+        let e = CachePolicy::new()
+            .ttl(Duration::ZERO)
+            .resolve(&base(), "route /x", &keys())
+            .unwrap_err();
+        assert!(e.to_string().contains("route /x: TTL is zero"), "{e}");
+        let e = CachePolicy::new()
+            .jitter(1.0)
+            .resolve(&base(), "r", &keys())
+            .unwrap_err();
+        assert!(e.to_string().contains("jitter"), "{e}");
+        let e = CachePolicy::new()
+            .jitter(-0.1)
+            .resolve(&base(), "r", &keys())
+            .unwrap_err();
+        assert!(e.to_string().contains("jitter"), "{e}");
+        assert!(CachePolicy::new()
+            .statuses([])
+            .resolve(&base(), "r", &keys())
+            .is_err());
+        assert!(CachePolicy::new()
+            .namespace("a b")
+            .resolve(&base(), "r", &keys())
+            .is_err());
+        for bad in ["products", "/p/:id", "/p/{}", "/p/{*rest}/x", "/p/x{id}"] {
+            let e = Policies::new(None, vec![(bad.into(), None)], vec![]).unwrap_err();
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+        assert!(Policies::new(None, vec![], vec![("static".into(), None)]).is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! Where entries live: the [`Store`] trait and its two implementations,
+//! [`RedisStore`] (fred) and [`MemoryStore`] (in-process, the embedded default).
+//!
+//! The layer calls a store through `Arc<dyn Store>` and runs every call under
+//! its time budget; a store only has to report failures, never to hide them.
+
+use std::{fmt, future::Future, pin::Pin, time::Duration};
+
+use bytes::Bytes;
+
+use crate::error::StoreError;
+
+mod memory;
+mod redis;
+
+pub use self::{
+    memory::MemoryStore,
+    redis::{RedisStore, RedisStoreBuilder},
+};
+
+/// A boxed, `Send` future, as returned by [`Store`] methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The result of [`Store::fetch`]: the stored value (if any) and the current
+/// generation of its namespace (0 when none was ever set).
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// The stored bytes, if the key exists.
+    pub value: Option<Bytes>,
+    /// The namespace generation read in the same round trip.
+    pub generation: u64,
+}
+
+/// One value to write, with its TTL (already jittered).
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// The full key.
+    pub key: String,
+    /// The encoded entry.
+    pub value: Bytes,
+    /// Time to live; stores keep millisecond precision.
+    pub ttl: Duration,
+}
+
+/// The operations the cache needs from a key-value store.
+///
+/// Implement it to put the cache on another backend; the crate's integration
+/// tests show the behaviour each method must have. Futures must be `Send`;
+/// the caller applies the time budget, so implementations need no timeout of
+/// their own.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Reads `key` and the generation counter at `generation_key`, in one round
+    /// trip where the backend allows it.
+    fn fetch<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+    ) -> BoxFuture<'a, Result<Fetched, StoreError>>;
+
+    /// Writes every value with its TTL, in one round trip where the backend
+    /// allows it (a Redis pipeline).
+    fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Deletes the given keys; returns how many existed.
+    fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Deletes every key for which `filter` returns true. `pattern` is a Redis
+    /// glob that every such key matches (a backend may use it to narrow a
+    /// scan); `filter` is the exact test. Returns how many keys were deleted.
+    fn delete_matching<'a>(
+        &'a self,
+        pattern: &'a str,
+        filter: &'a (dyn Fn(&str) -> bool + Send + Sync),
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Reads a generation counter (0 when unset).
+    fn generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Increments a generation counter and returns the new value.
+    fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
+}

@@ -1,0 +1,377 @@
+//! The Redis store, through fred: a connection pool built from a URL
+//! (`redis://`, `rediss://`, `redis-cluster://`), with a command timeout, a
+//! reconnect policy and a bounded command queue.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::{
+    prelude::{Builder, ClientLike, Config, Expiration, KeysInterface, Pool, ReconnectPolicy},
+    types::scan::Scanner,
+};
+use futures_util::StreamExt;
+
+use super::{BoxFuture, Fetched, Store, Write};
+use crate::error::{Error, StoreError};
+
+/// A [`Store`] on Redis (standalone or Cluster) through a fred connection pool.
+///
+/// Build it from a URL with [`RedisStore::builder`], or wrap a pool you
+/// already have with [`RedisStore::from_pool`]. While Redis is unreachable,
+/// calls fail at once with [`StoreError::Unavailable`] (the layer then serves
+/// from the inner service) and the pool keeps reconnecting in the background.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tower_redis_cache::Error> {
+/// use std::time::Duration;
+/// use tower_redis_cache::store::RedisStore;
+///
+/// let store = RedisStore::builder("redis://127.0.0.1:6379")
+///     .pool_size(4)
+///     .command_timeout(Duration::from_millis(250))
+///     .connect()
+///     .await?;
+/// # let _ = store; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: Pool,
+}
+
+/// Settings for a [`RedisStore`]; see [`RedisStore::builder`].
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    url: String,
+    pool_size: usize,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    reconnect: ReconnectPolicy,
+    max_queued_commands: usize,
+}
+
+impl RedisStore {
+    /// Settings for a store at `url`: `redis://[user:pass@]host[:port][/db]`,
+    /// `rediss://...` (TLS, with the `tls` feature) or
+    /// `redis-cluster://host:port?node=host2:port2...`.
+    ///
+    /// Defaults: a pool of 4 connections, 1 s command timeout, 2 s connect
+    /// timeout, reconnect forever with exponential backoff from 50 ms up to 2 s,
+    /// at most 10 000 commands queued while disconnected.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            pool_size: 4,
+            command_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+            reconnect: ReconnectPolicy::new_exponential(0, 50, 2_000, 2),
+            max_queued_commands: 10_000,
+        }
+    }
+
+    /// Wraps a fred pool the application built itself. It should be
+    /// connected (or connecting) already.
+    pub fn from_pool(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// The fred pool, for commands of your own.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    fn client(&self) -> Result<&fred::prelude::Client, StoreError> {
+        let client = self.pool.next();
+        if client.is_connected() {
+            Ok(client)
+        } else {
+            Err(StoreError::Unavailable)
+        }
+    }
+}
+
+impl RedisStoreBuilder {
+    /// How many connections the pool holds (at least 1).
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// How long fred waits for one command before failing it. The layer's own
+    /// time budget (usually shorter) still applies on the request path.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// How long one connection attempt may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// fred's reconnect policy (re-exported as
+    /// `tower_redis_cache::fred::prelude::ReconnectPolicy`).
+    pub fn reconnect_policy(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// The most commands fred queues while reconnecting; past that, calls
+    /// fail at once. `0` means unbounded.
+    pub fn max_queued_commands(mut self, max: usize) -> Self {
+        self.max_queued_commands = max;
+        self
+    }
+
+    /// Validates the settings and builds the pool without connecting it.
+    fn pool(&self) -> Result<Pool, Error> {
+        let scheme = self.url.split("://").next().unwrap_or("");
+        if !self.url.contains("://") {
+            return Err(Error::config(format!(
+                "Redis URL {:?} has no scheme: use redis://host:port, rediss://host:port \
+                 or redis-cluster://host:port",
+                self.url
+            )));
+        }
+        if scheme.starts_with("rediss") && !cfg!(feature = "tls") {
+            return Err(Error::config(format!(
+                "Redis URL {:?} asks for TLS: enable the `tls` feature of tower-redis-cache",
+                self.url
+            )));
+        }
+        if !matches!(
+            scheme,
+            "redis" | "rediss" | "redis-cluster" | "rediss-cluster"
+        ) {
+            return Err(Error::config(format!(
+                "Redis URL scheme {scheme:?} is not supported: use redis://, rediss://, \
+                 redis-cluster:// or rediss-cluster://"
+            )));
+        }
+        if self.pool_size == 0 {
+            return Err(Error::config("Redis pool size is 0: use at least 1"));
+        }
+        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::config(
+                "Redis command and connect timeouts must be above zero",
+            ));
+        }
+        let config = Config::from_url(&self.url)
+            .map_err(|e| Error::config(format!("Redis URL {:?} is not valid: {e}", self.url)))?;
+        Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = self.command_timeout)
+            .with_connection_config(|c| {
+                c.connection_timeout = self.connect_timeout;
+                c.internal_command_timeout = self.command_timeout.max(self.connect_timeout);
+                c.max_command_buffer_len = self.max_queued_commands;
+                c.max_command_attempts = 1;
+                c.tcp.nodelay = Some(true);
+            })
+            .set_policy(self.reconnect.clone())
+            .build_pool(self.pool_size)
+            .map_err(|e| Error::config(format!("Redis client for {:?}: {e}", self.url)))
+    }
+
+    /// Builds the store and starts connecting in the background: the call
+    /// returns at once, and until the connection is up the layer passes
+    /// requests through. Must run inside a Tokio runtime.
+    pub fn build(self) -> Result<RedisStore, Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "a Redis store must be built inside a Tokio runtime (e.g. in #[tokio::main])",
+            ));
+        }
+        let pool = self.pool()?;
+        drop(pool.connect());
+        Ok(RedisStore { pool })
+    }
+
+    /// Builds the store and waits (up to the connect timeout) until every
+    /// connection is up; an error if Redis cannot be reached. The pool keeps
+    /// reconnecting after later outages either way.
+    pub async fn connect(self) -> Result<RedisStore, Error> {
+        let timeout = self.connect_timeout;
+        let url = self.url.clone();
+        let store = self.build()?;
+        match tokio::time::timeout(timeout, store.pool.wait_for_connect()).await {
+            Ok(Ok(())) => Ok(store),
+            Ok(Err(e)) => Err(Error::Store(StoreError::Backend(format!(
+                "cannot connect to {url}: {e}"
+            )))),
+            Err(_) => Err(Error::Store(StoreError::Backend(format!(
+                "cannot connect to {url} within {} ms",
+                timeout.as_millis()
+            )))),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("clients", &self.pool.size())
+            .field("clustered", &self.pool.next().is_clustered())
+            .finish()
+    }
+}
+
+fn backend(e: fred::error::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn parse_generation(raw: Option<String>) -> Result<u64, StoreError> {
+    match raw {
+        None => Ok(0),
+        Some(s) => s.parse().map_err(|_| {
+            StoreError::Backend(format!("generation counter holds {s:?}, not an integer"))
+        }),
+    }
+}
+
+fn px(ttl: Duration) -> Expiration {
+    Expiration::PX(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1))
+}
+
+impl Store for RedisStore {
+    fn fetch<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+    ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
+        Box::pin(async move {
+            let pipe = self.client()?.pipeline();
+            let () = pipe.get(key).await.map_err(backend)?;
+            let () = pipe.get(generation_key).await.map_err(backend)?;
+            let (value, generation): (Option<Bytes>, Option<String>) =
+                pipe.all().await.map_err(backend)?;
+            Ok(Fetched {
+                value,
+                generation: parse_generation(generation)?,
+            })
+        })
+    }
+
+    fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.client()?;
+            if let [w] = writes {
+                return client
+                    .set::<(), _, _>(
+                        w.key.as_str(),
+                        w.value.clone(),
+                        Some(px(w.ttl)),
+                        None,
+                        false,
+                    )
+                    .await
+                    .map_err(backend);
+            }
+            let pipe = client.pipeline();
+            for w in writes {
+                let () = pipe
+                    .set(
+                        w.key.as_str(),
+                        w.value.clone(),
+                        Some(px(w.ttl)),
+                        None,
+                        false,
+                    )
+                    .await
+                    .map_err(backend)?;
+            }
+            let _: Vec<fred::types::Value> = pipe.all().await.map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move { unlink_each(self.client()?, keys).await })
+    }
+
+    fn delete_matching<'a>(
+        &'a self,
+        pattern: &'a str,
+        filter: &'a (dyn Fn(&str) -> bool + Send + Sync),
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let client = self.client()?;
+            let mut removed = 0;
+            let mut pages = if client.is_clustered() {
+                client.scan_cluster(pattern, Some(1000), None).boxed()
+            } else {
+                client.scan(pattern, Some(1000), None).boxed()
+            };
+            while let Some(page) = pages.next().await {
+                let mut page = page.map_err(backend)?;
+                let keys: Vec<String> = page
+                    .take_results()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|k| k.as_str())
+                    .filter(|k| filter(k))
+                    .map(str::to_owned)
+                    .collect();
+                removed += unlink_each(client, &keys).await?;
+            }
+            Ok(removed)
+        })
+    }
+
+    fn generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let raw: Option<String> = self.client()?.get(key).await.map_err(backend)?;
+            parse_generation(raw)
+        })
+    }
+
+    fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move { self.client()?.incr(key).await.map_err(backend) })
+    }
+}
+
+/// UNLINKs keys one command each, in one pipeline: no multi-key command, so it
+/// never crosses Cluster hash slots.
+async fn unlink_each(client: &fred::prelude::Client, keys: &[String]) -> Result<u64, StoreError> {
+    match keys {
+        [] => Ok(0),
+        [key] => client.unlink(key.as_str()).await.map_err(backend),
+        _ => {
+            let pipe = client.pipeline();
+            for key in keys {
+                let () = pipe.unlink(key.as_str()).await.map_err(backend)?;
+            }
+            let counts: Vec<u64> = pipe.all().await.map_err(backend)?;
+            Ok(counts.iter().sum())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_urls_fail_at_build_with_a_message() {
+        for (url, words) in [
+            ("localhost:6379", "no scheme"),
+            ("http://localhost:6379", "not supported"),
+            ("redis://", "not valid"),
+        ] {
+            let e = RedisStore::builder(url).build().unwrap_err().to_string();
+            assert!(e.contains(words), "{url}: {e}");
+        }
+        let e = RedisStore::builder("redis://127.0.0.1:1")
+            .pool_size(0)
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("pool size"), "{e}");
+    }
+
+    #[test]
+    fn building_outside_a_runtime_is_an_error_not_a_panic() {
+        let e = RedisStore::builder("redis://127.0.0.1:1")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("Tokio runtime"), "{e}");
+    }
+}
