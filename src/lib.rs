@@ -1,4 +1,4 @@
-//! A Redis-backed HTTP response cache for any [tower] service: axum routers and
+//! A Redis-backed HTTP response cache for any [tower](https://docs.rs/tower) service: axum routers and
 //! handlers, plain hyper services, anything that takes an `http::Request`.
 //!
 //! [`RedisCacheLayer`] derives a key from the method, path and normalized query
@@ -28,7 +28,7 @@
 //!     .build()?;
 //! let handle = cache.handle(); // keep it in your state to invalidate
 //!
-//! let app = Router::new()
+//! let app: Router = Router::new()
 //!     .route("/products/{id}", get(|| async { "a product" }))
 //!     .layer(cache);
 //! # let _ = (app, handle);

@@ -297,7 +297,7 @@ impl Policies {
                 )));
             }
         }
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Ok(Self {
             default,
             by_pattern,

@@ -1,0 +1,332 @@
+//! The product API from the original FastAPI example, on axum with
+//! tower-redis-cache.
+//!
+//! Run it with `cargo run --example products` (in-memory store), or with
+//! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example products`. `PORT`
+//! changes the port (default 3000). Then:
+//!
+//! ```text
+//! curl -i localhost:3000/products/7                      # x-cache: MISS, then HIT
+//! curl -i 'localhost:3000/products?category=books&page=1&per_page=5'
+//! curl -i -X POST localhost:3000/products/batch -H 'content-type: application/json' \
+//!      -d '[{"id":"500","name":"Lamp","category":"home","price":19.5,"in_stock":true}]'
+//! curl -i -X PATCH localhost:3000/products/7/stock -H 'content-type: application/json' \
+//!      -d '{"in_stock":false}'
+//! curl localhost:3000/stats
+//! ```
+//!
+//! The patterns it shows, next to the Python originals:
+//! - cache-aside per item (`get_or_set`): the layer caches `GET /products/{id}`;
+//! - cached list queries: `GET /products?...`, one entry per normalized query;
+//! - batch writes through a pipeline: `POST /products/batch` writes each item's
+//!   entry with `CacheHandle::put_many`, one Redis round trip;
+//! - invalidation on a stock update: `PATCH /products/{id}/stock` removes the
+//!   item's entry and bumps the list namespace.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{header, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::{get, patch, post},
+    Json, Router,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+use tower_redis_cache::{
+    store::RedisStore, CacheHandle, CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder,
+};
+
+/// A product, with the fields of the original example.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Product {
+    pub id: String,
+    pub name: String,
+    pub category: String,
+    pub price: f64,
+    pub in_stock: bool,
+    #[serde(default = "now_rfc3339")]
+    pub created_at: String,
+}
+
+/// One page of products.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProductList {
+    pub items: Vec<Product>,
+    pub total: usize,
+    pub page: usize,
+    pub per_page: usize,
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// The simulated database: a map behind a 20 ms delay that counts its reads.
+pub struct Db {
+    products: RwLock<BTreeMap<String, Product>>,
+    reads: AtomicU64,
+    delay: Duration,
+}
+
+impl Db {
+    /// 100 products in three categories.
+    pub fn seeded() -> Arc<Self> {
+        let categories = ["electronics", "books", "garden"];
+        let products = (1..=100)
+            .map(|i| {
+                let category = categories[i % 3];
+                let p = Product {
+                    id: i.to_string(),
+                    name: format!("{category} product {i}"),
+                    category: category.to_owned(),
+                    price: (i as f64 * 9.99 * 100.0).round() / 100.0,
+                    in_stock: i % 2 == 0,
+                    created_at: now_rfc3339(),
+                };
+                (p.id.clone(), p)
+            })
+            .collect();
+        Arc::new(Self {
+            products: RwLock::new(products),
+            reads: AtomicU64::new(0),
+            delay: Duration::from_millis(20),
+        })
+    }
+
+    /// How many reads reached the database.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    async fn read<T>(&self, f: impl FnOnce(&BTreeMap<String, Product>) -> T) -> T {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(self.delay).await;
+        f(&*self.products.read().await)
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    db: Arc<Db>,
+    cache: CacheHandle,
+}
+
+/// The cache configuration of this API, on whatever store `builder` has.
+pub fn cache_layer(
+    builder: RedisCacheLayerBuilder,
+) -> Result<RedisCacheLayer, tower_redis_cache::Error> {
+    builder
+        .prefix("api")
+        .version("v1")
+        .namespace("products")
+        .ttl(Duration::from_secs(900))
+        .jitter(0.1)
+        .route("/products/{id}", CachePolicy::new().namespace("products"))
+        .route(
+            "/products",
+            CachePolicy::new()
+                .namespace("product-lists")
+                .ttl(Duration::from_secs(300)),
+        )
+        .route("/stats", CachePolicy::bypass())
+        .bypass_unmatched(true)
+        .build()
+}
+
+/// The API, with `cache` in front of every route.
+pub fn router(db: Arc<Db>, cache: RedisCacheLayer) -> Router {
+    let state = AppState {
+        db,
+        cache: cache.handle(),
+    };
+    Router::new()
+        .route("/products/{id}", get(get_product))
+        .route("/products", get(list_products))
+        .route("/products/batch", post(create_batch))
+        .route("/products/{id}/stock", patch(update_stock))
+        .route("/stats", get(stats))
+        .layer(cache)
+        .with_state(state)
+}
+
+/// Pattern 1: cache-aside per item. The handler only reads the database; the
+/// layer serves repeats from the cache.
+async fn get_product(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match s.db.read(|p| p.get(&id).cloned()).await {
+        Some(product) => Json(product).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "detail": "not found" })),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    category: Option<String>,
+    page: Option<usize>,
+    per_page: Option<usize>,
+}
+
+/// Pattern 2: cached list queries, one entry per normalized query string.
+async fn list_products(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+    let page = q.page.unwrap_or(1).max(1);
+    let per_page = q.per_page.unwrap_or(20).clamp(1, 100);
+    let category = q.category.filter(|c| !c.is_empty());
+    let (total, items) =
+        s.db.read(|products| {
+            let matching: Vec<&Product> = products
+                .values()
+                .filter(|p| category.as_deref().is_none_or(|c| p.category == c))
+                .collect();
+            let items = matching
+                .iter()
+                .skip((page - 1) * per_page)
+                .take(per_page)
+                .map(|p| (*p).clone())
+                .collect();
+            (matching.len(), items)
+        })
+        .await;
+    Json(ProductList {
+        items,
+        total,
+        page,
+        per_page,
+    })
+    .into_response()
+}
+
+/// Pattern 3: batch writes. Stores the products, then writes every item's
+/// cache entry in one pipeline so the next read of each is a hit.
+async fn create_batch(State(s): State<AppState>, Json(products): Json<Vec<Product>>) -> Response {
+    {
+        let mut db = s.db.products.write().await;
+        for p in &products {
+            db.insert(p.id.clone(), p.clone());
+        }
+    }
+    let entries: Vec<_> = products
+        .iter()
+        .filter_map(|p| {
+            let uri: Uri = format!("/products/{}", p.id).parse().ok()?;
+            Some((uri, json_response(p)?))
+        })
+        .collect();
+    let cached = match s.cache.put_many(entries).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "batch cache write failed; items will be read from the database");
+            0
+        }
+    };
+    // New products change the lists.
+    if let Err(e) = s.cache.invalidate_namespace("product-lists").await {
+        tracing::warn!(error = %e, "could not invalidate list pages");
+    }
+    (
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "created": products.len(), "cached": cached })),
+    )
+        .into_response()
+}
+
+/// The exact response `GET /products/{id}` gives, as bytes for the cache.
+fn json_response(p: &Product) -> Option<http::Response<bytes::Bytes>> {
+    let body = serde_json::to_vec(p).ok()?;
+    http::Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .ok()
+}
+
+#[derive(Deserialize)]
+struct StockUpdate {
+    in_stock: bool,
+}
+
+/// Pattern 4: invalidation on a stock update: the item's entry and every
+/// cached list page.
+async fn update_stock(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Json(update): Json<StockUpdate>,
+) -> Response {
+    let product = {
+        let mut db = s.db.products.write().await;
+        let Some(p) = db.get_mut(&id) else {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({ "detail": "not found" })),
+            )
+                .into_response();
+        };
+        p.in_stock = update.in_stock;
+        p.clone()
+    };
+    let uri: Uri = format!("/products/{id}")
+        .parse()
+        .expect("a product id is a path segment");
+    let item = s.cache.invalidate(&http::Method::GET, &uri).await;
+    let lists = s.cache.invalidate_namespace("product-lists").await;
+    if let Err(e) = item.as_ref().map(|_| ()).and(lists.as_ref().map(|_| ())) {
+        // The database is updated; a stale entry lives at most its TTL.
+        tracing::warn!(error = %e, "cache invalidation failed after a stock update");
+    }
+    Json(product).into_response()
+}
+
+async fn stats(State(s): State<AppState>) -> Response {
+    Json(serde_json::json!({ "db_reads": s.db.reads(), "cache": s.cache.stats() })).into_response()
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p
+            .parse()
+            .map_err(|_| format!("PORT={p:?} is not a port number"))?,
+        Err(_) => 3000,
+    };
+    let builder = match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => {
+            let store = match RedisStore::builder(&url).connect().await {
+                Ok(store) => {
+                    println!("cache store: Redis at {url}");
+                    store
+                }
+                Err(e) => {
+                    println!("cache store: Redis at {url} (not reachable yet: {e}; requests pass through until it is)");
+                    RedisStore::builder(&url).build()?
+                }
+            };
+            RedisCacheLayer::builder().store(store)
+        }
+        _ => {
+            println!("cache store: in-memory (set REDIS_URL=redis://host:port to use Redis)");
+            RedisCacheLayer::builder()
+        }
+    };
+    let app = router(Db::seeded(), cache_layer(builder)?);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!("listening on http://{addr}  (try: curl -i http://{addr}/products/1)");
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,946 @@
+//! The layer against a real Redis started for each test.
+
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::{
+    extract::{Path, RawQuery},
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Router,
+};
+use bytes::Bytes;
+use http::{Method, Uri};
+use support::{keys, read, req_get, request, RedisServer};
+use tower::ServiceExt;
+use tower_redis_cache::{
+    fred::prelude::{Expiration, KeysInterface},
+    CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder,
+};
+
+/// An origin that counts how often it is called.
+#[derive(Clone, Default)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    fn calls(&self) -> usize {
+        self.calls.load(SeqCst)
+    }
+
+    fn router(&self) -> Router {
+        let c = self.calls.clone();
+        let count = move || c.fetch_add(1, SeqCst) + 1;
+        let (c1, c2, c3, c4, c5) = (
+            count.clone(),
+            count.clone(),
+            count.clone(),
+            count.clone(),
+            count,
+        );
+        Router::new()
+            .route(
+                "/items/{id}",
+                get(
+                    move |Path(id): Path<String>, RawQuery(q): RawQuery| async move {
+                        let n = c1();
+                        (
+                            [(header::CONTENT_TYPE, "application/json")],
+                            format!(
+                                r#"{{"id":"{id}","query":"{}","call":{n}}}"#,
+                                q.unwrap_or_default()
+                            ),
+                        )
+                    },
+                )
+                .post(move || async move { format!("posted {}", c2()) }),
+            )
+            .route(
+                "/status/{code}",
+                get(move |Path(code): Path<u16>| async move {
+                    let n = c3();
+                    (
+                        StatusCode::from_u16(code).unwrap(),
+                        format!("status {code} call {n}"),
+                    )
+                }),
+            )
+            .route(
+                "/cookie",
+                get(move || async move {
+                    (
+                        [(header::SET_COOKIE, "session=secret")],
+                        format!("cookie {}", c4()),
+                    )
+                }),
+            )
+            .route(
+                "/big",
+                get(move || async move {
+                    c5();
+                    vec![b'x'; 100_000]
+                }),
+            )
+    }
+}
+
+fn builder(redis: &RedisServer) -> RedisCacheLayerBuilder {
+    let _ = redis;
+    RedisCacheLayer::builder().prefix("test").version("v1")
+}
+
+async fn layer(
+    redis: &RedisServer,
+    b: impl FnOnce(RedisCacheLayerBuilder) -> RedisCacheLayerBuilder,
+) -> RedisCacheLayer {
+    b(builder(redis).store(redis.store().await))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn miss_then_hit_with_age_and_one_origin_call() {
+    let redis = RedisServer::start();
+    let origin = Origin::default();
+    let app = origin.router().layer(layer(&redis, |b| b).await);
+
+    let (status, x, first) = read(app.clone().oneshot(req_get("/items/1")).await.unwrap()).await;
+    assert_eq!((status, x.as_str()), (200, "MISS"));
+    let res = app.clone().oneshot(req_get("/items/1")).await.unwrap();
+    assert_eq!(res.headers()["age"], "0");
+    assert_eq!(res.headers()["content-type"], "application/json");
+    assert_eq!(
+        res.headers()["content-length"],
+        first.len().to_string().as_str()
+    );
+    let (status, x, second) = read(res).await;
+    assert_eq!((status, x.as_str()), (200, "HIT"));
+    assert_eq!(first, second);
+    assert_eq!(origin.calls(), 1);
+
+    let client = redis.client().await;
+    assert_eq!(keys(&client).await, ["test:v1:default:GET:/items/1"]);
+}
+
+#[tokio::test]
+async fn age_grows_with_the_entry() {
+    let redis = RedisServer::start();
+    let app = Origin::default().router().layer(layer(&redis, |b| b).await);
+    app.clone().oneshot(req_get("/items/1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let res = app.oneshot(req_get("/items/1")).await.unwrap();
+    assert_eq!(res.headers()["x-cache"], "HIT");
+    assert_eq!(res.headers()["age"], "1");
+}
+
+#[tokio::test]
+async fn query_order_is_normalized() {
+    let redis = RedisServer::start();
+    let origin = Origin::default();
+    let app = origin.router().layer(layer(&redis, |b| b).await);
+    let (_, x, a) = read(
+        app.clone()
+            .oneshot(req_get("/items/1?page=2&category=tv"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(x, "MISS");
+    let (_, x, b) = read(
+        app.clone()
+            .oneshot(req_get("/items/1?category=tv&page=2"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(x, "HIT");
+    assert_eq!(a, b);
+    let (_, x, _) = read(
+        app.clone()
+            .oneshot(req_get("/items/1?category=tv&page=3"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(x, "MISS");
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(
+        keys(&redis.client().await).await,
+        [
+            "test:v1:default:GET:/items/1?category=tv&page=2",
+            "test:v1:default:GET:/items/1?category=tv&page=3"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn ttl_jitter_stays_in_bounds_and_spreads_in_milliseconds() {
+    let redis = RedisServer::start();
+    let app = Origin::default()
+        .router()
+        .layer(layer(&redis, |b| b.ttl(Duration::from_secs(100)).jitter(0.1)).await);
+    for i in 0..200 {
+        app.clone()
+            .oneshot(req_get(&format!("/items/{i}")))
+            .await
+            .unwrap();
+    }
+    let client = redis.client().await;
+    let mut pttls = Vec::new();
+    for i in 0..200 {
+        let pttl: i64 = client
+            .pttl(format!("test:v1:default:GET:/items/{i}"))
+            .await
+            .unwrap();
+        pttls.push(pttl);
+    }
+    let (min, max) = (*pttls.iter().min().unwrap(), *pttls.iter().max().unwrap());
+    assert!(
+        min >= 89_000 && max <= 110_000,
+        "PTTLs {min}..{max} outside 100 s ±10%"
+    );
+    assert!(max - min > 10_000, "PTTLs {min}..{max} barely spread");
+    let distinct: std::collections::HashSet<_> = pttls.iter().map(|p| p / 100).collect();
+    assert!(
+        distinct.len() > 50,
+        "jitter should spread keys, got {} buckets",
+        distinct.len()
+    );
+
+    // Jitter 0: every TTL is the configured one.
+    let exact = Origin::default().router().layer(
+        layer(&redis, |b| {
+            b.version("exact").ttl(Duration::from_secs(100)).jitter(0.0)
+        })
+        .await,
+    );
+    exact.oneshot(req_get("/items/x")).await.unwrap();
+    let pttl: i64 = client
+        .pttl("test:exact:default:GET:/items/x")
+        .await
+        .unwrap();
+    assert!((99_000..=100_000).contains(&pttl), "{pttl}");
+}
+
+#[tokio::test]
+async fn a_v2_layer_never_reads_v1_entries_nor_another_prefix() {
+    let redis = RedisServer::start();
+    let origin = Origin::default();
+    let v1 = origin.router().layer(layer(&redis, |b| b).await);
+    let v2 = origin
+        .router()
+        .layer(layer(&redis, |b| b.version("v2")).await);
+    let other = origin
+        .router()
+        .layer(layer(&redis, |b| b.prefix("other")).await);
+    assert_eq!(
+        read(v1.clone().oneshot(req_get("/items/1")).await.unwrap())
+            .await
+            .1,
+        "MISS"
+    );
+    assert_eq!(
+        read(v1.clone().oneshot(req_get("/items/1")).await.unwrap())
+            .await
+            .1,
+        "HIT"
+    );
+    assert_eq!(
+        read(v2.clone().oneshot(req_get("/items/1")).await.unwrap())
+            .await
+            .1,
+        "MISS"
+    );
+    assert_eq!(
+        read(other.clone().oneshot(req_get("/items/1")).await.unwrap())
+            .await
+            .1,
+        "MISS"
+    );
+    assert_eq!(origin.calls(), 3);
+    // Invalidating through v2 leaves v1 alone.
+    let h2 = layer(&redis, |b| b.version("v2")).await.handle();
+    assert_eq!(h2.invalidate_prefix("/").await.unwrap(), 1);
+    assert_eq!(
+        read(v1.oneshot(req_get("/items/1")).await.unwrap()).await.1,
+        "HIT"
+    );
+}
+
+#[tokio::test]
+async fn invalidate_one_entry() {
+    let redis = RedisServer::start();
+    let cache = layer(&redis, |b| b).await;
+    let handle = cache.handle();
+    let origin = Origin::default();
+    let app = origin.router().layer(cache);
+    app.clone()
+        .oneshot(req_get("/items/1?b=2&a=1"))
+        .await
+        .unwrap();
+    app.clone().oneshot(req_get("/items/2")).await.unwrap();
+    let uri = Uri::from_static("/items/1?a=1&b=2");
+    assert_eq!(handle.invalidate(&Method::GET, &uri).await.unwrap(), 1);
+    assert_eq!(handle.invalidate(&Method::GET, &uri).await.unwrap(), 0);
+    assert_eq!(
+        read(
+            app.clone()
+                .oneshot(req_get("/items/1?b=2&a=1"))
+                .await
+                .unwrap()
+        )
+        .await
+        .1,
+        "MISS"
+    );
+    assert_eq!(
+        read(app.oneshot(req_get("/items/2")).await.unwrap())
+            .await
+            .1,
+        "HIT"
+    );
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test]
+async fn invalidate_prefix_removes_exactly_the_paths_under_it() {
+    let redis = RedisServer::start();
+    let cache = layer(&redis, |b| {
+        b.route("/items/{id}", CachePolicy::new().namespace("items"))
+    })
+    .await;
+    let handle = cache.handle();
+    let app = Origin::default().router().layer(cache);
+    for uri in [
+        "/items/1",
+        "/items/1?page=2",
+        "/items/22",
+        "/status/200",
+        "/items/*",
+    ] {
+        assert_eq!(
+            read(app.clone().oneshot(req_get(uri)).await.unwrap())
+                .await
+                .1,
+            "MISS",
+            "{uri}"
+        );
+    }
+    // A glob character in the prefix matches only itself.
+    assert_eq!(handle.invalidate_prefix("/items/*").await.unwrap(), 1);
+    assert_eq!(handle.invalidate_prefix("/items/1").await.unwrap(), 2);
+    assert_eq!(
+        read(app.clone().oneshot(req_get("/items/22")).await.unwrap())
+            .await
+            .1,
+        "HIT"
+    );
+    assert_eq!(
+        read(app.clone().oneshot(req_get("/status/200")).await.unwrap())
+            .await
+            .1,
+        "HIT"
+    );
+    assert_eq!(handle.invalidate_prefix("/items").await.unwrap(), 1);
+    assert_eq!(
+        read(app.clone().oneshot(req_get("/status/200")).await.unwrap())
+            .await
+            .1,
+        "HIT"
+    );
+    assert_eq!(
+        read(app.oneshot(req_get("/items/22")).await.unwrap())
+            .await
+            .1,
+        "MISS"
+    );
+    assert!(handle.invalidate_prefix("items").await.is_err());
+}
+
+#[tokio::test]
+async fn invalidate_namespace_is_a_generation_bump_seen_by_every_instance() {
+    let redis = RedisServer::start();
+    let configure = |b: RedisCacheLayerBuilder| {
+        b.route("/items/{id}", CachePolicy::new().namespace("items"))
+            .route("/status/{code}", CachePolicy::new().namespace("statuses"))
+    };
+    let a = layer(&redis, configure).await;
+    let b = layer(&redis, configure).await; // a second instance: own client, same Redis
+    let origin = Origin::default();
+    let app_a = origin.router().layer(a.clone());
+    let app_b = origin.router().layer(b);
+    app_a.clone().oneshot(req_get("/items/1")).await.unwrap();
+    app_a.clone().oneshot(req_get("/status/200")).await.unwrap();
+    assert_eq!(
+        read(app_b.clone().oneshot(req_get("/items/1")).await.unwrap())
+            .await
+            .1,
+        "HIT"
+    );
+
+    let bump = a.handle().invalidate_namespace("items").await.unwrap();
+    assert_eq!(bump.generation, 1);
+    assert_eq!(
+        read(app_b.clone().oneshot(req_get("/items/1")).await.unwrap())
+            .await
+            .1,
+        "MISS"
+    );
+    assert_eq!(
+        read(app_a.clone().oneshot(req_get("/items/1")).await.unwrap())
+            .await
+            .1,
+        "HIT"
+    );
+    assert_eq!(
+        read(app_b.oneshot(req_get("/status/200")).await.unwrap())
+            .await
+            .1,
+        "HIT"
+    );
+    assert!(a.handle().invalidate_namespace("no spaces").await.is_err());
+}
+
+#[tokio::test]
+async fn a_corrupt_or_foreign_value_is_a_miss_and_is_replaced() {
+    let redis = RedisServer::start();
+    let cache = layer(&redis, |b| b).await;
+    let handle = cache.handle();
+    let origin = Origin::default();
+    let app = origin.router().layer(cache);
+    let client = redis.client().await;
+    let key = "test:v1:default:GET:/items/1";
+    for junk in [
+        &b"not an entry"[..],
+        b"TRC\x01\xff\xff\xff\xff{",
+        b"TRC\x09future",
+        b"",
+    ] {
+        let () = client
+            .set(
+                key,
+                Bytes::copy_from_slice(junk),
+                Some(Expiration::EX(60)),
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        let (status, x, body) = read(app.clone().oneshot(req_get("/items/1")).await.unwrap()).await;
+        assert_eq!((status, x.as_str()), (200, "MISS"), "{junk:?}");
+        assert!(body.contains("\"id\":\"1\""));
+        assert_eq!(
+            read(app.clone().oneshot(req_get("/items/1")).await.unwrap())
+                .await
+                .1,
+            "HIT"
+        );
+    }
+    assert_eq!(handle.stats().corrupt_entries, 4);
+
+    // Junk on a route whose response is not stored is deleted, not kept.
+    let key = "test:v1:default:GET:/status/404";
+    let () = client.set(key, "junk", None, None, false).await.unwrap();
+    assert_eq!(
+        read(app.oneshot(req_get("/status/404")).await.unwrap())
+            .await
+            .0,
+        404
+    );
+    let exists: u64 = client.exists(key).await.unwrap();
+    assert_eq!(exists, 0);
+}
+
+#[tokio::test]
+async fn redis_stopped_mid_test_means_200_bypass_then_caching_resumes() {
+    let mut redis = RedisServer::start();
+    let cache = layer(&redis, |b| b).await;
+    let handle = cache.handle();
+    let origin = Origin::default();
+    let app = origin.router().layer(cache);
+    assert_eq!(
+        read(app.clone().oneshot(req_get("/items/1")).await.unwrap())
+            .await
+            .1,
+        "MISS"
+    );
+    assert_eq!(
+        read(app.clone().oneshot(req_get("/items/1")).await.unwrap())
+            .await
+            .1,
+        "HIT"
+    );
+
+    redis.stop();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let (status, x, body) = read(app.clone().oneshot(req_get("/items/1")).await.unwrap()).await;
+        assert_eq!((status, x.as_str()), (200, "BYPASS"));
+        assert!(body.contains("\"id\":\"1\""));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    assert!(handle.stats().store_errors >= 20);
+    assert!(handle
+        .invalidate(&Method::GET, &Uri::from_static("/items/1"))
+        .await
+        .is_err());
+
+    redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let x = read(app.clone().oneshot(req_get("/items/1")).await.unwrap())
+            .await
+            .1;
+        if x == "HIT" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "caching did not resume after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn head_is_answered_from_the_get_entry_and_never_creates_one() {
+    let redis = RedisServer::start();
+    let origin = Origin::default();
+    let app = origin.router().layer(layer(&redis, |b| b).await);
+    let (status, x, body) = read(
+        app.clone()
+            .oneshot(request("HEAD", "/items/1"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, x.as_str(), body.as_str()), (200, "MISS", ""));
+    assert!(keys(&redis.client().await).await.is_empty());
+
+    let (_, _, get_body) = read(app.clone().oneshot(req_get("/items/1")).await.unwrap()).await;
+    let res = app
+        .clone()
+        .oneshot(request("HEAD", "/items/1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["content-length"],
+        get_body.len().to_string().as_str()
+    );
+    let (status, x, body) = read(res).await;
+    assert_eq!((status, x.as_str(), body.as_str()), (200, "HIT", ""));
+    assert_eq!(
+        read(app.oneshot(req_get("/items/1")).await.unwrap())
+            .await
+            .2,
+        get_body
+    );
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn post_and_other_methods_pass_through() {
+    let redis = RedisServer::start();
+    let origin = Origin::default();
+    let app = origin.router().layer(layer(&redis, |b| b).await);
+    for n in 1..=3 {
+        let (status, x, body) = read(
+            app.clone()
+                .oneshot(request("POST", "/items/1"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, x.as_str()), (200, "BYPASS"));
+        assert_eq!(body, format!("posted {n}"));
+    }
+    assert!(keys(&redis.client().await).await.is_empty());
+}
+
+#[tokio::test]
+async fn only_allowed_statuses_are_stored() {
+    let redis = RedisServer::start();
+    let origin = Origin::default();
+    let app = origin.router().layer(layer(&redis, |b| b).await);
+    for _ in 0..2 {
+        assert_eq!(
+            read(app.clone().oneshot(req_get("/status/404")).await.unwrap())
+                .await
+                .1,
+            "MISS"
+        );
+        assert_eq!(
+            read(app.clone().oneshot(req_get("/status/500")).await.unwrap())
+                .await
+                .1,
+            "MISS"
+        );
+    }
+    assert_eq!(origin.calls(), 4);
+
+    let origin = Origin::default();
+    let listed = origin.router().layer(
+        layer(&redis, |b| {
+            b.version("v404").route(
+                "/status/{code}",
+                CachePolicy::new().statuses([StatusCode::OK, StatusCode::NOT_FOUND]),
+            )
+        })
+        .await,
+    );
+    let (s1, x1, b1) = read(
+        listed
+            .clone()
+            .oneshot(req_get("/status/404"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let (s2, x2, b2) = read(
+        listed
+            .clone()
+            .oneshot(req_get("/status/404"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s1, x1.as_str(), s2, x2.as_str()),
+        (404, "MISS", 404, "HIT")
+    );
+    assert_eq!(b1, b2);
+    assert_eq!(
+        read(listed.oneshot(req_get("/status/200")).await.unwrap())
+            .await
+            .1,
+        "MISS"
+    );
+}
+
+#[tokio::test]
+async fn cookies_authorization_and_no_store_are_not_cached() {
+    let redis = RedisServer::start();
+    let origin = Origin::default();
+    let app = origin.router().layer(layer(&redis, |b| b).await);
+    for _ in 0..2 {
+        let res = app.clone().oneshot(req_get("/cookie")).await.unwrap();
+        assert!(res.headers().contains_key("set-cookie"));
+        assert_eq!(res.headers()["x-cache"], "MISS");
+        let authorized = http::Request::get("/items/1")
+            .header("authorization", "Bearer a")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(
+            read(app.clone().oneshot(authorized).await.unwrap()).await.1,
+            "BYPASS"
+        );
+        let no_store = http::Request::get("/items/2")
+            .header("cache-control", "no-store")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(
+            read(app.clone().oneshot(no_store).await.unwrap()).await.1,
+            "BYPASS"
+        );
+    }
+    assert!(keys(&redis.client().await).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_reaches_the_client_whole_and_is_not_stored() {
+    let redis = RedisServer::start();
+    let origin = Origin::default();
+    let app = origin
+        .router()
+        .layer(layer(&redis, |b| b.max_body_bytes(10_000)).await);
+    for _ in 0..2 {
+        let (status, x, body) = read(app.clone().oneshot(req_get("/big")).await.unwrap()).await;
+        assert_eq!((status, x.as_str(), body.len()), (200, "MISS", 100_000));
+    }
+    assert_eq!(origin.calls(), 2);
+    assert!(keys(&redis.client().await).await.is_empty());
+}
+
+#[tokio::test]
+async fn per_route_policies_in_one_layer() {
+    let redis = RedisServer::start();
+    let cache = layer(&redis, |b| {
+        b.ttl(Duration::from_secs(60))
+            .route(
+                "/items/{id}",
+                CachePolicy::new()
+                    .namespace("items")
+                    .ttl(Duration::from_secs(900))
+                    .jitter(0.0),
+            )
+            .route("/cookie", CachePolicy::bypass())
+            .path_prefix(
+                "/status/",
+                CachePolicy::new()
+                    .namespace("statuses")
+                    .ttl(Duration::from_secs(5))
+                    .jitter(0.0),
+            )
+    })
+    .await;
+    let app = Origin::default().router().layer(cache);
+    app.clone().oneshot(req_get("/items/1")).await.unwrap();
+    app.clone().oneshot(req_get("/status/200")).await.unwrap();
+    assert_eq!(
+        read(app.oneshot(req_get("/cookie")).await.unwrap()).await.1,
+        "BYPASS"
+    );
+    let client = redis.client().await;
+    let item: i64 = client.pttl("test:v1:items:GET:/items/1").await.unwrap();
+    let status: i64 = client
+        .pttl("test:v1:statuses:GET:/status/200")
+        .await
+        .unwrap();
+    assert!((899_000..=900_000).contains(&item), "{item}");
+    assert!((4_000..=5_000).contains(&status), "{status}");
+}
+
+#[tokio::test]
+async fn bypass_unmatched_caches_only_listed_routes() {
+    let redis = RedisServer::start();
+    let cache = layer(&redis, |b| {
+        b.bypass_unmatched(true)
+            .route("/items/{id}", CachePolicy::new())
+    })
+    .await;
+    let app = Origin::default().router().layer(cache);
+    app.clone().oneshot(req_get("/items/1")).await.unwrap();
+    assert_eq!(
+        read(app.clone().oneshot(req_get("/items/1")).await.unwrap())
+            .await
+            .1,
+        "HIT"
+    );
+    assert_eq!(
+        read(app.oneshot(req_get("/status/200")).await.unwrap())
+            .await
+            .1,
+        "BYPASS"
+    );
+}
+
+#[tokio::test]
+async fn one_layer_per_route_with_route_layer_shares_one_handle() {
+    let redis = RedisServer::start();
+    let cache = layer(&redis, |b| b.namespace("items")).await;
+    let handle = cache.handle();
+    let origin = Origin::default();
+    let inner = origin.router();
+    let app = Router::new()
+        .route(
+            "/cached/{id}",
+            get(|Path(id): Path<String>| async move { format!("cached {id}") }),
+        )
+        .route_layer(cache.clone())
+        .route("/plain", get(|| async { "plain" }))
+        .merge(
+            Router::new()
+                .route("/other/{id}", get(|| async { "other" }))
+                .layer(cache),
+        )
+        .fallback_service(inner);
+    assert_eq!(
+        read(app.clone().oneshot(req_get("/cached/1")).await.unwrap())
+            .await
+            .1,
+        "MISS"
+    );
+    assert_eq!(
+        read(app.clone().oneshot(req_get("/cached/1")).await.unwrap())
+            .await
+            .1,
+        "HIT"
+    );
+    assert_eq!(
+        read(app.clone().oneshot(req_get("/plain")).await.unwrap())
+            .await
+            .1,
+        ""
+    );
+    assert_eq!(
+        read(app.clone().oneshot(req_get("/other/1")).await.unwrap())
+            .await
+            .1,
+        "MISS"
+    );
+    let stats = handle.stats();
+    assert_eq!((stats.hits, stats.misses), (1, 2));
+}
+
+#[tokio::test]
+async fn status_header_can_be_renamed_or_turned_off() {
+    let redis = RedisServer::start();
+    let renamed = Origin::default()
+        .router()
+        .layer(layer(&redis, |b| b.status_header("cache-status")).await);
+    let res = renamed.oneshot(req_get("/items/1")).await.unwrap();
+    assert_eq!(res.headers()["cache-status"], "MISS");
+    assert!(!res.headers().contains_key("x-cache"));
+    let off = Origin::default()
+        .router()
+        .layer(layer(&redis, |b| b.without_status_header()).await);
+    let res = off.clone().oneshot(req_get("/items/1")).await.unwrap();
+    assert!(!res.headers().contains_key("x-cache"));
+    let res = off.oneshot(req_get("/items/1")).await.unwrap();
+    assert!(res.headers().contains_key("age"), "a hit still carries age");
+}
+
+#[tokio::test]
+async fn handle_put_many_writes_entries_the_layer_then_serves() {
+    let redis = RedisServer::start();
+    let cache = layer(&redis, |b| {
+        b.route("/items/{id}", CachePolicy::new().namespace("items"))
+    })
+    .await;
+    let handle = cache.handle();
+    let origin = Origin::default();
+    let app = origin.router().layer(cache);
+    let written = handle
+        .put_many((1..=3).map(|i| {
+            let res = http::Response::builder()
+                .header("content-type", "application/json")
+                .body(Bytes::from(format!(r#"{{"id":"{i}","from":"batch"}}"#)))
+                .unwrap();
+            (format!("/items/{i}").parse::<Uri>().unwrap(), res)
+        }))
+        .await
+        .unwrap();
+    assert_eq!(written, 3);
+    for i in 1..=3 {
+        let (status, x, body) = read(
+            app.clone()
+                .oneshot(req_get(&format!("/items/{i}")))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, x.as_str()), (200, "HIT"));
+        assert_eq!(body, format!(r#"{{"id":"{i}","from":"batch"}}"#));
+    }
+    assert_eq!(origin.calls(), 0);
+    let not_stored = http::Response::builder()
+        .status(500)
+        .body(Bytes::new())
+        .unwrap();
+    assert!(!handle
+        .put(&Uri::from_static("/items/9"), not_stored)
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn the_handle_is_a_request_extension_and_an_axum_extractor() {
+    let redis = RedisServer::start();
+    let cache = layer(&redis, |b| b).await;
+    let app = Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .route(
+            "/purge",
+            axum::routing::post(|handle: tower_redis_cache::CacheHandle| async move {
+                handle
+                    .invalidate_prefix("/items")
+                    .await
+                    .unwrap()
+                    .to_string()
+            }),
+        )
+        .layer(cache);
+    app.clone().oneshot(req_get("/items/1")).await.unwrap();
+    app.clone().oneshot(req_get("/items/2")).await.unwrap();
+    let (status, _, body) = read(
+        app.clone()
+            .oneshot(request("POST", "/purge"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "2"));
+    assert_eq!(
+        read(app.oneshot(req_get("/items/1")).await.unwrap())
+            .await
+            .1,
+        "MISS"
+    );
+
+    // Without the layer the extractor says what is missing.
+    let bare = Router::new().route(
+        "/purge",
+        axum::routing::post(|_: tower_redis_cache::CacheHandle| async { "" }),
+    );
+    let (status, _, body) = read(bare.oneshot(request("POST", "/purge")).await.unwrap()).await;
+    assert_eq!(status, 500);
+    assert!(body.contains("add RedisCacheLayer"), "{body}");
+}
+
+#[tokio::test]
+async fn the_in_memory_store_behaves_the_same() {
+    let origin = Origin::default();
+    let cache = RedisCacheLayer::builder().build().unwrap();
+    let handle = cache.handle();
+    let app = origin.router().layer(cache);
+    assert_eq!(
+        read(
+            app.clone()
+                .oneshot(req_get("/items/1?b=1&a=2"))
+                .await
+                .unwrap()
+        )
+        .await
+        .1,
+        "MISS"
+    );
+    assert_eq!(
+        read(
+            app.clone()
+                .oneshot(req_get("/items/1?a=2&b=1"))
+                .await
+                .unwrap()
+        )
+        .await
+        .1,
+        "HIT"
+    );
+    assert_eq!(handle.invalidate_prefix("/items").await.unwrap(), 1);
+    assert_eq!(
+        read(
+            app.clone()
+                .oneshot(req_get("/items/1?a=2&b=1"))
+                .await
+                .unwrap()
+        )
+        .await
+        .1,
+        "MISS"
+    );
+    handle.invalidate_namespace("default").await.unwrap();
+    assert_eq!(
+        read(app.oneshot(req_get("/items/1?a=2&b=1")).await.unwrap())
+            .await
+            .1,
+        "MISS"
+    );
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test]
+async fn status_codes_from_routes_are_unchanged() {
+    let redis = RedisServer::start();
+    let app = Origin::default().router().layer(layer(&redis, |b| b).await);
+    let res = app.oneshot(req_get("/nowhere")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let _ = res.into_response();
+}

@@ -1,0 +1,211 @@
+//! The products example's routes end to end, on a real Redis.
+
+mod support;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/products.rs"]
+mod products;
+
+use axum::{body::Body, Router};
+use http::Request;
+use serde_json::Value;
+use support::{keys, read, req_get, RedisServer};
+use tower::ServiceExt;
+use tower_redis_cache::{fred::prelude::KeysInterface, RedisCacheLayer};
+
+async fn app(redis: &RedisServer) -> (Router, std::sync::Arc<products::Db>) {
+    let db = products::Db::seeded();
+    let layer =
+        products::cache_layer(RedisCacheLayer::builder().store(redis.store().await)).unwrap();
+    (products::router(db.clone(), layer), db)
+}
+
+fn json(method: &str, uri: &str, body: &str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+async fn call(app: &Router, req: Request<Body>) -> (u16, String, Value) {
+    let (status, x, body) = read(app.clone().oneshot(req).await.unwrap()).await;
+    (
+        status,
+        x,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+#[tokio::test]
+async fn items_and_lists_miss_then_hit_with_keys_and_jittered_ttls() {
+    let redis = RedisServer::start();
+    let (app, db) = app(&redis).await;
+    let (s, x, item) = call(&app, req_get("/products/7")).await;
+    assert_eq!((s, x.as_str()), (200, "MISS"));
+    assert_eq!(item["id"], "7");
+    for field in ["name", "category", "price", "in_stock", "created_at"] {
+        assert!(item.get(field).is_some(), "missing {field}");
+    }
+    let (_, x, again) = call(&app, req_get("/products/7")).await;
+    assert_eq!((x.as_str(), &again), ("HIT", &item));
+
+    let (_, x, list) = call(&app, req_get("/products?category=books&page=2&per_page=5")).await;
+    assert_eq!(x, "MISS");
+    assert_eq!(list["items"].as_array().unwrap().len(), 5);
+    assert!(list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["category"] == "books"));
+    let (_, x, same) = call(&app, req_get("/products?per_page=5&page=2&category=books")).await;
+    assert_eq!((x.as_str(), &same), ("HIT", &list));
+    assert_eq!(db.reads(), 2);
+
+    let client = redis.client().await;
+    let all = keys(&client).await;
+    assert!(
+        all.contains(&"api:v1:products:GET:/products/7".to_owned()),
+        "{all:?}"
+    );
+    // 20 items give PTTLs spread inside 900 s ±10%.
+    for i in 1..=20 {
+        call(&app, req_get(&format!("/products/{i}"))).await;
+    }
+    let mut pttls = Vec::new();
+    for i in 1..=20 {
+        let pttl: i64 = client
+            .pttl(format!("api:v1:products:GET:/products/{i}"))
+            .await
+            .unwrap();
+        assert!((805_000..=990_000).contains(&pttl), "{pttl}");
+        pttls.push(pttl);
+    }
+    pttls.sort();
+    pttls.dedup();
+    assert!(pttls.len() > 15, "TTLs are not spread: {pttls:?}");
+}
+
+#[tokio::test]
+async fn batch_insert_items_hit_on_first_read() {
+    let redis = RedisServer::start();
+    let (app, db) = app(&redis).await;
+    let batch = r#"[
+        {"id":"501","name":"Lamp","category":"home","price":19.5,"in_stock":true},
+        {"id":"502","name":"Desk","category":"home","price":120.0,"in_stock":false,
+         "created_at":"2025-01-01T00:00:00Z"}
+    ]"#;
+    let (s, _, res) = call(&app, json("POST", "/products/batch", batch)).await;
+    assert_eq!(s, 201);
+    assert_eq!(res["cached"], 2);
+    for (id, name) in [("501", "Lamp"), ("502", "Desk")] {
+        let (s, x, p) = call(&app, req_get(&format!("/products/{id}"))).await;
+        assert_eq!((s, x.as_str()), (200, "HIT"));
+        assert_eq!(p["name"], name);
+    }
+    assert_eq!(db.reads(), 0);
+    // The new category's list includes them.
+    let (_, _, list) = call(&app, req_get("/products?category=home")).await;
+    assert_eq!(list["total"], 2);
+}
+
+#[tokio::test]
+async fn stock_update_invalidates_the_item_and_every_list_page() {
+    let redis = RedisServer::start();
+    let (app, db) = app(&redis).await;
+    let (_, _, before) = call(&app, req_get("/products/4")).await;
+    assert_eq!(before["in_stock"], true);
+    let lists = [
+        "/products?category=electronics&per_page=50",
+        "/products?page=1",
+        "/products",
+    ];
+    for l in lists {
+        call(&app, req_get(l)).await;
+        assert_eq!(call(&app, req_get(l)).await.1, "HIT");
+    }
+    let reads = db.reads();
+
+    let (s, x, updated) = call(
+        &app,
+        json("PATCH", "/products/4/stock", r#"{"in_stock":false}"#),
+    )
+    .await;
+    assert_eq!((s, x.as_str()), (200, "BYPASS"));
+    assert_eq!(updated["in_stock"], false);
+
+    let (_, x, after) = call(&app, req_get("/products/4")).await;
+    assert_eq!(
+        (x.as_str(), &after["in_stock"]),
+        ("MISS", &Value::Bool(false))
+    );
+    for l in lists {
+        let (_, x, page) = call(&app, req_get(l)).await;
+        assert_eq!(x, "MISS", "{l}");
+        if let Some(p) = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == "4")
+        {
+            assert_eq!(p["in_stock"], false, "{l}");
+        }
+    }
+    assert_eq!(db.reads(), reads + 1 + lists.len() as u64);
+
+    let (s, _, _) = call(
+        &app,
+        json("PATCH", "/products/999/stock", r#"{"in_stock":true}"#),
+    )
+    .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn stats_report_db_reads_and_are_never_cached() {
+    let redis = RedisServer::start();
+    let (app, _) = app(&redis).await;
+    call(&app, req_get("/products/1")).await;
+    call(&app, req_get("/products/1")).await;
+    let (_, x, stats) = call(&app, req_get("/stats")).await;
+    assert_eq!(x, "BYPASS");
+    assert_eq!(stats["db_reads"], 1);
+    assert_eq!(stats["cache"]["hits"], 1);
+    assert_eq!(stats["cache"]["misses"], 1);
+    call(&app, req_get("/products/2")).await;
+    let (_, _, stats) = call(&app, req_get("/stats")).await;
+    assert_eq!(stats["db_reads"], 2);
+}
+
+#[tokio::test]
+async fn redis_stopped_the_api_keeps_answering() {
+    let mut redis = RedisServer::start();
+    let (app, db) = app(&redis).await;
+    call(&app, req_get("/products/3")).await;
+    redis.stop();
+    for _ in 0..10 {
+        let (s, x, p) = call(&app, req_get("/products/3")).await;
+        assert_eq!(
+            (s, x.as_str(), &p["id"]),
+            (200, "BYPASS", &Value::from("3"))
+        );
+    }
+    let (s, _, _) = call(
+        &app,
+        json("PATCH", "/products/3/stock", r#"{"in_stock":true}"#),
+    )
+    .await;
+    assert_eq!(s, 200, "a failed invalidation must not fail the update");
+    let (s, _, res) = call(
+        &app,
+        json(
+            "POST",
+            "/products/batch",
+            r#"[{"id":"9000","name":"x","category":"y","price":1.0,"in_stock":true}]"#,
+        ),
+    )
+    .await;
+    assert_eq!((s, &res["cached"]), (201, &Value::from(0)));
+    assert_eq!(db.reads(), 11);
+}
