@@ -944,3 +944,32 @@ async fn status_codes_from_routes_are_unchanged() {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let _ = res.into_response();
 }
+
+#[tokio::test]
+async fn a_stalled_redis_costs_at_most_the_budget() {
+    use tower_redis_cache::fred::{prelude::ClientLike, types::CustomCommand};
+    let redis = RedisServer::start();
+    let origin = Origin::default();
+    let app = origin
+        .router()
+        .layer(layer(&redis, |b| b.store_timeout(Duration::from_millis(50))).await);
+    app.clone().oneshot(req_get("/items/1")).await.unwrap();
+    let admin = redis.client().await;
+    let () = admin
+        .custom(
+            CustomCommand::new_static("CLIENT", None, false),
+            vec!["PAUSE", "3000", "ALL"],
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, x, _) = read(app.oneshot(req_get("/items/1")).await.unwrap()).await;
+    assert_eq!((status, x.as_str()), (200, "BYPASS"));
+    // The stall lasts 3 s; the request must not wait for it.
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(origin.calls(), 2);
+}
