@@ -19,7 +19,7 @@ use axum::{
 };
 use bytes::Bytes;
 use http::{Method, Uri};
-use support::{keys, read, req_get, request, RedisServer};
+use support::{keys, read, req_get, request, send, RedisServer};
 use tower::ServiceExt;
 use tower_redis_cache::{
     fred::prelude::{Expiration, KeysInterface},
@@ -113,7 +113,7 @@ async fn miss_then_hit_with_age_and_one_origin_call() {
     let origin = Origin::default();
     let app = origin.router().layer(layer(&redis, |b| b).await);
 
-    let (status, x, first) = read(app.clone().oneshot(req_get("/items/1")).await.unwrap()).await;
+    let (status, x, first) = send(&app, req_get("/items/1")).await;
     assert_eq!((status, x.as_str()), (200, "MISS"));
     let res = app.clone().oneshot(req_get("/items/1")).await.unwrap();
     assert_eq!(res.headers()["age"], "0");
@@ -147,30 +147,12 @@ async fn query_order_is_normalized() {
     let redis = RedisServer::start();
     let origin = Origin::default();
     let app = origin.router().layer(layer(&redis, |b| b).await);
-    let (_, x, a) = read(
-        app.clone()
-            .oneshot(req_get("/items/1?page=2&category=tv"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, x, a) = send(&app, req_get("/items/1?page=2&category=tv")).await;
     assert_eq!(x, "MISS");
-    let (_, x, b) = read(
-        app.clone()
-            .oneshot(req_get("/items/1?category=tv&page=2"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, x, b) = send(&app, req_get("/items/1?category=tv&page=2")).await;
     assert_eq!(x, "HIT");
     assert_eq!(a, b);
-    let (_, x, _) = read(
-        app.clone()
-            .oneshot(req_get("/items/1?category=tv&page=3"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, x, _) = send(&app, req_get("/items/1?category=tv&page=3")).await;
     assert_eq!(x, "MISS");
     assert_eq!(origin.calls(), 2);
     assert_eq!(
@@ -242,38 +224,15 @@ async fn a_v2_layer_never_reads_v1_entries_nor_another_prefix() {
     let other = origin
         .router()
         .layer(layer(&redis, |b| b.prefix("other")).await);
-    assert_eq!(
-        read(v1.clone().oneshot(req_get("/items/1")).await.unwrap())
-            .await
-            .1,
-        "MISS"
-    );
-    assert_eq!(
-        read(v1.clone().oneshot(req_get("/items/1")).await.unwrap())
-            .await
-            .1,
-        "HIT"
-    );
-    assert_eq!(
-        read(v2.clone().oneshot(req_get("/items/1")).await.unwrap())
-            .await
-            .1,
-        "MISS"
-    );
-    assert_eq!(
-        read(other.clone().oneshot(req_get("/items/1")).await.unwrap())
-            .await
-            .1,
-        "MISS"
-    );
+    assert_eq!(send(&v1, req_get("/items/1")).await.1, "MISS");
+    assert_eq!(send(&v1, req_get("/items/1")).await.1, "HIT");
+    assert_eq!(send(&v2, req_get("/items/1")).await.1, "MISS");
+    assert_eq!(send(&other, req_get("/items/1")).await.1, "MISS");
     assert_eq!(origin.calls(), 3);
     // Invalidating through v2 leaves v1 alone.
     let h2 = layer(&redis, |b| b.version("v2")).await.handle();
     assert_eq!(h2.invalidate_prefix("/").await.unwrap(), 1);
-    assert_eq!(
-        read(v1.oneshot(req_get("/items/1")).await.unwrap()).await.1,
-        "HIT"
-    );
+    assert_eq!(send(&v1, req_get("/items/1")).await.1, "HIT");
 }
 
 #[tokio::test]
@@ -291,23 +250,8 @@ async fn invalidate_one_entry() {
     let uri = Uri::from_static("/items/1?a=1&b=2");
     assert_eq!(handle.invalidate(&Method::GET, &uri).await.unwrap(), 1);
     assert_eq!(handle.invalidate(&Method::GET, &uri).await.unwrap(), 0);
-    assert_eq!(
-        read(
-            app.clone()
-                .oneshot(req_get("/items/1?b=2&a=1"))
-                .await
-                .unwrap()
-        )
-        .await
-        .1,
-        "MISS"
-    );
-    assert_eq!(
-        read(app.oneshot(req_get("/items/2")).await.unwrap())
-            .await
-            .1,
-        "HIT"
-    );
+    assert_eq!(send(&app, req_get("/items/1?b=2&a=1")).await.1, "MISS");
+    assert_eq!(send(&app, req_get("/items/2")).await.1, "HIT");
     assert_eq!(origin.calls(), 3);
 }
 
@@ -327,42 +271,16 @@ async fn invalidate_prefix_removes_exactly_the_paths_under_it() {
         "/status/200",
         "/items/*",
     ] {
-        assert_eq!(
-            read(app.clone().oneshot(req_get(uri)).await.unwrap())
-                .await
-                .1,
-            "MISS",
-            "{uri}"
-        );
+        assert_eq!(send(&app, req_get(uri)).await.1, "MISS", "{uri}");
     }
     // A glob character in the prefix matches only itself.
     assert_eq!(handle.invalidate_prefix("/items/*").await.unwrap(), 1);
     assert_eq!(handle.invalidate_prefix("/items/1").await.unwrap(), 2);
-    assert_eq!(
-        read(app.clone().oneshot(req_get("/items/22")).await.unwrap())
-            .await
-            .1,
-        "HIT"
-    );
-    assert_eq!(
-        read(app.clone().oneshot(req_get("/status/200")).await.unwrap())
-            .await
-            .1,
-        "HIT"
-    );
+    assert_eq!(send(&app, req_get("/items/22")).await.1, "HIT");
+    assert_eq!(send(&app, req_get("/status/200")).await.1, "HIT");
     assert_eq!(handle.invalidate_prefix("/items").await.unwrap(), 1);
-    assert_eq!(
-        read(app.clone().oneshot(req_get("/status/200")).await.unwrap())
-            .await
-            .1,
-        "HIT"
-    );
-    assert_eq!(
-        read(app.oneshot(req_get("/items/22")).await.unwrap())
-            .await
-            .1,
-        "MISS"
-    );
+    assert_eq!(send(&app, req_get("/status/200")).await.1, "HIT");
+    assert_eq!(send(&app, req_get("/items/22")).await.1, "MISS");
     assert!(handle.invalidate_prefix("items").await.is_err());
 }
 
@@ -380,33 +298,13 @@ async fn invalidate_namespace_is_a_generation_bump_seen_by_every_instance() {
     let app_b = origin.router().layer(b);
     app_a.clone().oneshot(req_get("/items/1")).await.unwrap();
     app_a.clone().oneshot(req_get("/status/200")).await.unwrap();
-    assert_eq!(
-        read(app_b.clone().oneshot(req_get("/items/1")).await.unwrap())
-            .await
-            .1,
-        "HIT"
-    );
+    assert_eq!(send(&app_b, req_get("/items/1")).await.1, "HIT");
 
     let bump = a.handle().invalidate_namespace("items").await.unwrap();
     assert_eq!(bump.generation, 1);
-    assert_eq!(
-        read(app_b.clone().oneshot(req_get("/items/1")).await.unwrap())
-            .await
-            .1,
-        "MISS"
-    );
-    assert_eq!(
-        read(app_a.clone().oneshot(req_get("/items/1")).await.unwrap())
-            .await
-            .1,
-        "HIT"
-    );
-    assert_eq!(
-        read(app_b.oneshot(req_get("/status/200")).await.unwrap())
-            .await
-            .1,
-        "HIT"
-    );
+    assert_eq!(send(&app_b, req_get("/items/1")).await.1, "MISS");
+    assert_eq!(send(&app_a, req_get("/items/1")).await.1, "HIT");
+    assert_eq!(send(&app_b, req_get("/status/200")).await.1, "HIT");
     assert!(a.handle().invalidate_namespace("no spaces").await.is_err());
 }
 
@@ -435,27 +333,17 @@ async fn a_corrupt_or_foreign_value_is_a_miss_and_is_replaced() {
             )
             .await
             .unwrap();
-        let (status, x, body) = read(app.clone().oneshot(req_get("/items/1")).await.unwrap()).await;
+        let (status, x, body) = send(&app, req_get("/items/1")).await;
         assert_eq!((status, x.as_str()), (200, "MISS"), "{junk:?}");
         assert!(body.contains("\"id\":\"1\""));
-        assert_eq!(
-            read(app.clone().oneshot(req_get("/items/1")).await.unwrap())
-                .await
-                .1,
-            "HIT"
-        );
+        assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
     }
     assert_eq!(handle.stats().corrupt_entries, 4);
 
     // Junk on a route whose response is not stored is deleted, not kept.
     let key = "test:v1:default:GET:/status/404";
     let () = client.set(key, "junk", None, None, false).await.unwrap();
-    assert_eq!(
-        read(app.oneshot(req_get("/status/404")).await.unwrap())
-            .await
-            .0,
-        404
-    );
+    assert_eq!(send(&app, req_get("/status/404")).await.0, 404);
     let exists: u64 = client.exists(key).await.unwrap();
     assert_eq!(exists, 0);
 }
@@ -467,23 +355,13 @@ async fn redis_stopped_mid_test_means_200_bypass_then_caching_resumes() {
     let handle = cache.handle();
     let origin = Origin::default();
     let app = origin.router().layer(cache);
-    assert_eq!(
-        read(app.clone().oneshot(req_get("/items/1")).await.unwrap())
-            .await
-            .1,
-        "MISS"
-    );
-    assert_eq!(
-        read(app.clone().oneshot(req_get("/items/1")).await.unwrap())
-            .await
-            .1,
-        "HIT"
-    );
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "MISS");
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
 
     redis.stop();
     for _ in 0..20 {
         let started = std::time::Instant::now();
-        let (status, x, body) = read(app.clone().oneshot(req_get("/items/1")).await.unwrap()).await;
+        let (status, x, body) = send(&app, req_get("/items/1")).await;
         assert_eq!((status, x.as_str()), (200, "BYPASS"));
         assert!(body.contains("\"id\":\"1\""));
         assert!(started.elapsed() < Duration::from_secs(1));
@@ -497,9 +375,7 @@ async fn redis_stopped_mid_test_means_200_bypass_then_caching_resumes() {
     redis.restart();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let x = read(app.clone().oneshot(req_get("/items/1")).await.unwrap())
-            .await
-            .1;
+        let x = send(&app, req_get("/items/1")).await.1;
         if x == "HIT" {
             break;
         }
@@ -516,17 +392,11 @@ async fn head_is_answered_from_the_get_entry_and_never_creates_one() {
     let redis = RedisServer::start();
     let origin = Origin::default();
     let app = origin.router().layer(layer(&redis, |b| b).await);
-    let (status, x, body) = read(
-        app.clone()
-            .oneshot(request("HEAD", "/items/1"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, x, body) = send(&app, request("HEAD", "/items/1")).await;
     assert_eq!((status, x.as_str(), body.as_str()), (200, "MISS", ""));
     assert!(keys(&redis.client().await).await.is_empty());
 
-    let (_, _, get_body) = read(app.clone().oneshot(req_get("/items/1")).await.unwrap()).await;
+    let (_, _, get_body) = send(&app, req_get("/items/1")).await;
     let res = app
         .clone()
         .oneshot(request("HEAD", "/items/1"))
@@ -538,12 +408,7 @@ async fn head_is_answered_from_the_get_entry_and_never_creates_one() {
     );
     let (status, x, body) = read(res).await;
     assert_eq!((status, x.as_str(), body.as_str()), (200, "HIT", ""));
-    assert_eq!(
-        read(app.oneshot(req_get("/items/1")).await.unwrap())
-            .await
-            .2,
-        get_body
-    );
+    assert_eq!(send(&app, req_get("/items/1")).await.2, get_body);
     assert_eq!(origin.calls(), 2);
 }
 
@@ -553,13 +418,7 @@ async fn post_and_other_methods_pass_through() {
     let origin = Origin::default();
     let app = origin.router().layer(layer(&redis, |b| b).await);
     for n in 1..=3 {
-        let (status, x, body) = read(
-            app.clone()
-                .oneshot(request("POST", "/items/1"))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, x, body) = send(&app, request("POST", "/items/1")).await;
         assert_eq!((status, x.as_str()), (200, "BYPASS"));
         assert_eq!(body, format!("posted {n}"));
     }
@@ -572,18 +431,8 @@ async fn only_allowed_statuses_are_stored() {
     let origin = Origin::default();
     let app = origin.router().layer(layer(&redis, |b| b).await);
     for _ in 0..2 {
-        assert_eq!(
-            read(app.clone().oneshot(req_get("/status/404")).await.unwrap())
-                .await
-                .1,
-            "MISS"
-        );
-        assert_eq!(
-            read(app.clone().oneshot(req_get("/status/500")).await.unwrap())
-                .await
-                .1,
-            "MISS"
-        );
+        assert_eq!(send(&app, req_get("/status/404")).await.1, "MISS");
+        assert_eq!(send(&app, req_get("/status/500")).await.1, "MISS");
     }
     assert_eq!(origin.calls(), 4);
 
@@ -597,33 +446,14 @@ async fn only_allowed_statuses_are_stored() {
         })
         .await,
     );
-    let (s1, x1, b1) = read(
-        listed
-            .clone()
-            .oneshot(req_get("/status/404"))
-            .await
-            .unwrap(),
-    )
-    .await;
-    let (s2, x2, b2) = read(
-        listed
-            .clone()
-            .oneshot(req_get("/status/404"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s1, x1, b1) = send(&listed, req_get("/status/404")).await;
+    let (s2, x2, b2) = send(&listed, req_get("/status/404")).await;
     assert_eq!(
         (s1, x1.as_str(), s2, x2.as_str()),
         (404, "MISS", 404, "HIT")
     );
     assert_eq!(b1, b2);
-    assert_eq!(
-        read(listed.oneshot(req_get("/status/200")).await.unwrap())
-            .await
-            .1,
-        "MISS"
-    );
+    assert_eq!(send(&listed, req_get("/status/200")).await.1, "MISS");
 }
 
 #[tokio::test]
@@ -639,18 +469,12 @@ async fn cookies_authorization_and_no_store_are_not_cached() {
             .header("authorization", "Bearer a")
             .body(axum::body::Body::empty())
             .unwrap();
-        assert_eq!(
-            read(app.clone().oneshot(authorized).await.unwrap()).await.1,
-            "BYPASS"
-        );
+        assert_eq!(send(&app, authorized).await.1, "BYPASS");
         let no_store = http::Request::get("/items/2")
             .header("cache-control", "no-store")
             .body(axum::body::Body::empty())
             .unwrap();
-        assert_eq!(
-            read(app.clone().oneshot(no_store).await.unwrap()).await.1,
-            "BYPASS"
-        );
+        assert_eq!(send(&app, no_store).await.1, "BYPASS");
     }
     assert!(keys(&redis.client().await).await.is_empty());
 }
@@ -663,7 +487,7 @@ async fn a_body_over_the_limit_reaches_the_client_whole_and_is_not_stored() {
         .router()
         .layer(layer(&redis, |b| b.max_body_bytes(10_000)).await);
     for _ in 0..2 {
-        let (status, x, body) = read(app.clone().oneshot(req_get("/big")).await.unwrap()).await;
+        let (status, x, body) = send(&app, req_get("/big")).await;
         assert_eq!((status, x.as_str(), body.len()), (200, "MISS", 100_000));
     }
     assert_eq!(origin.calls(), 2);
@@ -695,10 +519,7 @@ async fn per_route_policies_in_one_layer() {
     let app = Origin::default().router().layer(cache);
     app.clone().oneshot(req_get("/items/1")).await.unwrap();
     app.clone().oneshot(req_get("/status/200")).await.unwrap();
-    assert_eq!(
-        read(app.oneshot(req_get("/cookie")).await.unwrap()).await.1,
-        "BYPASS"
-    );
+    assert_eq!(send(&app, req_get("/cookie")).await.1, "BYPASS");
     let client = redis.client().await;
     let item: i64 = client.pttl("test:v1:items:GET:/items/1").await.unwrap();
     let status: i64 = client
@@ -719,18 +540,8 @@ async fn bypass_unmatched_caches_only_listed_routes() {
     .await;
     let app = Origin::default().router().layer(cache);
     app.clone().oneshot(req_get("/items/1")).await.unwrap();
-    assert_eq!(
-        read(app.clone().oneshot(req_get("/items/1")).await.unwrap())
-            .await
-            .1,
-        "HIT"
-    );
-    assert_eq!(
-        read(app.oneshot(req_get("/status/200")).await.unwrap())
-            .await
-            .1,
-        "BYPASS"
-    );
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
+    assert_eq!(send(&app, req_get("/status/200")).await.1, "BYPASS");
 }
 
 #[tokio::test]
@@ -753,30 +564,10 @@ async fn one_layer_per_route_with_route_layer_shares_one_handle() {
                 .layer(cache),
         )
         .fallback_service(inner);
-    assert_eq!(
-        read(app.clone().oneshot(req_get("/cached/1")).await.unwrap())
-            .await
-            .1,
-        "MISS"
-    );
-    assert_eq!(
-        read(app.clone().oneshot(req_get("/cached/1")).await.unwrap())
-            .await
-            .1,
-        "HIT"
-    );
-    assert_eq!(
-        read(app.clone().oneshot(req_get("/plain")).await.unwrap())
-            .await
-            .1,
-        ""
-    );
-    assert_eq!(
-        read(app.clone().oneshot(req_get("/other/1")).await.unwrap())
-            .await
-            .1,
-        "MISS"
-    );
+    assert_eq!(send(&app, req_get("/cached/1")).await.1, "MISS");
+    assert_eq!(send(&app, req_get("/cached/1")).await.1, "HIT");
+    assert_eq!(send(&app, req_get("/plain")).await.1, "");
+    assert_eq!(send(&app, req_get("/other/1")).await.1, "MISS");
     let stats = handle.stats();
     assert_eq!((stats.hits, stats.misses), (1, 2));
 }
@@ -821,13 +612,7 @@ async fn handle_put_many_writes_entries_the_layer_then_serves() {
         .unwrap();
     assert_eq!(written, 3);
     for i in 1..=3 {
-        let (status, x, body) = read(
-            app.clone()
-                .oneshot(req_get(&format!("/items/{i}")))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, x, body) = send(&app, req_get(&format!("/items/{i}"))).await;
         assert_eq!((status, x.as_str()), (200, "HIT"));
         assert_eq!(body, format!(r#"{{"id":"{i}","from":"batch"}}"#));
     }
@@ -861,27 +646,16 @@ async fn the_handle_is_a_request_extension_and_an_axum_extractor() {
         .layer(cache);
     app.clone().oneshot(req_get("/items/1")).await.unwrap();
     app.clone().oneshot(req_get("/items/2")).await.unwrap();
-    let (status, _, body) = read(
-        app.clone()
-            .oneshot(request("POST", "/purge"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _, body) = send(&app, request("POST", "/purge")).await;
     assert_eq!((status, body.as_str()), (200, "2"));
-    assert_eq!(
-        read(app.oneshot(req_get("/items/1")).await.unwrap())
-            .await
-            .1,
-        "MISS"
-    );
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "MISS");
 
     // Without the layer the extractor says what is missing.
     let bare = Router::new().route(
         "/purge",
         axum::routing::post(|_: tower_redis_cache::CacheHandle| async { "" }),
     );
-    let (status, _, body) = read(bare.oneshot(request("POST", "/purge")).await.unwrap()).await;
+    let (status, _, body) = send(&bare, request("POST", "/purge")).await;
     assert_eq!(status, 500);
     assert!(body.contains("add RedisCacheLayer"), "{body}");
 }
@@ -892,47 +666,12 @@ async fn the_in_memory_store_behaves_the_same() {
     let cache = RedisCacheLayer::builder().build().unwrap();
     let handle = cache.handle();
     let app = origin.router().layer(cache);
-    assert_eq!(
-        read(
-            app.clone()
-                .oneshot(req_get("/items/1?b=1&a=2"))
-                .await
-                .unwrap()
-        )
-        .await
-        .1,
-        "MISS"
-    );
-    assert_eq!(
-        read(
-            app.clone()
-                .oneshot(req_get("/items/1?a=2&b=1"))
-                .await
-                .unwrap()
-        )
-        .await
-        .1,
-        "HIT"
-    );
+    assert_eq!(send(&app, req_get("/items/1?b=1&a=2")).await.1, "MISS");
+    assert_eq!(send(&app, req_get("/items/1?a=2&b=1")).await.1, "HIT");
     assert_eq!(handle.invalidate_prefix("/items").await.unwrap(), 1);
-    assert_eq!(
-        read(
-            app.clone()
-                .oneshot(req_get("/items/1?a=2&b=1"))
-                .await
-                .unwrap()
-        )
-        .await
-        .1,
-        "MISS"
-    );
+    assert_eq!(send(&app, req_get("/items/1?a=2&b=1")).await.1, "MISS");
     handle.invalidate_namespace("default").await.unwrap();
-    assert_eq!(
-        read(app.oneshot(req_get("/items/1?a=2&b=1")).await.unwrap())
-            .await
-            .1,
-        "MISS"
-    );
+    assert_eq!(send(&app, req_get("/items/1?a=2&b=1")).await.1, "MISS");
     assert_eq!(origin.calls(), 3);
 }
 
@@ -963,7 +702,7 @@ async fn a_stalled_redis_costs_at_most_the_budget() {
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let (status, x, _) = read(app.oneshot(req_get("/items/1")).await.unwrap()).await;
+    let (status, x, _) = send(&app, req_get("/items/1")).await;
     assert_eq!((status, x.as_str()), (200, "BYPASS"));
     // The stall lasts 3 s; the request must not wait for it.
     assert!(

@@ -183,3 +183,9 @@ pub fn request(method: &str, uri: &str) -> Request<Body> {
         .body(Body::empty())
         .unwrap()
 }
+
+/// Sends `req` through a clone of `app` and reads the answer.
+pub async fn send(app: &axum::Router, req: Request<Body>) -> (u16, String, String) {
+    use tower::ServiceExt;
+    read(app.clone().oneshot(req).await.unwrap()).await
+}
