@@ -1,45 +1,72 @@
-//! The state one layer tree shares: store, key space, policies, settings and
-//! counters. The service and the handle both work through it.
+//! The state one layer tree shares: store, key space, policies, settings,
+//! counters, the circuit breaker and the in-process flights. The service and
+//! the handle both work through it.
 
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use http::HeaderName;
 
 use crate::{
-    entry::{self, Entry},
+    breaker::Breaker,
+    entry::{self, Entry, Freshness},
     error::StoreError,
+    flight::Flights,
     key::KeySpace,
     policy::Policies,
     store::{BoxFuture, Fetched, Store, Write},
     CacheStats,
 };
 
+/// The settings of a layer that are not per route.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) status_header: Option<HeaderName>,
+    pub(crate) budget: Duration,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) single_flight: bool,
+    pub(crate) distributed_lock: bool,
+    pub(crate) lock_ttl: Duration,
+    pub(crate) coalesce_timeout: Duration,
+    pub(crate) breaker_threshold: u32,
+    pub(crate) breaker_cooldown: Duration,
+}
+
 pub(crate) struct CacheCore {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) keys: KeySpace,
     pub(crate) policies: Policies,
-    pub(crate) status_header: Option<HeaderName>,
-    pub(crate) budget: Duration,
-    pub(crate) max_body_bytes: usize,
+    pub(crate) settings: Settings,
     pub(crate) counters: Counters,
+    pub(crate) flights: Flights,
+    breaker: Breaker,
     store_healthy: AtomicBool,
 }
 
 /// The outcome of a lookup.
 pub(crate) enum Lookup {
-    Hit(Entry),
+    /// An entry of the current generation, fresh or inside a stale window.
+    Found { entry: Entry, generation: u64 },
     /// Not there (or unusable); the namespace generation to write under.
-    Miss {
-        generation: u64,
-    },
-    /// The store failed or timed out: pass through, do not write.
+    Miss { generation: u64 },
+    /// The store failed, timed out, or the breaker is open: pass through,
+    /// do not write.
     Failed,
+}
+
+/// What waiting for another instance's computation gave.
+pub(crate) enum Coalesced {
+    /// Another instance stored the entry meanwhile.
+    Entry(Entry),
+    /// This request holds the lock: it computes the entry.
+    Locked(String),
+    /// No lock (timed out, store failed): go to the service anyway.
+    Proceed,
 }
 
 #[derive(Default)]
@@ -47,10 +74,16 @@ pub(crate) struct Counters {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) bypasses: AtomicU64,
+    pub(crate) stale: AtomicU64,
     pub(crate) store_errors: AtomicU64,
     pub(crate) stores: AtomicU64,
     pub(crate) bytes_stored: AtomicU64,
     pub(crate) corrupt_entries: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) lock_waits: AtomicU64,
+    pub(crate) lock_timeouts: AtomicU64,
+    pub(crate) background_refreshes: AtomicU64,
+    pub(crate) early_refreshes: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -62,18 +95,20 @@ impl CacheCore {
         store: Arc<dyn Store>,
         keys: KeySpace,
         policies: Policies,
-        status_header: Option<HeaderName>,
-        budget: Duration,
-        max_body_bytes: usize,
+        settings: Settings,
     ) -> Self {
         Self {
+            breaker: Breaker::new(
+                settings.breaker_threshold,
+                settings.breaker_cooldown,
+                settings.budget,
+            ),
             store,
             keys,
             policies,
-            status_header,
-            budget,
-            max_body_bytes,
+            settings,
             counters: Counters::default(),
+            flights: Flights::default(),
             store_healthy: AtomicBool::new(true),
         }
     }
@@ -84,30 +119,45 @@ impl CacheCore {
             hits: c.hits.load(Relaxed),
             misses: c.misses.load(Relaxed),
             bypasses: c.bypasses.load(Relaxed),
+            stale: c.stale.load(Relaxed),
             store_errors: c.store_errors.load(Relaxed),
             stores: c.stores.load(Relaxed),
             bytes_stored: c.bytes_stored.load(Relaxed),
             corrupt_entries: c.corrupt_entries.load(Relaxed),
+            coalesced: c.coalesced.load(Relaxed),
+            lock_waits: c.lock_waits.load(Relaxed),
+            lock_timeouts: c.lock_timeouts.load(Relaxed),
+            background_refreshes: c.background_refreshes.load(Relaxed),
+            early_refreshes: c.early_refreshes.load(Relaxed),
+            breaker: self.breaker.state(),
+            breaker_trips: self.breaker.trips.load(Relaxed),
         }
     }
 
-    /// Runs a store call under the time budget, counting and logging failures.
+    /// Runs a store call under the time budget and the circuit breaker,
+    /// counting and logging failures.
     pub(crate) async fn timed<T>(
         &self,
         op: &'static str,
         call: BoxFuture<'_, Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let result = tokio::time::timeout(self.budget, call)
+        if !self.breaker.allow() {
+            return Err(StoreError::CircuitOpen);
+        }
+        let budget = self.settings.budget;
+        let result = tokio::time::timeout(budget, call)
             .await
-            .unwrap_or(Err(StoreError::Timeout(self.budget)));
+            .unwrap_or(Err(StoreError::Timeout(budget)));
         match &result {
             Ok(_) => {
+                self.breaker.record_success();
                 if !self.store_healthy.load(Relaxed) && !self.store_healthy.swap(true, Relaxed) {
                     tracing::info!("cache store answers again; caching resumed");
                 }
             }
             Err(e) => {
                 bump(&self.counters.store_errors);
+                self.breaker.record_failure();
                 if self.store_healthy.swap(false, Relaxed) {
                     tracing::warn!(op, error = %e, "cache store failed; requests pass through to the service");
                 } else {
@@ -119,20 +169,28 @@ impl CacheCore {
     }
 
     pub(crate) async fn lookup(&self, key: &str, generation_key: &str) -> Lookup {
-        let Ok(Fetched { value, generation }) = self
+        match self
             .timed("fetch", self.store.fetch(key, generation_key))
             .await
-        else {
-            return Lookup::Failed;
-        };
+        {
+            Ok(fetched) => self.judge(key, fetched).await,
+            Err(_) => Lookup::Failed,
+        }
+    }
+
+    /// Decides what a fetched value is worth.
+    async fn judge(&self, key: &str, Fetched { value, generation }: Fetched) -> Lookup {
         let Some(value) = value else {
             return Lookup::Miss { generation };
         };
         match entry::decode(&value) {
-            Some(e) if e.generation == generation && !e.is_expired(entry::now_ms()) => {
-                Lookup::Hit(e)
+            Some(entry)
+                if entry.generation == generation
+                    && entry.freshness(entry::now_ms()) != Freshness::Expired =>
+            {
+                Lookup::Found { entry, generation }
             }
-            // Written before the last namespace bump, or past its TTL.
+            // Written before the last namespace bump, or past every window.
             Some(_) => Lookup::Miss { generation },
             None => {
                 bump(&self.counters.corrupt_entries);
@@ -146,6 +204,61 @@ impl CacheCore {
                     .await;
                 Lookup::Miss { generation }
             }
+        }
+    }
+
+    /// Takes the cross-instance lock for `key`, or waits (polling with
+    /// backoff, up to the coalesce timeout) for the instance holding it to
+    /// store the entry. Every poll is one round trip that also re-reads the
+    /// entry, so an entry stored a moment ago is found, not recomputed.
+    pub(crate) async fn coalesce(
+        &self,
+        key: &str,
+        lock_key: &str,
+        generation_key: &str,
+        wait: bool,
+    ) -> Coalesced {
+        let token = format!("{:032x}", rand::random::<u128>());
+        let deadline = Instant::now() + self.settings.coalesce_timeout;
+        let mut delay = Duration::from_millis(2);
+        let mut waited = false;
+        loop {
+            let call = self.store.lock_and_fetch(
+                lock_key,
+                &token,
+                self.settings.lock_ttl,
+                key,
+                generation_key,
+            );
+            let Ok((locked, fetched)) = self.timed("lock", call).await else {
+                return Coalesced::Proceed;
+            };
+            if let Lookup::Found { entry, .. } = self.judge(key, fetched).await {
+                if entry.freshness(entry::now_ms()) == Freshness::Fresh {
+                    if locked {
+                        let _ = self
+                            .timed("unlock", self.store.unlock(lock_key, &token))
+                            .await;
+                    }
+                    return Coalesced::Entry(entry);
+                }
+            }
+            if locked {
+                return Coalesced::Locked(token);
+            }
+            if !wait {
+                return Coalesced::Proceed;
+            }
+            if !waited {
+                waited = true;
+                bump(&self.counters.lock_waits);
+            }
+            if Instant::now() + delay > deadline {
+                bump(&self.counters.lock_timeouts);
+                return Coalesced::Proceed;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(50));
         }
     }
 

@@ -43,10 +43,51 @@ struct Meta<'a> {
     h: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     /// Stored at, milliseconds since the Unix epoch.
     t: u64,
-    /// TTL in milliseconds.
+    /// Fresh for this many milliseconds (the jittered TTL).
     l: u64,
+    /// Stale-while-revalidate window after that, in milliseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    w: u64,
+    /// Stale-if-error window after freshness, in milliseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    e: u64,
+    /// How long the origin took to produce it, in milliseconds (for early
+    /// refresh).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    d: u64,
     /// The namespace generation the entry was written under.
     g: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// How long an entry is fresh, and how long it may be served stale after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lifetimes {
+    pub(crate) fresh: Duration,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
+}
+
+impl Lifetimes {
+    /// How long the store keeps the entry: fresh plus the longer stale window.
+    pub(crate) fn store_ttl(&self) -> Duration {
+        self.fresh + self.stale_while_revalidate.max(self.stale_if_error)
+    }
+}
+
+/// Where an entry stands at a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    Fresh,
+    /// Past its TTL, inside the stale-while-revalidate window.
+    StaleWhileRevalidate,
+    /// Past its TTL and the revalidate window, inside the stale-if-error one:
+    /// served only when the origin fails.
+    StaleIfError,
+    Expired,
 }
 
 /// A decoded entry.
@@ -56,6 +97,9 @@ pub(crate) struct Entry {
     pub(crate) headers: HeaderMap,
     pub(crate) stored_at_ms: u64,
     pub(crate) ttl_ms: u64,
+    pub(crate) swr_ms: u64,
+    pub(crate) sie_ms: u64,
+    pub(crate) delta_ms: u64,
     pub(crate) generation: u64,
     pub(crate) body: Bytes,
 }
@@ -66,10 +110,28 @@ impl Entry {
         now_ms.saturating_sub(self.stored_at_ms) / 1000
     }
 
-    /// Whether the entry outlived its TTL (a store that expires lazily may
-    /// still return it).
-    pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
-        now_ms.saturating_sub(self.stored_at_ms) >= self.ttl_ms
+    /// Where the entry stands at `now_ms` (a store that expires lazily may
+    /// still return an expired one).
+    pub(crate) fn freshness(&self, now_ms: u64) -> Freshness {
+        let age = now_ms.saturating_sub(self.stored_at_ms);
+        let past = age.checked_sub(self.ttl_ms);
+        match past {
+            None => Freshness::Fresh,
+            Some(p) if p < self.swr_ms => Freshness::StaleWhileRevalidate,
+            Some(p) if p < self.sie_ms => Freshness::StaleIfError,
+            Some(_) => Freshness::Expired,
+        }
+    }
+
+    /// The XFetch rule: refresh early with a probability that grows as expiry
+    /// nears and with the time the origin needs (`delta`). `unit` is a uniform
+    /// draw in `(0, 1]`.
+    pub(crate) fn early_refresh_due(&self, now_ms: u64, beta: f64, unit: f64) -> bool {
+        if beta <= 0.0 || self.delta_ms == 0 {
+            return false;
+        }
+        let expiry = self.stored_at_ms.saturating_add(self.ttl_ms) as f64;
+        now_ms as f64 - self.delta_ms as f64 * beta * unit.ln() >= expiry
     }
 }
 
@@ -85,7 +147,8 @@ pub(crate) fn encode(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
-    ttl: Duration,
+    lifetimes: &Lifetimes,
+    origin_time: Duration,
     generation: u64,
     skip: Option<&HeaderName>,
 ) -> Option<Bytes> {
@@ -103,7 +166,10 @@ pub(crate) fn encode(
         s: status.as_u16(),
         h,
         t: now_ms(),
-        l: ttl.as_millis() as u64,
+        l: lifetimes.fresh.as_millis() as u64,
+        w: lifetimes.stale_while_revalidate.as_millis() as u64,
+        e: lifetimes.stale_if_error.as_millis() as u64,
+        d: origin_time.as_millis() as u64,
         g: generation,
     };
     let json = serde_json::to_vec(&meta).ok()?;
@@ -139,6 +205,9 @@ pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
         headers,
         stored_at_ms: meta.t,
         ttl_ms: meta.l,
+        swr_ms: meta.w,
+        sie_ms: meta.e,
+        delta_ms: meta.d,
         generation: meta.g,
         body: value.slice(json_end..),
     })
@@ -163,11 +232,66 @@ mod tests {
             StatusCode::OK,
             &headers,
             b"{\"a\":1}",
-            Duration::from_secs(9),
+            &lifetimes(9_000, 0, 0),
+            Duration::from_millis(12),
             3,
             None,
         )
         .unwrap()
+    }
+
+    fn lifetimes(fresh: u64, swr: u64, sie: u64) -> Lifetimes {
+        Lifetimes {
+            fresh: Duration::from_millis(fresh),
+            stale_while_revalidate: Duration::from_millis(swr),
+            stale_if_error: Duration::from_millis(sie),
+        }
+    }
+
+    #[test]
+    fn freshness_windows() {
+        let v = encode(
+            StatusCode::OK,
+            &HeaderMap::new(),
+            b"",
+            &lifetimes(1000, 500, 2000),
+            Duration::ZERO,
+            0,
+            None,
+        )
+        .unwrap();
+        let e = decode(&v).unwrap();
+        let t = e.stored_at_ms;
+        assert_eq!(e.freshness(t), Freshness::Fresh);
+        assert_eq!(e.freshness(t + 999), Freshness::Fresh);
+        assert_eq!(e.freshness(t + 1000), Freshness::StaleWhileRevalidate);
+        assert_eq!(e.freshness(t + 1499), Freshness::StaleWhileRevalidate);
+        assert_eq!(e.freshness(t + 1500), Freshness::StaleIfError);
+        assert_eq!(e.freshness(t + 2999), Freshness::StaleIfError);
+        assert_eq!(e.freshness(t + 3000), Freshness::Expired);
+        assert_eq!(
+            lifetimes(1000, 500, 2000).store_ttl(),
+            Duration::from_millis(3000)
+        );
+        let plain = decode(&sample()).unwrap();
+        assert_eq!(
+            plain.freshness(plain.stored_at_ms + 9000),
+            Freshness::Expired
+        );
+    }
+
+    #[test]
+    fn early_refresh_grows_near_expiry() {
+        let e = decode(&sample()).unwrap(); // 9 s TTL, 12 ms origin time
+        let t = e.stored_at_ms;
+        // Far from expiry: never, even on the unluckiest draw.
+        assert!(!e.early_refresh_due(t, 1.0, 1e-9));
+        // 100 ms before expiry: only unlikely draws (ln(u) < -100/12).
+        assert!(!e.early_refresh_due(t + 8_900, 1.0, 0.5));
+        assert!(e.early_refresh_due(t + 8_900, 1.0, 1e-5));
+        // A larger beta refreshes earlier.
+        assert!(e.early_refresh_due(t + 8_900, 20.0, 0.5));
+        assert!(!e.early_refresh_due(t + 8_900, 0.0, 1e-9));
     }
 
     #[test]
@@ -239,7 +363,8 @@ mod tests {
             StatusCode::OK,
             &headers,
             b"",
-            Duration::from_secs(1),
+            &lifetimes(1000, 0, 0),
+            Duration::ZERO,
             0,
             None
         )

@@ -63,6 +63,9 @@ pub enum StoreError {
     Unavailable,
     /// The store answered with an error.
     Backend(String),
+    /// The circuit breaker is open after repeated failures: the store was not
+    /// called.
+    CircuitOpen,
 }
 
 impl fmt::Display for StoreError {
@@ -71,6 +74,7 @@ impl fmt::Display for StoreError {
             Self::Timeout(d) => write!(f, "no answer within {} ms", d.as_millis()),
             Self::Unavailable => f.write_str("not connected"),
             Self::Backend(m) => f.write_str(m),
+            Self::CircuitOpen => f.write_str("circuit open after repeated failures"),
         }
     }
 }

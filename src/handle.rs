@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{Method, Response, Uri};
 use serde::Serialize;
 
-use crate::{core::CacheCore, entry, error::Error, jitter, semantics, store::Write};
+use crate::{breaker::BreakerState, core::CacheCore, entry, error::Error, semantics, store::Write};
 
 /// A cheap, cloneable handle to one layer's cache.
 ///
@@ -51,13 +51,34 @@ pub struct NamespaceBump {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct CacheStats {
-    /// Responses served from the cache.
+    /// Responses served fresh from the cache.
     pub hits: u64,
-    /// Cacheable requests that were not in the cache and went to the service.
+    /// Cacheable requests that found no usable entry. Some of them were then
+    /// answered by another request's result (see `coalesced`) instead of
+    /// the service.
     pub misses: u64,
     /// Requests that passed through without the cache: not cacheable (method,
     /// route, headers) or the store failed.
     pub bypasses: u64,
+    /// Stale entries served (`x-cache: STALE`): inside the
+    /// stale-while-revalidate window, or because the service failed.
+    pub stale: u64,
+    /// Misses answered by another request's result: a request of this
+    /// process that was already on its way to the service, or an entry another
+    /// instance stored while this one waited for its lock.
+    pub coalesced: u64,
+    /// Misses that found another instance computing the entry and waited.
+    pub lock_waits: u64,
+    /// Of those, waits that ran out and went to the service anyway.
+    pub lock_timeouts: u64,
+    /// Background refreshes started (stale-while-revalidate and early refresh).
+    pub background_refreshes: u64,
+    /// Hits that triggered an early refresh.
+    pub early_refreshes: u64,
+    /// The circuit breaker's state now.
+    pub breaker: BreakerState,
+    /// How often the circuit breaker opened.
+    pub breaker_trips: u64,
     /// Store calls that failed or ran out of time (each sent its request to the
     /// service instead).
     pub store_errors: u64,
@@ -170,14 +191,15 @@ impl CacheHandle {
                     g
                 }
             };
-            let ttl = jitter::jittered(rule.ttl, rule.jitter);
+            let lifetimes = rule.lifetimes();
             let value = entry::encode(
                 response.status(),
                 response.headers(),
                 response.body(),
-                ttl,
+                &lifetimes,
+                std::time::Duration::ZERO,
                 generation,
-                self.core.status_header.as_ref(),
+                self.core.settings.status_header.as_ref(),
             )
             .ok_or_else(|| {
                 Error::Invalid(format!(
@@ -188,7 +210,11 @@ impl CacheHandle {
                 self.core
                     .keys
                     .entry_key(&rule.namespace, &Method::GET, uri.path(), uri.query());
-            writes.push(Write { key, value, ttl });
+            writes.push(Write {
+                key,
+                value,
+                ttl: lifetimes.store_ttl(),
+            });
         }
         if !writes.is_empty() {
             self.core.write(&writes).await?;

@@ -81,6 +81,21 @@ impl KeySpace {
         key
     }
 
+    /// The key of the short lock that lets one instance compute the entry at
+    /// `entry_key` (in `namespace`): the entry key with `LOCK` in place of
+    /// the method. Entries are stored under `GET` only, so it is never an
+    /// entry key, and prefix invalidation leaves it alone.
+    pub(crate) fn lock_key(&self, namespace: &str, entry_key: &str) -> String {
+        let at = self.base.len() + namespace.len() + 1;
+        match entry_key
+            .get(at..)
+            .and_then(|rest| rest.strip_prefix("GET"))
+        {
+            Some(rest) => format!("{}LOCK{rest}", &entry_key[..at]),
+            None => format!("{entry_key}#lock"),
+        }
+    }
+
     /// The key holding a namespace's generation counter.
     ///
     /// It has a single `:` after the namespace, while every entry key has
@@ -107,7 +122,9 @@ impl KeySpace {
         let Some((_namespace, rest)) = rest.split_once(':') else {
             return false;
         };
-        let Some((_method, target)) = rest.split_once(':') else {
+        // Entries are stored under GET only; other method parts (lock keys)
+        // are not entries.
+        let Some(("GET", target)) = rest.split_once(':') else {
             return false;
         };
         if target.starts_with(path_prefix) {
@@ -269,6 +286,15 @@ mod tests {
         assert!(!v2.is_under_path_prefix(&k, "/products"));
         // Generation keys are not entries.
         assert!(!s.is_under_path_prefix(&s.generation_key("products"), "/"));
+    }
+
+    #[test]
+    fn lock_keys_sit_beside_entries_and_are_not_entries() {
+        let s = space();
+        let k = key("/products/1?a=1");
+        let lock = s.lock_key("products", &k);
+        assert_eq!(lock, "api:v1:products:LOCK:/products/1?a=1");
+        assert!(!s.is_under_path_prefix(&lock, "/products"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use http::{HeaderName, StatusCode};
 use tower_layer::Layer;
 
 use crate::{
-    core::CacheCore,
+    core::{CacheCore, Settings},
     error::Error,
     key::KeySpace,
     policy::{CachePolicy, Policies, Resolved},
@@ -93,6 +93,10 @@ enum StoreChoice {
 /// | `status_header` | `x-cache` |
 /// | `store_timeout` (the time budget of every store call) | 50 ms |
 /// | `max_body_bytes` | 1 MiB |
+/// | `stale_while_revalidate` / `stale_if_error` / `early_refresh` | off |
+/// | `single_flight` / `distributed_lock` | on / on |
+/// | `lock_ttl` / `coalesce_timeout` | 5 s / 5 s |
+/// | `circuit_breaker` | open after 5 failures in a row, probe after 500 ms |
 pub struct RedisCacheLayerBuilder {
     store: StoreChoice,
     prefix: String,
@@ -108,6 +112,15 @@ pub struct RedisCacheLayerBuilder {
     status_header: Option<String>,
     store_timeout: Duration,
     max_body_bytes: usize,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    early_refresh: f64,
+    single_flight: bool,
+    distributed_lock: bool,
+    lock_ttl: Duration,
+    coalesce_timeout: Duration,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
 }
 
 impl Default for RedisCacheLayerBuilder {
@@ -127,6 +140,15 @@ impl Default for RedisCacheLayerBuilder {
             status_header: Some("x-cache".into()),
             store_timeout: Duration::from_millis(50),
             max_body_bytes: 1024 * 1024,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            early_refresh: 0.0,
+            single_flight: true,
+            distributed_lock: true,
+            lock_ttl: Duration::from_secs(5),
+            coalesce_timeout: Duration::from_secs(5),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_millis(500),
         }
     }
 }
@@ -248,6 +270,66 @@ impl RedisCacheLayerBuilder {
         self
     }
 
+    /// The default stale-while-revalidate window (see
+    /// [`CachePolicy::stale_while_revalidate`]; default 0, off).
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = window;
+        self
+    }
+
+    /// The default stale-if-error window (see
+    /// [`CachePolicy::stale_if_error`]; default 0, off).
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = window;
+        self
+    }
+
+    /// The default early-refresh beta (see [`CachePolicy::early_refresh`];
+    /// default 0.0, off).
+    pub fn early_refresh(mut self, beta: f64) -> Self {
+        self.early_refresh = beta;
+        self
+    }
+
+    /// Whether concurrent misses on one key in this process make one call to
+    /// the service, the others waiting for its result (default `true`).
+    pub fn single_flight(mut self, enable: bool) -> Self {
+        self.single_flight = enable;
+        self
+    }
+
+    /// Whether a miss takes a short per-key lock in the store so that only one
+    /// instance computes an entry while the others wait for it (default
+    /// `true`; a store without locks, like the in-memory one, ignores it).
+    pub fn distributed_lock(mut self, enable: bool) -> Self {
+        self.distributed_lock = enable;
+        self
+    }
+
+    /// How long a per-key lock lives at most (default 5 s): a crashed
+    /// instance holds up the others for no longer than this.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
+    }
+
+    /// How long a request waits for another request's result (in this
+    /// process, or another instance's entry) before calling the service
+    /// itself (default 5 s).
+    pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
+        self.coalesce_timeout = timeout;
+        self
+    }
+
+    /// After `failures` store failures in a row, skip the store for
+    /// `cooldown`, then let one probe through (default 5 and 500 ms).
+    /// `failures` 0 turns the breaker off.
+    pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.breaker_threshold = failures;
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
     /// Validates everything and builds the layer. With
     /// [`redis_url`](Self::redis_url) it must run inside a Tokio runtime.
     ///
@@ -268,11 +350,24 @@ impl RedisCacheLayerBuilder {
             namespace: self.namespace,
             statuses: self.statuses,
             allow_authorization: self.allow_authorization,
+            stale_while_revalidate: self.stale_while_revalidate,
+            stale_if_error: self.stale_if_error,
+            early_refresh: self.early_refresh,
         };
         base.validate("layer")?;
         if self.store_timeout.is_zero() {
             return Err(Error::config(
                 "store_timeout is zero: give the store a budget such as 50 ms",
+            ));
+        }
+        if self.lock_ttl < Duration::from_millis(1) {
+            return Err(Error::config(
+                "lock_ttl is below 1 ms: give it about the time your slowest response takes, e.g. 5 s",
+            ));
+        }
+        if self.breaker_threshold > 0 && self.breaker_cooldown.is_zero() {
+            return Err(Error::config(
+                "circuit_breaker cool-down is zero: use e.g. 500 ms, or 0 failures to turn the breaker off",
             ));
         }
         let status_header = self
@@ -303,14 +398,18 @@ impl RedisCacheLayerBuilder {
             StoreChoice::Store(store) => store,
             StoreChoice::Url(url) => Arc::new(RedisStore::builder(url).build()?),
         };
-        let core = CacheCore::new(
-            store,
-            keys,
-            policies,
+        let settings = Settings {
             status_header,
-            self.store_timeout,
-            self.max_body_bytes,
-        );
+            budget: self.store_timeout,
+            max_body_bytes: self.max_body_bytes,
+            single_flight: self.single_flight,
+            distributed_lock: self.distributed_lock,
+            lock_ttl: self.lock_ttl,
+            coalesce_timeout: self.coalesce_timeout,
+            breaker_threshold: self.breaker_threshold,
+            breaker_cooldown: self.breaker_cooldown,
+        };
+        let core = CacheCore::new(store, keys, policies, settings);
         Ok(RedisCacheLayer {
             core: Arc::new(core),
         })
@@ -346,6 +445,9 @@ mod tests {
         assert!(err(b().statuses([])).contains("no cacheable statuses"));
         assert!(err(b().status_header("bad header")).contains("not a valid header name"));
         assert!(err(b().store_timeout(Duration::ZERO)).contains("store_timeout"));
+        assert!(err(b().lock_ttl(Duration::ZERO)).contains("lock_ttl"));
+        assert!(err(b().circuit_breaker(3, Duration::ZERO)).contains("cool-down"));
+        assert!(err(b().early_refresh(-1.0)).contains("early_refresh"));
         let e = err(b().route("/p/{id}", CachePolicy::new().ttl(Duration::ZERO)));
         assert!(e.contains("route \"/p/{id}\": TTL is zero"), "{e}");
         assert!(err(b().route("p", CachePolicy::new())).contains("must start with '/'"));

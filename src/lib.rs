@@ -49,9 +49,11 @@
 #![deny(unsafe_code)]
 
 mod body;
+mod breaker;
 mod core;
 mod entry;
 mod error;
+mod flight;
 mod future;
 mod handle;
 mod jitter;
@@ -66,6 +68,7 @@ pub mod store;
 pub use handle::MissingCacheHandle;
 pub use {
     body::CacheBody,
+    breaker::BreakerState,
     error::{Error, StoreError},
     fred,
     future::ResponseFuture,

@@ -13,7 +13,9 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use http::StatusCode;
 
 use crate::{
+    entry::Lifetimes,
     error::Error,
+    jitter,
     key::{check_component, KeySpace},
 };
 
@@ -42,6 +44,9 @@ pub struct CachePolicy {
     namespace: Option<String>,
     statuses: Option<Vec<StatusCode>>,
     allow_authorization: Option<bool>,
+    stale_while_revalidate: Option<Duration>,
+    stale_if_error: Option<Duration>,
+    early_refresh: Option<f64>,
     bypass: bool,
 }
 
@@ -94,6 +99,30 @@ impl CachePolicy {
         self
     }
 
+    /// How long after its TTL an entry may still be served (`x-cache: STALE`)
+    /// while one background request refreshes it (default: 0, off).
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = Some(window);
+        self
+    }
+
+    /// How long after its TTL an entry may still be served when the service
+    /// fails: returns an error or a 5xx status (default: 0, off).
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = Some(window);
+        self
+    }
+
+    /// Probabilistic early refresh (the XFetch rule): a hit close to expiry
+    /// starts one background refresh with a probability that grows as expiry
+    /// nears and with how long the service took to produce the entry. `beta`
+    /// scales it: `1.0` is the usual choice, larger refreshes earlier, `0.0`
+    /// (the default) turns it off.
+    pub fn early_refresh(mut self, beta: f64) -> Self {
+        self.early_refresh = Some(beta);
+        self
+    }
+
     /// Fills what this policy leaves unset from `base` and validates the result.
     pub(crate) fn resolve(
         &self,
@@ -118,6 +147,11 @@ impl CachePolicy {
                 .clone()
                 .unwrap_or_else(|| base.statuses.clone()),
             allow_authorization: self.allow_authorization.unwrap_or(base.allow_authorization),
+            stale_while_revalidate: self
+                .stale_while_revalidate
+                .unwrap_or(base.stale_while_revalidate),
+            stale_if_error: self.stale_if_error.unwrap_or(base.stale_if_error),
+            early_refresh: self.early_refresh.unwrap_or(base.early_refresh),
         };
         resolved.validate(what)?;
         Ok(Some(Arc::new(resolved)))
@@ -132,6 +166,10 @@ pub(crate) struct Resolved {
     pub(crate) namespace: String,
     pub(crate) statuses: Vec<StatusCode>,
     pub(crate) allow_authorization: bool,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
+    /// XFetch beta; 0 is off.
+    pub(crate) early_refresh: f64,
     /// Where this namespace's generation counter lives.
     pub(crate) generation_key: String,
 }
@@ -156,6 +194,12 @@ impl Resolved {
                 self.jitter
             )));
         }
+        if !(0.0..=100.0).contains(&self.early_refresh) {
+            return Err(Error::config(format!(
+                "{what}: early_refresh beta {} is outside 0.0..=100.0; use 1.0, or 0.0 for off",
+                self.early_refresh
+            )));
+        }
         check_component(&format!("{what}: namespace"), &self.namespace)?;
         if self.statuses.is_empty() {
             return Err(Error::config(format!(
@@ -167,6 +211,15 @@ impl Resolved {
 
     pub(crate) fn stores_status(&self, status: StatusCode) -> bool {
         self.statuses.contains(&status)
+    }
+
+    /// The lifetimes of an entry written now (TTL jittered).
+    pub(crate) fn lifetimes(&self) -> Lifetimes {
+        Lifetimes {
+            fresh: jitter::jittered(self.ttl, self.jitter),
+            stale_while_revalidate: self.stale_while_revalidate,
+            stale_if_error: self.stale_if_error,
+        }
     }
 }
 
@@ -339,6 +392,9 @@ mod tests {
             namespace: "default".into(),
             statuses: vec![StatusCode::OK],
             allow_authorization: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            early_refresh: 0.0,
             generation_key: "g".into(),
         }
     }

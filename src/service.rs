@@ -14,6 +14,7 @@ use std::{
     mem,
     sync::Arc,
     task::{Context, Poll},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -26,10 +27,10 @@ use tower_service::Service;
 
 use crate::{
     body::{collect_up_to, CacheBody, Collected},
-    core::{bump, CacheCore, Lookup},
-    entry::{self, Entry},
+    core::{bump, CacheCore, Coalesced, Lookup},
+    entry::{self, Entry, Freshness},
+    flight::{Flights, Join, Shared},
     future::ResponseFuture,
-    jitter,
     policy::Resolved,
     semantics,
     store::Write,
@@ -39,6 +40,7 @@ use crate::{
 pub(crate) const HIT: &str = "HIT";
 pub(crate) const MISS: &str = "MISS";
 pub(crate) const BYPASS: &str = "BYPASS";
+pub(crate) const STALE: &str = "STALE";
 
 /// The service produced by [`RedisCacheLayer`](crate::RedisCacheLayer).
 ///
@@ -114,7 +116,10 @@ where
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
                 .insert(CacheHandle::new(self.core.clone()));
-            return ResponseFuture::bypass(self.inner.call(req), self.core.status_header.clone());
+            return ResponseFuture::bypass(
+                self.inner.call(req),
+                self.core.settings.status_header.clone(),
+            );
         };
         // The service that was polled ready goes into the future; a clone
         // (not yet ready) stays for the next poll_ready.
@@ -125,6 +130,7 @@ where
 }
 
 /// What a cacheable request will use.
+#[derive(Clone)]
 struct Plan {
     rule: Arc<Resolved>,
     key: String,
@@ -168,70 +174,255 @@ fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
     })
 }
 
+/// The path of a cacheable request: lookup, then (on a miss) single-flight in
+/// this process, the cross-instance lock, and the service.
 async fn serve<S, ReqBody, ResBody>(
     core: Arc<CacheCore>,
-    mut inner: S,
-    mut req: Request<ReqBody>,
+    inner: S,
+    req: Request<ReqBody>,
     plan: Plan,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
+{
+    let (stale, generation) = match core.lookup(&plan.key, &plan.rule.generation_key).await {
+        Lookup::Found { entry, generation } => {
+            let now = entry::now_ms();
+            match entry.freshness(now) {
+                Freshness::Fresh => {
+                    bump(&core.counters.hits);
+                    let beta = plan.rule.early_refresh;
+                    if beta > 0.0
+                        && !plan.head
+                        && entry.early_refresh_due(now, beta, 1.0 - rand::random::<f64>())
+                    {
+                        bump(&core.counters.early_refreshes);
+                        refresh_in_background(core.clone(), inner, req, plan.clone(), generation);
+                    }
+                    return Ok(cached_response(&core, entry, plan.head, HIT));
+                }
+                Freshness::StaleWhileRevalidate => {
+                    bump(&core.counters.stale);
+                    if !plan.head {
+                        refresh_in_background(core.clone(), inner, req, plan.clone(), generation);
+                    }
+                    return Ok(cached_response(&core, entry, plan.head, STALE));
+                }
+                // Only good enough if the service fails.
+                _ => (Some(entry), Some(generation)),
+            }
+        }
+        Lookup::Miss { generation } => (None, Some(generation)),
+        Lookup::Failed => (None, None),
+    };
+    bump(if generation.is_some() {
+        &core.counters.misses
+    } else {
+        &core.counters.bypasses
+    });
+    if plan.head {
+        return Ok(fetch(&core, inner, req, &plan, generation, stale).await?.0);
+    }
+
+    // One request per key in this process goes on; the others wait for it.
+    let guard = if core.settings.single_flight {
+        match core.flights.join(&plan.key) {
+            Join::Leader(guard) => Some(guard),
+            Join::Follower(slot) => {
+                if let Some(shared) = Flights::wait(slot, core.settings.coalesce_timeout).await {
+                    bump(&core.counters.coalesced);
+                    return Ok(cached_response(
+                        &core,
+                        shared.entry.clone(),
+                        false,
+                        shared.outcome,
+                    ));
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    // One instance per key goes on; the others wait for its entry.
+    let mut lock = None;
+    if generation.is_some() && guard.is_some() && core.settings.distributed_lock {
+        let lock_key = core.keys.lock_key(&plan.rule.namespace, &plan.key);
+        match core
+            .coalesce(&plan.key, &lock_key, &plan.rule.generation_key, true)
+            .await
+        {
+            Coalesced::Entry(entry) => {
+                bump(&core.counters.coalesced);
+                if let Some(guard) = guard {
+                    guard.publish(Shared {
+                        entry: entry.clone(),
+                        outcome: HIT,
+                    });
+                }
+                return Ok(cached_response(&core, entry, false, HIT));
+            }
+            Coalesced::Locked(token) => lock = Some((lock_key, token)),
+            Coalesced::Proceed => {}
+        }
+    }
+
+    let result = fetch(&core, inner, req, &plan, generation, stale).await;
+    if let Some((lock_key, token)) = lock {
+        let core = core.clone();
+        tokio::spawn(async move {
+            let _ = core
+                .timed("unlock", core.store.unlock(&lock_key, &token))
+                .await;
+        });
+    }
+    let (response, shared) = result?;
+    if let (Some(guard), Some(shared)) = (guard, shared) {
+        guard.publish(shared);
+    }
+    Ok(response)
+}
+
+/// Calls the service and stores what may be stored. When the service fails
+/// (an error or a 5xx) and a stale entry is at hand, serves that instead.
+/// Returns the response and, if it can be shared with waiting requests, the
+/// entry they should get.
+async fn fetch<S, ReqBody, ResBody>(
+    core: &Arc<CacheCore>,
+    mut inner: S,
+    mut req: Request<ReqBody>,
+    plan: &Plan,
+    generation: Option<u64>,
+    stale: Option<Entry>,
+) -> Result<(Response<CacheBody<ResBody>>, Option<Shared>), S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body<Data = Bytes>,
 {
-    let generation = match core.lookup(&plan.key, &plan.rule.generation_key).await {
-        Lookup::Hit(entry) => {
-            bump(&core.counters.hits);
-            return Ok(hit_response(&core, entry, plan.head));
-        }
-        Lookup::Miss { generation } => {
-            bump(&core.counters.misses);
-            Some(generation)
-        }
-        Lookup::Failed => {
-            bump(&core.counters.bypasses);
-            None
-        }
-    };
     req.extensions_mut().insert(CacheHandle::new(core.clone()));
-    let (mut parts, body) = inner.call(req).await?.into_parts();
+    let started = Instant::now();
+    let result = inner.call(req).await;
+    let failed = result
+        .as_ref()
+        .map_or(true, |r| r.status().is_server_error());
+    if let (true, Some(entry)) = (failed, stale) {
+        bump(&core.counters.stale);
+        tracing::debug!(key = %plan.key, "service failed; serving the stale entry");
+        let response = cached_response(core, entry.clone(), plan.head, STALE);
+        let shared = Shared {
+            entry,
+            outcome: STALE,
+        };
+        return Ok((response, Some(shared)));
+    }
+    let (mut parts, body) = result?.into_parts();
     let storable = !plan.head
         && plan.rule.stores_status(parts.status)
         && semantics::refuse_to_store(&parts.headers).is_none();
+    let mut shared = None;
     let body = match generation {
-        Some(generation) if storable => match collect_up_to(body, core.max_body_bytes).await {
-            Collected::Complete(bytes) => {
-                let ttl = jitter::jittered(plan.rule.ttl, plan.rule.jitter);
-                let encoded = entry::encode(
-                    parts.status,
-                    &parts.headers,
-                    &bytes,
-                    ttl,
-                    generation,
-                    core.status_header.as_ref(),
-                );
-                if let Some(value) = encoded {
-                    // Awaited (under the budget) so the client's next request
-                    // can already hit.
-                    let _ = core
-                        .write(&[Write {
-                            key: plan.key,
+        Some(generation) if storable => {
+            match collect_up_to(body, core.settings.max_body_bytes).await {
+                Collected::Complete(bytes) => {
+                    let lifetimes = plan.rule.lifetimes();
+                    let encoded = entry::encode(
+                        parts.status,
+                        &parts.headers,
+                        &bytes,
+                        &lifetimes,
+                        started.elapsed(),
+                        generation,
+                        core.settings.status_header.as_ref(),
+                    );
+                    if let Some(value) = encoded {
+                        shared = entry::decode(&value).map(|entry| Shared {
+                            entry,
+                            outcome: HIT,
+                        });
+                        let write = Write {
+                            key: plan.key.clone(),
                             value,
-                            ttl,
-                        }])
-                        .await;
+                            ttl: lifetimes.store_ttl(),
+                        };
+                        // Awaited (under the budget) so the client's next
+                        // request can already hit.
+                        let _ = core.write(&[write]).await;
+                    }
+                    CacheBody::full(bytes)
                 }
-                CacheBody::full(bytes)
+                Collected::NotStorable(body) => body,
             }
-            Collected::NotStorable(body) => body,
-        },
+        }
         _ => CacheBody::inner(body),
     };
     let outcome = if generation.is_some() { MISS } else { BYPASS };
-    mark(core.status_header.as_ref(), &mut parts.headers, outcome);
-    Ok(Response::from_parts(parts, body))
+    mark(
+        core.settings.status_header.as_ref(),
+        &mut parts.headers,
+        outcome,
+    );
+    Ok((Response::from_parts(parts, body), shared))
 }
 
-fn hit_response<B: Body>(core: &CacheCore, entry: Entry, head: bool) -> Response<CacheBody<B>> {
+/// Refreshes an entry in the background (stale-while-revalidate, early
+/// refresh): at most one refresh per key in this process, and with the
+/// cross-instance lock at most one across instances; the client has already
+/// been served.
+fn refresh_in_background<S, ReqBody, ResBody>(
+    core: Arc<CacheCore>,
+    inner: S,
+    req: Request<ReqBody>,
+    plan: Plan,
+    generation: u64,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
+{
+    let Join::Leader(guard) = core.flights.join(&plan.key) else {
+        return; // already being refreshed here
+    };
+    tokio::spawn(async move {
+        let mut lock = None;
+        if core.settings.distributed_lock {
+            let lock_key = core.keys.lock_key(&plan.rule.namespace, &plan.key);
+            match core
+                .coalesce(&plan.key, &lock_key, &plan.rule.generation_key, false)
+                .await
+            {
+                Coalesced::Locked(token) => lock = Some((lock_key, token)),
+                // Fresh again, or another instance is refreshing it.
+                _ => return,
+            }
+        }
+        bump(&core.counters.background_refreshes);
+        if let Ok((_, Some(shared))) = fetch(&core, inner, req, &plan, Some(generation), None).await
+        {
+            guard.publish(shared);
+        }
+        if let Some((lock_key, token)) = lock {
+            let _ = core
+                .timed("unlock", core.store.unlock(&lock_key, &token))
+                .await;
+        }
+    });
+}
+
+fn cached_response<B: Body>(
+    core: &CacheCore,
+    entry: Entry,
+    head: bool,
+    outcome: &'static str,
+) -> Response<CacheBody<B>> {
     let age = entry.age_secs(entry::now_ms());
     let len = entry.body.len();
     let body = if head {
@@ -245,7 +436,7 @@ fn hit_response<B: Body>(core: &CacheCore, entry: Entry, head: bool) -> Response
     let headers = response.headers_mut();
     headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     headers.insert(AGE, HeaderValue::from(age));
-    mark(core.status_header.as_ref(), headers, HIT);
+    mark(core.settings.status_header.as_ref(), headers, outcome);
     response
 }
 

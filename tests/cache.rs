@@ -366,7 +366,10 @@ async fn redis_stopped_mid_test_means_200_bypass_then_caching_resumes() {
         assert!(body.contains("\"id\":\"1\""));
         assert!(started.elapsed() < Duration::from_secs(1));
     }
-    assert!(handle.stats().store_errors >= 20);
+    let stats = handle.stats();
+    assert!(stats.store_errors >= 5, "{stats:?}");
+    assert_eq!(stats.breaker_trips, 1, "the breaker opened after repeated failures");
+    assert!(stats.bypasses >= 20, "{stats:?}");
     assert!(handle
         .invalidate(&Method::GET, &Uri::from_static("/items/1"))
         .await

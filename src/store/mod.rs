@@ -78,4 +78,35 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Increments a generation counter and returns the new value.
     fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Tries to take the short lock `lock_key` (holding `token`, expiring
+    /// after `ttl`) and, in the same round trip, reads `key` and its
+    /// generation as [`fetch`](Self::fetch) does. Returns whether the lock was
+    /// taken.
+    ///
+    /// The lock keeps several processes from computing one entry at once. The
+    /// default takes no lock (always `true`): right for a store that lives in
+    /// one process, where the layer already lets one request per key through.
+    fn lock_and_fetch<'a>(
+        &'a self,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        key: &'a str,
+        generation_key: &'a str,
+    ) -> BoxFuture<'a, Result<(bool, Fetched), StoreError>> {
+        let _ = (lock_key, token, ttl);
+        Box::pin(async move { Ok((true, self.fetch(key, generation_key).await?)) })
+    }
+
+    /// Releases `lock_key` if it still holds `token` (a lock that expired and
+    /// was taken by someone else is left alone).
+    fn unlock<'a>(
+        &'a self,
+        lock_key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (lock_key, token);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::{
-    prelude::{Builder, ClientLike, Config, Expiration, KeysInterface, Pool, ReconnectPolicy},
+    prelude::{
+        Builder, ClientLike, Config, Expiration, KeysInterface, LuaInterface, Pool,
+        ReconnectPolicy, SetOptions,
+    },
     types::scan::Scanner,
 };
 use futures_util::StreamExt;
@@ -55,7 +58,7 @@ impl RedisStore {
     /// `redis-cluster://host:port?node=host2:port2...`.
     ///
     /// Defaults: a pool of 4 connections, 1 s command timeout, 2 s connect
-    /// timeout, reconnect forever with exponential backoff from 50 ms up to 2 s,
+    /// timeout, reconnect forever with exponential backoff from 50 ms up to 1 s,
     /// at most 10 000 commands queued while disconnected.
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder {
@@ -63,7 +66,7 @@ impl RedisStore {
             pool_size: 4,
             command_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
-            reconnect: ReconnectPolicy::new_exponential(0, 50, 2_000, 2),
+            reconnect: ReconnectPolicy::new_exponential(0, 50, 1_000, 2),
             max_queued_commands: 10_000,
         }
     }
@@ -327,7 +330,52 @@ impl Store for RedisStore {
     fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move { self.client()?.incr(key).await.map_err(backend) })
     }
+
+    fn lock_and_fetch<'a>(
+        &'a self,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        key: &'a str,
+        generation_key: &'a str,
+    ) -> BoxFuture<'a, Result<(bool, Fetched), StoreError>> {
+        Box::pin(async move {
+            let pipe = self.client()?.pipeline();
+            let () = pipe
+                .set(lock_key, token, Some(px(ttl)), Some(SetOptions::NX), false)
+                .await
+                .map_err(backend)?;
+            let () = pipe.get(key).await.map_err(backend)?;
+            let () = pipe.get(generation_key).await.map_err(backend)?;
+            let (locked, value, generation): (Option<String>, Option<Bytes>, Option<String>) =
+                pipe.all().await.map_err(backend)?;
+            let fetched = Fetched {
+                value,
+                generation: parse_generation(generation)?,
+            };
+            Ok((locked.is_some(), fetched))
+        })
+    }
+
+    fn unlock<'a>(
+        &'a self,
+        lock_key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let _: i64 = self
+                .client()?
+                .eval(UNLOCK_SCRIPT, lock_key, token)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
 }
+
+/// Compare-and-delete: only the holder of the token releases the lock.
+const UNLOCK_SCRIPT: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 /// UNLINKs keys one command each, in one pipeline: no multi-key command, so it
 /// never crosses Cluster hash slots.

@@ -1,0 +1,162 @@
+//! Single-flight within one process: the first miss on a key goes to the
+//! service; later misses on the same key wait for its result instead of
+//! calling the service too.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+use crate::entry::Entry;
+
+/// What a leader hands its followers: the entry to serve and the cache
+/// status to serve it with (`HIT`, or `STALE` when the service failed).
+pub(crate) struct Shared {
+    pub(crate) entry: Entry,
+    pub(crate) outcome: &'static str,
+}
+
+type Slot = watch::Receiver<Option<Arc<Shared>>>;
+
+#[derive(Default)]
+pub(crate) struct Flights {
+    map: Arc<Mutex<HashMap<String, Slot>>>,
+}
+
+pub(crate) enum Join {
+    Leader(FlightGuard),
+    Follower(Slot),
+}
+
+/// Held by the request that goes to the service. Dropping it without
+/// [`publish`](FlightGuard::publish) (an uncacheable response, an error, a
+/// dropped request) lets the followers go to the service themselves.
+pub(crate) struct FlightGuard {
+    map: Arc<Mutex<HashMap<String, Slot>>>,
+    key: String,
+    tx: watch::Sender<Option<Arc<Shared>>>,
+}
+
+impl Flights {
+    pub(crate) fn join(&self, key: &str) -> Join {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = map.get(key) {
+            return Join::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(key.to_owned(), rx);
+        Join::Leader(FlightGuard {
+            map: self.map.clone(),
+            key: key.to_owned(),
+            tx,
+        })
+    }
+
+    /// Waits up to `timeout` for the leader; `None` when it gave up or ran
+    /// out of time.
+    pub(crate) async fn wait(mut slot: Slot, timeout: Duration) -> Option<Arc<Shared>> {
+        let waited = tokio::time::timeout(timeout, slot.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(value)) => value.clone(),
+            _ => None,
+        }
+    }
+}
+
+impl FlightGuard {
+    pub(crate) fn publish(self, shared: Shared) {
+        let _ = self.tx.send(Some(Arc::new(shared)));
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map
+            .get(&self.key)
+            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{self, Lifetimes};
+    use http::{HeaderMap, StatusCode};
+
+    fn entry() -> Entry {
+        let l = Lifetimes {
+            fresh: Duration::from_secs(1),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+        };
+        let v = entry::encode(
+            StatusCode::OK,
+            &HeaderMap::new(),
+            b"x",
+            &l,
+            Duration::ZERO,
+            0,
+            None,
+        );
+        entry::decode(&v.unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn followers_get_the_leaders_result() {
+        let flights = Flights::default();
+        let Join::Leader(guard) = flights.join("k") else {
+            panic!("first is leader")
+        };
+        let Join::Follower(slot) = flights.join("k") else {
+            panic!("second follows")
+        };
+        let waiter = tokio::spawn(Flights::wait(slot, Duration::from_secs(5)));
+        guard.publish(Shared {
+            entry: entry(),
+            outcome: "HIT",
+        });
+        let got = waiter.await.unwrap().expect("a result");
+        assert_eq!(got.entry.body, "x");
+        assert!(
+            matches!(flights.join("k"), Join::Leader(_)),
+            "the flight is over"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_leader_releases_followers_at_once() {
+        let flights = Flights::default();
+        let Join::Leader(guard) = flights.join("k") else {
+            panic!()
+        };
+        let Join::Follower(slot) = flights.join("k") else {
+            panic!()
+        };
+        let waiter = tokio::spawn(Flights::wait(slot, Duration::from_secs(60)));
+        drop(guard);
+        let started = std::time::Instant::now();
+        assert!(waiter.await.unwrap().is_none());
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn followers_stop_waiting_at_the_bound() {
+        let flights = Flights::default();
+        let Join::Leader(_guard) = flights.join("k") else {
+            panic!()
+        };
+        let Join::Follower(slot) = flights.join("k") else {
+            panic!()
+        };
+        assert!(Flights::wait(slot, Duration::from_millis(20))
+            .await
+            .is_none());
+    }
+}
