@@ -208,15 +208,18 @@ impl CacheCore {
     }
 
     /// Takes the cross-instance lock for `key`, or waits (polling with
-    /// backoff, up to the coalesce timeout) for the instance holding it to
-    /// store the entry. Every poll is one round trip that also re-reads the
-    /// entry, so an entry stored a moment ago is found, not recomputed.
+    /// backoff, up to the coalesce timeout, when `wait`) for the instance
+    /// holding it to store the entry. Every poll is one round trip that also
+    /// re-reads the entry, so an entry stored a moment ago is found, not
+    /// recomputed. A refresh passes the `stored_at` of the entry it replaces:
+    /// only a fresh entry stored after it counts as found.
     pub(crate) async fn coalesce(
         &self,
         key: &str,
         lock_key: &str,
         generation_key: &str,
         wait: bool,
+        replaces: Option<u64>,
     ) -> Coalesced {
         let token = format!("{:032x}", rand::random::<u128>());
         let deadline = Instant::now() + self.settings.coalesce_timeout;
@@ -234,7 +237,9 @@ impl CacheCore {
                 return Coalesced::Proceed;
             };
             if let Lookup::Found { entry, .. } = self.judge(key, fetched).await {
-                if entry.freshness(entry::now_ms()) == Freshness::Fresh {
+                if entry.freshness(entry::now_ms()) == Freshness::Fresh
+                    && replaces.is_none_or(|old| entry.stored_at_ms > old)
+                {
                     if locked {
                         let _ = self
                             .timed("unlock", self.store.unlock(lock_key, &token))

@@ -371,3 +371,69 @@ mod tests {
         .is_none());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn valid() -> Bytes {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.insert(header::ETAG, HeaderValue::from_static("\"x\""));
+        let l = Lifetimes {
+            fresh: Duration::from_secs(5),
+            stale_while_revalidate: Duration::from_secs(1),
+            stale_if_error: Duration::ZERO,
+        };
+        encode(
+            StatusCode::OK,
+            &headers,
+            b"hello",
+            &l,
+            Duration::from_millis(3),
+            7,
+            None,
+        )
+        .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_decode_to_none_or_an_entry_without_panicking(v in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&Bytes::from(v));
+        }
+
+        #[test]
+        fn random_bytes_behind_our_magic_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..512), len in any::<u32>()) {
+            let mut v = b"TRC\x01".to_vec();
+            v.extend_from_slice(&len.to_be_bytes());
+            v.extend_from_slice(&tail);
+            let _ = decode(&Bytes::from(v));
+        }
+
+        #[test]
+        fn any_single_byte_change_or_truncation_of_a_valid_entry_is_safe(pos in 0usize..200, byte in any::<u8>(), cut in 0usize..200) {
+            let good = valid();
+            let mut v = good.to_vec();
+            let pos = pos % v.len();
+            v[pos] = byte;
+            if let Some(e) = decode(&Bytes::from(v)) {
+                // Whatever decodes is a well-formed response.
+                prop_assert!(e.status.as_u16() >= 100);
+            }
+            let cut = cut % good.len();
+            let _ = decode(&good.slice(..cut));
+        }
+
+        #[test]
+        fn future_format_versions_are_misses(version in 2u8..=255) {
+            let mut v = valid().to_vec();
+            v[3] = version;
+            prop_assert!(decode(&Bytes::from(v)).is_none());
+        }
+    }
+}

@@ -315,3 +315,73 @@ mod tests {
         assert!(KeySpace::new("a*", "v1").is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use http::Uri;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        /// Whatever a client sends, the key is well formed, bounded, and starts
+        /// with the layer's own parts.
+        #[test]
+        fn any_request_target_gives_a_bounded_key(target in "/[ -~]{0,1500}") {
+            let Ok(uri) = target.parse::<Uri>() else { return Ok(()) };
+            let s = KeySpace::new("api", "v1").unwrap();
+            let k = s.entry_key("ns", &Method::GET, uri.path(), uri.query());
+            prop_assert!(k.starts_with("api:v1:ns:GET:/"));
+            prop_assert!(k.len() <= "api:v1:ns:GET:".len() + READABLE_LIMIT + 2 + 32);
+            prop_assert!(s.is_under_path_prefix(&k, "/"));
+            prop_assert!(s.is_under_path_prefix(&k, uri.path()));
+            let q = uri.query().map(normalize_query);
+            let again = s.entry_key("ns", &Method::GET, uri.path(), q.as_deref());
+            prop_assert_eq!(k, again, "normalizing is idempotent");
+        }
+
+        /// Two requests share a key only if their paths are equal and their
+        /// queries are the same parameters in another order.
+        #[test]
+        fn distinct_targets_give_distinct_keys(a in "/[a-c/]{0,6}(\\?[a-c=&]{0,8})?", b in "/[a-c/]{0,6}(\\?[a-c=&]{0,8})?") {
+            let (ua, ub) = (a.parse::<Uri>().unwrap(), b.parse::<Uri>().unwrap());
+            let s = KeySpace::new("api", "v1").unwrap();
+            let ka = s.entry_key("ns", &Method::GET, ua.path(), ua.query());
+            let kb = s.entry_key("ns", &Method::GET, ub.path(), ub.query());
+            let norm = |u: &Uri| u.query().map(|q| normalize_query(q).into_owned()).unwrap_or_default();
+            prop_assert_eq!(ka == kb, ua.path() == ub.path() && norm(&ua) == norm(&ub));
+        }
+
+        /// A glob-escaped string, used as a pattern, matches only itself.
+        #[test]
+        fn escaped_patterns_match_only_themselves(s in "[ -~]{0,20}", other in "[ -~]{0,20}") {
+            let pattern = glob_escape(&s);
+            prop_assert!(glob_match(&pattern, &s));
+            prop_assert_eq!(glob_match(&pattern, &other), s == other);
+        }
+    }
+
+    /// Redis's glob rules (`*`, `?`, `[...]`, `\` escapes), enough to check
+    /// escaping.
+    fn glob_match(pattern: &str, s: &str) -> bool {
+        let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), s.chars().collect());
+        fn go(p: &[char], s: &[char]) -> bool {
+            match p.first() {
+                None => s.is_empty(),
+                Some('*') => (0..=s.len()).any(|i| go(&p[1..], &s[i..])),
+                Some('?') => !s.is_empty() && go(&p[1..], &s[1..]),
+                Some('\\') if p.len() > 1 => s.first() == Some(&p[1]) && go(&p[2..], &s[1..]),
+                Some('[') => {
+                    let Some(end) = p.iter().position(|c| *c == ']') else {
+                        return s.first() == Some(&'[') && go(&p[1..], &s[1..]);
+                    };
+                    !s.is_empty() && p[1..end].contains(&s[0]) && go(&p[end + 1..], &s[1..])
+                }
+                Some(c) => s.first() == Some(c) && go(&p[1..], &s[1..]),
+            }
+        }
+        go(&p, &s)
+    }
+}

@@ -202,14 +202,30 @@ where
                         && entry.early_refresh_due(now, beta, 1.0 - rand::random::<f64>())
                     {
                         bump(&core.counters.early_refreshes);
-                        refresh_in_background(core.clone(), inner, req, plan.clone(), generation);
+                        let replaces = entry.stored_at_ms;
+                        refresh_in_background(
+                            core.clone(),
+                            inner,
+                            req,
+                            plan.clone(),
+                            generation,
+                            replaces,
+                        );
                     }
                     return Ok(cached_response(&core, entry, plan.head, HIT));
                 }
                 Freshness::StaleWhileRevalidate => {
                     bump(&core.counters.stale);
                     if !plan.head {
-                        refresh_in_background(core.clone(), inner, req, plan.clone(), generation);
+                        let replaces = entry.stored_at_ms;
+                        refresh_in_background(
+                            core.clone(),
+                            inner,
+                            req,
+                            plan.clone(),
+                            generation,
+                            replaces,
+                        );
                     }
                     return Ok(cached_response(&core, entry, plan.head, STALE));
                 }
@@ -255,7 +271,7 @@ where
     if generation.is_some() && guard.is_some() && core.settings.distributed_lock {
         let lock_key = core.keys.lock_key(&plan.rule.namespace, &plan.key);
         match core
-            .coalesce(&plan.key, &lock_key, &plan.rule.generation_key, true)
+            .coalesce(&plan.key, &lock_key, &plan.rule.generation_key, true, None)
             .await
         {
             Coalesced::Entry(entry) => {
@@ -322,46 +338,50 @@ where
         return Ok((response, Some(shared)));
     }
     let (mut parts, body) = result?.into_parts();
+    let outcome = if generation.is_some() { MISS } else { BYPASS };
     let storable = !plan.head
         && plan.rule.stores_status(parts.status)
         && semantics::refuse_to_store(&parts.headers).is_none();
+    if !storable {
+        mark(
+            core.settings.status_header.as_ref(),
+            &mut parts.headers,
+            outcome,
+        );
+        return Ok((Response::from_parts(parts, CacheBody::inner(body)), None));
+    }
+    // Buffered even when the store failed: requests waiting on this one get
+    // the same response instead of calling the service themselves.
     let mut shared = None;
-    let body = match generation {
-        Some(generation) if storable => {
-            match collect_up_to(body, core.settings.max_body_bytes).await {
-                Collected::Complete(bytes) => {
-                    let lifetimes = plan.rule.lifetimes();
-                    let encoded = entry::encode(
-                        parts.status,
-                        &parts.headers,
-                        &bytes,
-                        &lifetimes,
-                        started.elapsed(),
-                        generation,
-                        core.settings.status_header.as_ref(),
-                    );
-                    if let Some(value) = encoded {
-                        shared = entry::decode(&value).map(|entry| Shared {
-                            entry,
-                            outcome: HIT,
-                        });
-                        let write = Write {
-                            key: plan.key.clone(),
-                            value,
-                            ttl: lifetimes.store_ttl(),
-                        };
-                        // Awaited (under the budget) so the client's next
-                        // request can already hit.
-                        let _ = core.write(&[write]).await;
-                    }
-                    CacheBody::full(bytes)
+    let body = match collect_up_to(body, core.settings.max_body_bytes).await {
+        Collected::Complete(bytes) => {
+            let lifetimes = plan.rule.lifetimes();
+            let encoded = entry::encode(
+                parts.status,
+                &parts.headers,
+                &bytes,
+                &lifetimes,
+                started.elapsed(),
+                generation.unwrap_or(0),
+                core.settings.status_header.as_ref(),
+            );
+            if let Some(value) = encoded {
+                shared = entry::decode(&value).map(|entry| Shared { entry, outcome });
+                if generation.is_some() {
+                    let write = Write {
+                        key: plan.key.clone(),
+                        value,
+                        ttl: lifetimes.store_ttl(),
+                    };
+                    // Awaited (under the budget) so the client's next request
+                    // can already hit.
+                    let _ = core.write(&[write]).await;
                 }
-                Collected::NotStorable(body) => body,
             }
+            CacheBody::full(bytes)
         }
-        _ => CacheBody::inner(body),
+        Collected::NotStorable(body) => body,
     };
-    let outcome = if generation.is_some() { MISS } else { BYPASS };
     mark(
         core.settings.status_header.as_ref(),
         &mut parts.headers,
@@ -380,6 +400,7 @@ fn refresh_in_background<S, ReqBody, ResBody>(
     req: Request<ReqBody>,
     plan: Plan,
     generation: u64,
+    replaces: u64,
 ) where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -396,7 +417,13 @@ fn refresh_in_background<S, ReqBody, ResBody>(
         if core.settings.distributed_lock {
             let lock_key = core.keys.lock_key(&plan.rule.namespace, &plan.key);
             match core
-                .coalesce(&plan.key, &lock_key, &plan.rule.generation_key, false)
+                .coalesce(
+                    &plan.key,
+                    &lock_key,
+                    &plan.rule.generation_key,
+                    false,
+                    Some(replaces),
+                )
                 .await
             {
                 Coalesced::Locked(token) => lock = Some((lock_key, token)),

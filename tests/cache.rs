@@ -368,7 +368,10 @@ async fn redis_stopped_mid_test_means_200_bypass_then_caching_resumes() {
     }
     let stats = handle.stats();
     assert!(stats.store_errors >= 5, "{stats:?}");
-    assert_eq!(stats.breaker_trips, 1, "the breaker opened after repeated failures");
+    assert_eq!(
+        stats.breaker_trips, 1,
+        "the breaker opened after repeated failures"
+    );
     assert!(stats.bypasses >= 20, "{stats:?}");
     assert!(handle
         .invalidate(&Method::GET, &Uri::from_static("/items/1"))

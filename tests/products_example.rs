@@ -209,3 +209,20 @@ async fn redis_stopped_the_api_keeps_answering() {
     assert_eq!((s, &res["cached"]), (201, &Value::from(0)));
     assert_eq!(db.reads(), 11);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_a_cold_product_reads_the_database_once() {
+    let redis = RedisServer::start();
+    let (app, db) = app(&redis).await;
+    let burst: Vec<_> = (0..200)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { call(&app, req_get("/products/42")).await })
+        })
+        .collect();
+    for r in burst {
+        let (status, _, product) = r.await.unwrap();
+        assert_eq!((status, &product["id"]), (200, &Value::from("42")));
+    }
+    assert_eq!(db.reads(), 1);
+}

@@ -1,0 +1,432 @@
+//! Stampedes, stale serving and store failures, against real redis-server
+//! processes.
+
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{extract::Path, http::StatusCode, routing::get, Router};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use support::{req_get, send, RedisServer};
+use tower::{service_fn, Layer, ServiceExt};
+use tower_redis_cache::{
+    fred::prelude::{Expiration, KeysInterface, SetOptions},
+    CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder,
+};
+
+/// A slow origin whose answers can be switched to 503.
+#[derive(Clone)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+    delay: Duration,
+}
+
+impl Origin {
+    fn new(delay_ms: u64) -> Self {
+        Self {
+            calls: Arc::default(),
+            failing: Arc::default(),
+            delay: Duration::from_millis(delay_ms),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(SeqCst)
+    }
+
+    fn router(&self) -> Router {
+        let o = self.clone();
+        Router::new().route(
+            "/items/{id}",
+            get(move |Path(id): Path<String>| {
+                let o = o.clone();
+                async move {
+                    let n = o.calls.fetch_add(1, SeqCst) + 1;
+                    tokio::time::sleep(o.delay).await;
+                    if o.failing.load(SeqCst) {
+                        (StatusCode::SERVICE_UNAVAILABLE, "origin down".to_owned())
+                    } else {
+                        (StatusCode::OK, format!("item {id} v{n}"))
+                    }
+                }
+            }),
+        )
+    }
+}
+
+async fn layer(
+    redis: &RedisServer,
+    configure: impl FnOnce(RedisCacheLayerBuilder) -> RedisCacheLayerBuilder,
+) -> RedisCacheLayer {
+    configure(
+        RedisCacheLayer::builder()
+            .prefix("t")
+            .store(redis.store().await),
+    )
+    .build()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_misses_through_four_instances_reach_the_origin_once() {
+    let redis = RedisServer::start();
+    let origin = Origin::new(200);
+    let mut apps = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        // Each instance has its own Redis client (pool), all share one Redis.
+        let cache = layer(&redis, |b| b).await;
+        handles.push(cache.handle());
+        apps.push(origin.router().layer(cache));
+    }
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let app = apps[i % 4].clone();
+            tokio::spawn(async move { send(&app, req_get("/items/cold")).await })
+        })
+        .collect();
+    let mut outcomes = std::collections::BTreeMap::new();
+    for task in tasks {
+        let (status, x, body) = task.await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "item cold v1"));
+        *outcomes.entry(x).or_insert(0) += 1;
+    }
+    assert_eq!(origin.calls(), 1, "outcomes: {outcomes:?}");
+    let coalesced: u64 = handles.iter().map(|h| h.stats().coalesced).sum();
+    assert_eq!(coalesced, 999, "{outcomes:?}");
+    assert!(handles.iter().map(|h| h.stats().lock_waits).sum::<u64>() >= 1);
+}
+
+#[tokio::test]
+async fn a_crashed_leader_costs_at_most_its_lock_ttl() {
+    let redis = RedisServer::start();
+    let origin = Origin::new(0);
+    let cache = layer(&redis, |b| b.coalesce_timeout(Duration::from_secs(5))).await;
+    let handle = cache.handle();
+    let app = origin.router().layer(cache);
+    // Another instance took the lock and died: the lock expires in 300 ms.
+    let client = redis.client().await;
+    let () = client
+        .set(
+            "t:v1:default:LOCK:/items/1",
+            "dead-instance",
+            Some(Expiration::PX(300)),
+            Some(SetOptions::NX),
+            false,
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (status, x, _) = send(&app, req_get("/items/1")).await;
+    let waited = started.elapsed();
+    assert_eq!((status, x.as_str()), (200, "MISS"));
+    assert!(
+        waited >= Duration::from_millis(250),
+        "went ahead while locked: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(2),
+        "waited past the lock's TTL: {waited:?}"
+    );
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(handle.stats().lock_waits, 1);
+    // Its own lock is released after the write.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let exists: u64 = client.exists("t:v1:default:LOCK:/items/1").await.unwrap();
+    assert_eq!(exists, 0);
+}
+
+#[tokio::test]
+async fn a_wait_that_runs_out_goes_to_the_origin() {
+    let redis = RedisServer::start();
+    let origin = Origin::new(0);
+    let cache = layer(&redis, |b| b.coalesce_timeout(Duration::from_millis(200))).await;
+    let handle = cache.handle();
+    let app = origin.router().layer(cache);
+    let client = redis.client().await;
+    let () = client
+        .set(
+            "t:v1:default:LOCK:/items/1",
+            "slow-instance",
+            Some(Expiration::EX(30)),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(send(&app, req_get("/items/1")).await.0, 200);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(origin.calls(), 1);
+    let stats = handle.stats();
+    assert_eq!((stats.lock_waits, stats.lock_timeouts), (1, 1));
+    // Someone else's lock is not released by us.
+    let holder: String = client.get("t:v1:default:LOCK:/items/1").await.unwrap();
+    assert_eq!(holder, "slow-instance");
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
+    let redis = RedisServer::start();
+    let origin = Origin::new(50);
+    let cache = layer(&redis, |b| {
+        b.route(
+            "/items/{id}",
+            CachePolicy::new()
+                .ttl(Duration::from_millis(300))
+                .jitter(0.0)
+                .stale_while_revalidate(Duration::from_secs(30)),
+        )
+    })
+    .await;
+    let handle = cache.handle();
+    let app = origin.router().layer(cache);
+    assert_eq!(send(&app, req_get("/items/1")).await.2, "item 1 v1");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Past the TTL: ten requests at once all get the stale entry at once.
+    let started = Instant::now();
+    let stale: Vec<_> =
+        futures_util::future::join_all((0..10).map(|_| send(&app, req_get("/items/1")))).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "served without waiting for the origin"
+    );
+    for (status, x, body) in &stale {
+        assert_eq!(
+            (*status, x.as_str(), body.as_str()),
+            (200, "STALE", "item 1 v1")
+        );
+    }
+    // One background refresh replaced it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, x, body) = send(&app, req_get("/items/1")).await;
+        if x == "HIT" {
+            assert_eq!(body, "item 1 v2");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never refreshed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(handle.stats().background_refreshes, 1);
+}
+
+#[tokio::test]
+async fn a_failing_origin_is_covered_by_the_stale_entry() {
+    let redis = RedisServer::start();
+    let origin = Origin::new(0);
+    let cache = layer(&redis, |b| {
+        b.ttl(Duration::from_millis(200))
+            .jitter(0.0)
+            .stale_if_error(Duration::from_secs(30))
+    })
+    .await;
+    let app = origin.router().layer(cache);
+    assert_eq!(send(&app, req_get("/items/1")).await.2, "item 1 v1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    origin.failing.store(true, SeqCst);
+    for _ in 0..3 {
+        let (status, x, body) = send(&app, req_get("/items/1")).await;
+        assert_eq!(
+            (status, x.as_str(), body.as_str()),
+            (200, "STALE", "item 1 v1")
+        );
+    }
+    // Without a stale entry the failure goes through as it is.
+    let (status, _, _) = send(&app, req_get("/items/2")).await;
+    assert_eq!(status, 503);
+    // Back up: a fresh answer replaces the stale one.
+    origin.failing.store(false, SeqCst);
+    let (status, x, _) = send(&app, req_get("/items/1")).await;
+    assert_eq!((status, x.as_str()), (200, "MISS"));
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
+}
+
+#[tokio::test]
+async fn a_service_error_is_covered_by_the_stale_entry() {
+    let redis = RedisServer::start();
+    let fail = Arc::new(AtomicBool::new(false));
+    let f = fail.clone();
+    let service = service_fn(move |_req: Request<Full<Bytes>>| {
+        let failing = f.load(SeqCst);
+        async move {
+            if failing {
+                Err(std::io::Error::other("upstream connection reset"))
+            } else {
+                Ok(Response::new(Full::new(Bytes::from_static(b"good"))))
+            }
+        }
+    });
+    let cache = layer(&redis, |b| {
+        b.ttl(Duration::from_millis(100))
+            .jitter(0.0)
+            .stale_if_error(Duration::from_secs(30))
+    })
+    .await;
+    let svc = cache.layer(service);
+    let get = || Request::get("/x").body(Full::new(Bytes::new())).unwrap();
+    svc.clone().oneshot(get()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    fail.store(true, SeqCst);
+    let res = svc
+        .clone()
+        .oneshot(get())
+        .await
+        .expect("the stale entry, not the error");
+    assert_eq!(res.headers()["x-cache"], "STALE");
+    let other = Request::get("/y").body(Full::new(Bytes::new())).unwrap();
+    assert!(
+        svc.oneshot(other).await.is_err(),
+        "no stale entry: the error passes"
+    );
+}
+
+#[tokio::test]
+async fn early_refresh_renews_hot_entries_before_they_expire() {
+    let redis = RedisServer::start();
+    let origin = Origin::new(30);
+    let cache = layer(&redis, |b| {
+        b.ttl(Duration::from_millis(400))
+            .jitter(0.0)
+            .early_refresh(100.0)
+    })
+    .await;
+    let handle = cache.handle();
+    let app = origin.router().layer(cache);
+    send(&app, req_get("/items/1")).await;
+    for _ in 0..10 {
+        let (_, x, _) = send(&app, req_get("/items/1")).await;
+        assert_eq!(x, "HIT");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stats = handle.stats();
+    assert!(stats.early_refreshes >= 1, "{stats:?}");
+    assert!(origin.calls() >= 2, "the refresh reached the origin");
+
+    // Off by default.
+    let origin = Origin::new(30);
+    let cache = layer(&redis, |b| b.version("v2").ttl(Duration::from_millis(400))).await;
+    let handle = cache.handle();
+    let app = origin.router().layer(cache);
+    for _ in 0..11 {
+        send(&app, req_get("/items/1")).await;
+    }
+    assert_eq!((handle.stats().early_refreshes, origin.calls()), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_no_request_fails_and_hits_return_soon_after() {
+    let mut redis = RedisServer::start();
+    let origin = Origin::new(2);
+    let cache = layer(&redis, |b| b).await;
+    let app = origin.router().layer(cache);
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (app, stop, log) = (app.clone(), stop.clone(), log.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(SeqCst) {
+                    let (status, x, _) =
+                        send(&app, req_get(&format!("/items/{}", (w + i) % 5))).await;
+                    log.lock().unwrap().push((Instant::now(), status, x));
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.stop(); // SIGKILL
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let redis = tokio::task::spawn_blocking(move || {
+        redis.restart();
+        redis
+    })
+    .await
+    .unwrap();
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let log = log.lock().unwrap();
+    assert!(log.len() > 200, "load too light: {}", log.len());
+    assert!(
+        log.iter().all(|(_, status, _)| *status == 200),
+        "a request failed"
+    );
+    assert!(
+        log.iter().any(|(_, _, x)| x == "BYPASS"),
+        "Redis was never seen down"
+    );
+    let first_hit = log
+        .iter()
+        .filter(|(t, _, x)| *t > back && x == "HIT")
+        .map(|(t, _, _)| *t - back)
+        .min()
+        .expect("no hit after Redis came back");
+    assert!(
+        first_hit < Duration::from_secs(2),
+        "first hit {first_hit:?} after Redis came back"
+    );
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_adds_at_most_the_budget_to_any_request() {
+    use tower_redis_cache::fred::{prelude::ClientLike, types::CustomCommand};
+    let redis = RedisServer::start();
+    let origin = Origin::new(20);
+    let budget = Duration::from_millis(50);
+    let cache = layer(&redis, |b| b.store_timeout(budget)).await;
+    let handle = cache.handle();
+    let app = origin.router().layer(cache);
+    send(&app, req_get("/items/0")).await;
+    let admin = redis.client().await;
+    let () = admin
+        .custom(
+            CustomCommand::new_static("CLIENT", None, false),
+            vec!["PAUSE", "3000", "ALL"],
+        )
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let (status, x, _) = send(&app, req_get(&format!("/items/{}", i % 5))).await;
+                (status, x, started.elapsed())
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (status, x, took) = t.await.unwrap();
+        assert_eq!((status, x.as_str()), (200, "BYPASS"));
+        // Budget + origin time, with room for scheduling on a busy machine.
+        assert!(
+            took < budget + Duration::from_millis(20) + Duration::from_millis(400),
+            "{took:?}"
+        );
+    }
+    let stats = handle.stats();
+    assert!(stats.breaker_trips >= 1, "{stats:?}");
+    assert!(
+        origin.calls() <= 6,
+        "single-flight holds while the store is down: {}",
+        origin.calls()
+    );
+}
