@@ -246,6 +246,9 @@ where
     }
 
     // One request per key in this process goes on; the others wait for it.
+    // A waiter released without a result (the leader's response could not be
+    // shared) goes straight to the service.
+    let mut released = false;
     let guard = if core.settings.single_flight {
         match core.flights.join(&plan.key) {
             Join::Leader(guard) => Some(guard),
@@ -259,6 +262,7 @@ where
                         shared.outcome,
                     ));
                 }
+                released = true;
                 None
             }
         }
@@ -268,7 +272,7 @@ where
 
     // One instance per key goes on; the others wait for its entry.
     let mut lock = None;
-    if generation.is_some() && guard.is_some() && core.settings.distributed_lock {
+    if generation.is_some() && !released && core.settings.distributed_lock {
         let lock_key = core.keys.lock_key(&plan.rule.namespace, &plan.key);
         match core
             .coalesce(&plan.key, &lock_key, &plan.rule.generation_key, true, None)

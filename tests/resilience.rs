@@ -430,3 +430,46 @@ async fn a_stalled_redis_adds_at_most_the_budget_to_any_request() {
         origin.calls()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_lock_works_without_single_flight() {
+    let redis = RedisServer::start();
+    let origin = Origin::new(100);
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        apps.push(
+            origin
+                .router()
+                .layer(layer(&redis, |b| b.single_flight(false)).await),
+        );
+    }
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let app = apps[i % 2].clone();
+            tokio::spawn(async move { send(&app, req_get("/items/cold")).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().2, "item cold v1");
+    }
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_released_by_an_unshareable_response_call_the_service_themselves() {
+    let redis = RedisServer::start();
+    let origin = Origin::new(100);
+    origin.failing.store(true, SeqCst); // 503: not stored, not shared
+    let app = origin.router().layer(layer(&redis, |b| b).await);
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { send(&app, req_get("/items/1")).await })
+        })
+        .collect();
+    for t in tasks {
+        let (status, x, _) = t.await.unwrap();
+        assert_eq!((status, x.as_str()), (503, "MISS"));
+    }
+    assert_eq!(origin.calls(), 5);
+}
