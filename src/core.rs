@@ -33,6 +33,7 @@ pub(crate) struct Settings {
     pub(crate) distributed_lock: bool,
     pub(crate) lock_ttl: Duration,
     pub(crate) coalesce_timeout: Duration,
+    pub(crate) origin_timeout: Option<Duration>,
     pub(crate) breaker_threshold: u32,
     pub(crate) breaker_cooldown: Duration,
 }

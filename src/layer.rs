@@ -96,6 +96,7 @@ enum StoreChoice {
 /// | `stale_while_revalidate` / `stale_if_error` / `early_refresh` | off |
 /// | `single_flight` / `distributed_lock` | on / on |
 /// | `lock_ttl` / `coalesce_timeout` | 5 s / 5 s |
+/// | `origin_timeout` (with a stale entry at hand) | none |
 /// | `circuit_breaker` | open after 5 failures in a row, probe after 500 ms |
 pub struct RedisCacheLayerBuilder {
     store: StoreChoice,
@@ -119,6 +120,7 @@ pub struct RedisCacheLayerBuilder {
     distributed_lock: bool,
     lock_ttl: Duration,
     coalesce_timeout: Duration,
+    origin_timeout: Option<Duration>,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
 }
@@ -147,6 +149,7 @@ impl Default for RedisCacheLayerBuilder {
             distributed_lock: true,
             lock_ttl: Duration::from_secs(5),
             coalesce_timeout: Duration::from_secs(5),
+            origin_timeout: None,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_millis(500),
         }
@@ -321,6 +324,15 @@ impl RedisCacheLayerBuilder {
         self
     }
 
+    /// When a stale entry could stand in (inside its stale-if-error window),
+    /// wait at most `limit` for the service before serving the stale entry
+    /// (default: no limit). The service's answer, when it comes, still
+    /// refreshes the entry.
+    pub fn origin_timeout(mut self, limit: Duration) -> Self {
+        self.origin_timeout = Some(limit);
+        self
+    }
+
     /// After `failures` store failures in a row, skip the store for
     /// `cooldown`, then let one probe through (default 5 and 500 ms).
     /// `failures` 0 turns the breaker off.
@@ -406,6 +418,7 @@ impl RedisCacheLayerBuilder {
             distributed_lock: self.distributed_lock,
             lock_ttl: self.lock_ttl,
             coalesce_timeout: self.coalesce_timeout,
+            origin_timeout: self.origin_timeout,
             breaker_threshold: self.breaker_threshold,
             breaker_cooldown: self.breaker_cooldown,
         };

@@ -310,16 +310,61 @@ where
 }
 
 /// Calls the service and stores what may be stored. When the service fails
-/// (an error or a 5xx) and a stale entry is at hand, serves that instead.
-/// Returns the response and, if it can be shared with waiting requests, the
-/// entry they should get.
+/// (an error, a 5xx, or no answer within `origin_timeout`) and a stale entry
+/// is at hand, serves that instead. Returns the response and, if it can be
+/// shared with waiting requests, the entry they should get.
 async fn fetch<S, ReqBody, ResBody>(
     core: &Arc<CacheCore>,
-    mut inner: S,
-    mut req: Request<ReqBody>,
+    inner: S,
+    req: Request<ReqBody>,
     plan: &Plan,
     generation: Option<u64>,
     stale: Option<Entry>,
+) -> Result<(Response<CacheBody<ResBody>>, Option<Shared>), S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
+{
+    let Some(stale) = stale else {
+        return call_and_store(core.clone(), inner, req, plan.clone(), generation, false).await;
+    };
+    let fetched = call_and_store(core.clone(), inner, req, plan.clone(), generation, true);
+    let answer = match core.settings.origin_timeout {
+        None => fetched.await.ok(),
+        // The call goes on in its own task: if it answers after the limit,
+        // its response still refreshes the entry.
+        Some(limit) => match tokio::time::timeout(limit, tokio::spawn(fetched)).await {
+            Ok(Ok(result)) => result.ok(),
+            _ => None,
+        },
+    };
+    if let Some(answer) = answer.filter(|(r, _)| !r.status().is_server_error()) {
+        return Ok(answer);
+    }
+    bump(&core.counters.stale);
+    tracing::debug!(key = %plan.key, "service failed; serving the stale entry");
+    let response = cached_response(core, stale.clone(), plan.head, STALE);
+    let shared = Shared {
+        entry: stale,
+        outcome: STALE,
+    };
+    Ok((response, Some(shared)))
+}
+
+/// Calls the service, then buffers and stores its response if the route and
+/// the response allow it. With `has_fallback` (a stale entry will stand in
+/// for a failure), a 5xx is never stored.
+async fn call_and_store<S, ReqBody, ResBody>(
+    core: Arc<CacheCore>,
+    mut inner: S,
+    mut req: Request<ReqBody>,
+    plan: Plan,
+    generation: Option<u64>,
+    has_fallback: bool,
 ) -> Result<(Response<CacheBody<ResBody>>, Option<Shared>), S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -327,23 +372,10 @@ where
 {
     req.extensions_mut().insert(CacheHandle::new(core.clone()));
     let started = Instant::now();
-    let result = inner.call(req).await;
-    let failed = result
-        .as_ref()
-        .map_or(true, |r| r.status().is_server_error());
-    if let (true, Some(entry)) = (failed, stale) {
-        bump(&core.counters.stale);
-        tracing::debug!(key = %plan.key, "service failed; serving the stale entry");
-        let response = cached_response(core, entry.clone(), plan.head, STALE);
-        let shared = Shared {
-            entry,
-            outcome: STALE,
-        };
-        return Ok((response, Some(shared)));
-    }
-    let (mut parts, body) = result?.into_parts();
+    let (mut parts, body) = inner.call(req).await?.into_parts();
     let outcome = if generation.is_some() { MISS } else { BYPASS };
     let storable = !plan.head
+        && !(has_fallback && parts.status.is_server_error())
         && plan.rule.stores_status(parts.status)
         && semantics::refuse_to_store(&parts.headers).is_none();
     if !storable {

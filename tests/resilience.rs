@@ -473,3 +473,34 @@ async fn waiters_released_by_an_unshareable_response_call_the_service_themselves
     }
     assert_eq!(origin.calls(), 5);
 }
+
+#[tokio::test]
+async fn a_slow_origin_past_origin_timeout_is_covered_by_the_stale_entry_and_still_refreshes() {
+    let redis = RedisServer::start();
+    let origin = Origin::new(600);
+    let cache = layer(&redis, |b| {
+        b.ttl(Duration::from_millis(300))
+            .jitter(0.0)
+            .stale_if_error(Duration::from_secs(30))
+            .origin_timeout(Duration::from_millis(100))
+    })
+    .await;
+    let app = origin.router().layer(cache);
+    assert_eq!(send(&app, req_get("/items/1")).await.2, "item 1 v1");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let started = Instant::now();
+    let (status, x, body) = send(&app, req_get("/items/1")).await;
+    assert_eq!(
+        (status, x.as_str(), body.as_str()),
+        (200, "STALE", "item 1 v1")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
+    // The slow answer lands in the cache when it comes.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_, x, body) = send(&app, req_get("/items/1")).await;
+    assert_eq!((x.as_str(), body.as_str()), ("HIT", "item 1 v2"));
+}
