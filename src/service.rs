@@ -374,8 +374,9 @@ where
     let started = Instant::now();
     let (mut parts, body) = inner.call(req).await?.into_parts();
     let outcome = if generation.is_some() { MISS } else { BYPASS };
-    let storable = !plan.head
-        && !(has_fallback && parts.status.is_server_error())
+    // A failure a stale entry will stand in for is not stored.
+    let covered_failure = has_fallback && parts.status.is_server_error();
+    let storable = !(plan.head || covered_failure)
         && plan.rule.stores_status(parts.status)
         && semantics::refuse_to_store(&parts.headers).is_none();
     if !storable {
