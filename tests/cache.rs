@@ -107,9 +107,7 @@ async fn layer(
         .unwrap()
 }
 
-#[tokio::test]
-async fn miss_then_hit_with_age_and_one_origin_call() {
-    let redis = RedisServer::start();
+async fn miss_then_hit_with_age_and_one_origin_call(redis: RedisServer) {
     let origin = Origin::default();
     let app = origin.router().layer(layer(&redis, |b| b).await);
 
@@ -131,9 +129,7 @@ async fn miss_then_hit_with_age_and_one_origin_call() {
     assert_eq!(keys(&client).await, ["test:v1:default:GET:/items/1"]);
 }
 
-#[tokio::test]
-async fn age_grows_with_the_entry() {
-    let redis = RedisServer::start();
+async fn age_grows_with_the_entry(redis: RedisServer) {
     let app = Origin::default().router().layer(layer(&redis, |b| b).await);
     app.clone().oneshot(req_get("/items/1")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -142,9 +138,7 @@ async fn age_grows_with_the_entry() {
     assert_eq!(res.headers()["age"], "1");
 }
 
-#[tokio::test]
-async fn query_order_is_normalized() {
-    let redis = RedisServer::start();
+async fn query_order_is_normalized(redis: RedisServer) {
     let origin = Origin::default();
     let app = origin.router().layer(layer(&redis, |b| b).await);
     let (_, x, a) = send(&app, req_get("/items/1?page=2&category=tv")).await;
@@ -164,9 +158,7 @@ async fn query_order_is_normalized() {
     );
 }
 
-#[tokio::test]
-async fn ttl_jitter_stays_in_bounds_and_spreads_in_milliseconds() {
-    let redis = RedisServer::start();
+async fn ttl_jitter_stays_in_bounds_and_spreads_in_milliseconds(redis: RedisServer) {
     let app = Origin::default()
         .router()
         .layer(layer(&redis, |b| b.ttl(Duration::from_secs(100)).jitter(0.1)).await);
@@ -213,9 +205,7 @@ async fn ttl_jitter_stays_in_bounds_and_spreads_in_milliseconds() {
     assert!((99_000..=100_000).contains(&pttl), "{pttl}");
 }
 
-#[tokio::test]
-async fn a_v2_layer_never_reads_v1_entries_nor_another_prefix() {
-    let redis = RedisServer::start();
+async fn a_v2_layer_never_reads_v1_entries_nor_another_prefix(redis: RedisServer) {
     let origin = Origin::default();
     let v1 = origin.router().layer(layer(&redis, |b| b).await);
     let v2 = origin
@@ -235,9 +225,7 @@ async fn a_v2_layer_never_reads_v1_entries_nor_another_prefix() {
     assert_eq!(send(&v1, req_get("/items/1")).await.1, "HIT");
 }
 
-#[tokio::test]
-async fn invalidate_one_entry() {
-    let redis = RedisServer::start();
+async fn invalidate_one_entry(redis: RedisServer) {
     let cache = layer(&redis, |b| b).await;
     let handle = cache.handle();
     let origin = Origin::default();
@@ -255,9 +243,7 @@ async fn invalidate_one_entry() {
     assert_eq!(origin.calls(), 3);
 }
 
-#[tokio::test]
-async fn invalidate_prefix_removes_exactly_the_paths_under_it() {
-    let redis = RedisServer::start();
+async fn invalidate_prefix_removes_exactly_the_paths_under_it(redis: RedisServer) {
     let cache = layer(&redis, |b| {
         b.route("/items/{id}", CachePolicy::new().namespace("items"))
     })
@@ -284,9 +270,7 @@ async fn invalidate_prefix_removes_exactly_the_paths_under_it() {
     assert!(handle.invalidate_prefix("items").await.is_err());
 }
 
-#[tokio::test]
-async fn invalidate_namespace_is_a_generation_bump_seen_by_every_instance() {
-    let redis = RedisServer::start();
+async fn invalidate_namespace_is_a_generation_bump_seen_by_every_instance(redis: RedisServer) {
     let configure = |b: RedisCacheLayerBuilder| {
         b.route("/items/{id}", CachePolicy::new().namespace("items"))
             .route("/status/{code}", CachePolicy::new().namespace("statuses"))
@@ -308,9 +292,7 @@ async fn invalidate_namespace_is_a_generation_bump_seen_by_every_instance() {
     assert!(a.handle().invalidate_namespace("no spaces").await.is_err());
 }
 
-#[tokio::test]
-async fn a_corrupt_or_foreign_value_is_a_miss_and_is_replaced() {
-    let redis = RedisServer::start();
+async fn a_corrupt_or_foreign_value_is_a_miss_and_is_replaced(redis: RedisServer) {
     let cache = layer(&redis, |b| b).await;
     let handle = cache.handle();
     let origin = Origin::default();
@@ -393,9 +375,7 @@ async fn redis_stopped_mid_test_means_200_bypass_then_caching_resumes() {
     }
 }
 
-#[tokio::test]
-async fn head_is_answered_from_the_get_entry_and_never_creates_one() {
-    let redis = RedisServer::start();
+async fn head_is_answered_from_the_get_entry_and_never_creates_one(redis: RedisServer) {
     let origin = Origin::default();
     let app = origin.router().layer(layer(&redis, |b| b).await);
     let (status, x, body) = send(&app, request("HEAD", "/items/1")).await;
@@ -418,9 +398,7 @@ async fn head_is_answered_from_the_get_entry_and_never_creates_one() {
     assert_eq!(origin.calls(), 2);
 }
 
-#[tokio::test]
-async fn post_and_other_methods_pass_through() {
-    let redis = RedisServer::start();
+async fn post_and_other_methods_pass_through(redis: RedisServer) {
     let origin = Origin::default();
     let app = origin.router().layer(layer(&redis, |b| b).await);
     for n in 1..=3 {
@@ -431,9 +409,7 @@ async fn post_and_other_methods_pass_through() {
     assert!(keys(&redis.client().await).await.is_empty());
 }
 
-#[tokio::test]
-async fn only_allowed_statuses_are_stored() {
-    let redis = RedisServer::start();
+async fn only_allowed_statuses_are_stored(redis: RedisServer) {
     let origin = Origin::default();
     let app = origin.router().layer(layer(&redis, |b| b).await);
     for _ in 0..2 {
@@ -462,9 +438,7 @@ async fn only_allowed_statuses_are_stored() {
     assert_eq!(send(&listed, req_get("/status/200")).await.1, "MISS");
 }
 
-#[tokio::test]
-async fn cookies_authorization_and_no_store_are_not_cached() {
-    let redis = RedisServer::start();
+async fn cookies_authorization_and_no_store_are_not_cached(redis: RedisServer) {
     let origin = Origin::default();
     let app = origin.router().layer(layer(&redis, |b| b).await);
     for _ in 0..2 {
@@ -485,9 +459,7 @@ async fn cookies_authorization_and_no_store_are_not_cached() {
     assert!(keys(&redis.client().await).await.is_empty());
 }
 
-#[tokio::test]
-async fn a_body_over_the_limit_reaches_the_client_whole_and_is_not_stored() {
-    let redis = RedisServer::start();
+async fn a_body_over_the_limit_reaches_the_client_whole_and_is_not_stored(redis: RedisServer) {
     let origin = Origin::default();
     let app = origin
         .router()
@@ -500,9 +472,7 @@ async fn a_body_over_the_limit_reaches_the_client_whole_and_is_not_stored() {
     assert!(keys(&redis.client().await).await.is_empty());
 }
 
-#[tokio::test]
-async fn per_route_policies_in_one_layer() {
-    let redis = RedisServer::start();
+async fn per_route_policies_in_one_layer(redis: RedisServer) {
     let cache = layer(&redis, |b| {
         b.ttl(Duration::from_secs(60))
             .route(
@@ -536,9 +506,7 @@ async fn per_route_policies_in_one_layer() {
     assert!((4_000..=5_000).contains(&status), "{status}");
 }
 
-#[tokio::test]
-async fn bypass_unmatched_caches_only_listed_routes() {
-    let redis = RedisServer::start();
+async fn bypass_unmatched_caches_only_listed_routes(redis: RedisServer) {
     let cache = layer(&redis, |b| {
         b.bypass_unmatched(true)
             .route("/items/{id}", CachePolicy::new())
@@ -550,9 +518,7 @@ async fn bypass_unmatched_caches_only_listed_routes() {
     assert_eq!(send(&app, req_get("/status/200")).await.1, "BYPASS");
 }
 
-#[tokio::test]
-async fn one_layer_per_route_with_route_layer_shares_one_handle() {
-    let redis = RedisServer::start();
+async fn one_layer_per_route_with_route_layer_shares_one_handle(redis: RedisServer) {
     let cache = layer(&redis, |b| b.namespace("items")).await;
     let handle = cache.handle();
     let origin = Origin::default();
@@ -578,9 +544,7 @@ async fn one_layer_per_route_with_route_layer_shares_one_handle() {
     assert_eq!((stats.hits, stats.misses), (1, 2));
 }
 
-#[tokio::test]
-async fn status_header_can_be_renamed_or_turned_off() {
-    let redis = RedisServer::start();
+async fn status_header_can_be_renamed_or_turned_off(redis: RedisServer) {
     let renamed = Origin::default()
         .router()
         .layer(layer(&redis, |b| b.status_header("cache-status")).await);
@@ -596,9 +560,7 @@ async fn status_header_can_be_renamed_or_turned_off() {
     assert!(res.headers().contains_key("age"), "a hit still carries age");
 }
 
-#[tokio::test]
-async fn handle_put_many_writes_entries_the_layer_then_serves() {
-    let redis = RedisServer::start();
+async fn handle_put_many_writes_entries_the_layer_then_serves(redis: RedisServer) {
     let cache = layer(&redis, |b| {
         b.route("/items/{id}", CachePolicy::new().namespace("items"))
     })
@@ -633,9 +595,7 @@ async fn handle_put_many_writes_entries_the_layer_then_serves() {
         .unwrap());
 }
 
-#[tokio::test]
-async fn the_handle_is_a_request_extension_and_an_axum_extractor() {
-    let redis = RedisServer::start();
+async fn the_handle_is_a_request_extension_and_an_axum_extractor(redis: RedisServer) {
     let cache = layer(&redis, |b| b).await;
     let app = Router::new()
         .route("/items/{id}", get(|| async { "item" }))
@@ -681,9 +641,7 @@ async fn the_in_memory_store_behaves_the_same() {
     assert_eq!(origin.calls(), 3);
 }
 
-#[tokio::test]
-async fn status_codes_from_routes_are_unchanged() {
-    let redis = RedisServer::start();
+async fn status_codes_from_routes_are_unchanged(redis: RedisServer) {
     let app = Origin::default().router().layer(layer(&redis, |b| b).await);
     let res = app.oneshot(req_get("/nowhere")).await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
@@ -718,3 +676,27 @@ async fn a_stalled_redis_costs_at_most_the_budget() {
     );
     assert_eq!(origin.calls(), 2);
 }
+
+on_both_topologies!(
+    miss_then_hit_with_age_and_one_origin_call,
+    age_grows_with_the_entry,
+    query_order_is_normalized,
+    ttl_jitter_stays_in_bounds_and_spreads_in_milliseconds,
+    a_v2_layer_never_reads_v1_entries_nor_another_prefix,
+    invalidate_one_entry,
+    invalidate_prefix_removes_exactly_the_paths_under_it,
+    invalidate_namespace_is_a_generation_bump_seen_by_every_instance,
+    a_corrupt_or_foreign_value_is_a_miss_and_is_replaced,
+    head_is_answered_from_the_get_entry_and_never_creates_one,
+    post_and_other_methods_pass_through,
+    only_allowed_statuses_are_stored,
+    cookies_authorization_and_no_store_are_not_cached,
+    a_body_over_the_limit_reaches_the_client_whole_and_is_not_stored,
+    per_route_policies_in_one_layer,
+    bypass_unmatched_caches_only_listed_routes,
+    one_layer_per_route_with_route_layer_shares_one_handle,
+    status_header_can_be_renamed_or_turned_off,
+    handle_put_many_writes_entries_the_layer_then_serves,
+    the_handle_is_a_request_extension_and_an_axum_extractor,
+    status_codes_from_routes_are_unchanged,
+);

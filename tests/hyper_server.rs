@@ -24,9 +24,7 @@ use support::RedisServer;
 use tower::{service_fn, Layer};
 use tower_redis_cache::RedisCacheLayer;
 
-#[tokio::test]
-async fn a_hyper_server_behind_the_layer() {
-    let redis = RedisServer::start();
+async fn a_hyper_server_behind_the_layer(redis: RedisServer) {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     let origin = service_fn(move |req: Request<Incoming>| {
@@ -81,3 +79,5 @@ async fn a_hyper_server_behind_the_layer() {
     );
     assert_eq!(calls.load(SeqCst), 2);
 }
+
+on_both_topologies!(a_hyper_server_behind_the_layer,);

@@ -38,9 +38,7 @@ async fn call(app: &Router, req: Request<Body>) -> (u16, String, Value) {
     )
 }
 
-#[tokio::test]
-async fn items_and_lists_miss_then_hit_with_keys_and_jittered_ttls() {
-    let redis = RedisServer::start();
+async fn items_and_lists_miss_then_hit_with_keys_and_jittered_ttls(redis: RedisServer) {
     let (app, db) = app(&redis).await;
     let (s, x, item) = call(&app, req_get("/products/7")).await;
     assert_eq!((s, x.as_str()), (200, "MISS"));
@@ -87,9 +85,7 @@ async fn items_and_lists_miss_then_hit_with_keys_and_jittered_ttls() {
     assert!(pttls.len() > 15, "TTLs are not spread: {pttls:?}");
 }
 
-#[tokio::test]
-async fn batch_insert_items_hit_on_first_read() {
-    let redis = RedisServer::start();
+async fn batch_insert_items_hit_on_first_read(redis: RedisServer) {
     let (app, db) = app(&redis).await;
     let batch = r#"[
         {"id":"501","name":"Lamp","category":"home","price":19.5,"in_stock":true},
@@ -110,9 +106,7 @@ async fn batch_insert_items_hit_on_first_read() {
     assert_eq!(list["total"], 2);
 }
 
-#[tokio::test]
-async fn stock_update_invalidates_the_item_and_every_list_page() {
-    let redis = RedisServer::start();
+async fn stock_update_invalidates_the_item_and_every_list_page(redis: RedisServer) {
     let (app, db) = app(&redis).await;
     let (_, _, before) = call(&app, req_get("/products/4")).await;
     assert_eq!(before["in_stock"], true);
@@ -162,9 +156,7 @@ async fn stock_update_invalidates_the_item_and_every_list_page() {
     assert_eq!(s, 404);
 }
 
-#[tokio::test]
-async fn stats_report_db_reads_and_are_never_cached() {
-    let redis = RedisServer::start();
+async fn stats_report_db_reads_and_are_never_cached(redis: RedisServer) {
     let (app, _) = app(&redis).await;
     call(&app, req_get("/products/1")).await;
     call(&app, req_get("/products/1")).await;
@@ -210,9 +202,7 @@ async fn redis_stopped_the_api_keeps_answering() {
     assert_eq!(db.reads(), 11);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_on_a_cold_product_reads_the_database_once() {
-    let redis = RedisServer::start();
+async fn a_burst_on_a_cold_product_reads_the_database_once(redis: RedisServer) {
     let (app, db) = app(&redis).await;
     let burst: Vec<_> = (0..200)
         .map(|_| {
@@ -226,3 +216,11 @@ async fn a_burst_on_a_cold_product_reads_the_database_once() {
     }
     assert_eq!(db.reads(), 1);
 }
+
+on_both_topologies!(
+    items_and_lists_miss_then_hit_with_keys_and_jittered_ttls,
+    batch_insert_items_hit_on_first_read,
+    stock_update_invalidates_the_item_and_every_list_page,
+    stats_report_db_reads_and_are_never_cached,
+    a_burst_on_a_cold_product_reads_the_database_once,
+);

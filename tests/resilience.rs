@@ -76,9 +76,9 @@ async fn layer(
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_concurrent_misses_through_four_instances_reach_the_origin_once() {
-    let redis = RedisServer::start();
+async fn a_thousand_concurrent_misses_through_four_instances_reach_the_origin_once(
+    redis: RedisServer,
+) {
     let origin = Origin::new(200);
     let mut apps = Vec::new();
     let mut handles = Vec::new();
@@ -106,9 +106,7 @@ async fn a_thousand_concurrent_misses_through_four_instances_reach_the_origin_on
     assert!(handles.iter().map(|h| h.stats().lock_waits).sum::<u64>() >= 1);
 }
 
-#[tokio::test]
-async fn a_crashed_leader_costs_at_most_its_lock_ttl() {
-    let redis = RedisServer::start();
+async fn a_crashed_leader_costs_at_most_its_lock_ttl(redis: RedisServer) {
     let origin = Origin::new(0);
     let cache = layer(&redis, |b| b.coalesce_timeout(Duration::from_secs(5))).await;
     let handle = cache.handle();
@@ -145,9 +143,7 @@ async fn a_crashed_leader_costs_at_most_its_lock_ttl() {
     assert_eq!(exists, 0);
 }
 
-#[tokio::test]
-async fn a_wait_that_runs_out_goes_to_the_origin() {
-    let redis = RedisServer::start();
+async fn a_wait_that_runs_out_goes_to_the_origin(redis: RedisServer) {
     let origin = Origin::new(0);
     let cache = layer(&redis, |b| b.coalesce_timeout(Duration::from_millis(200))).await;
     let handle = cache.handle();
@@ -174,9 +170,9 @@ async fn a_wait_that_runs_out_goes_to_the_origin() {
     assert_eq!(holder, "slow-instance");
 }
 
-#[tokio::test]
-async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
-    let redis = RedisServer::start();
+async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background(
+    redis: RedisServer,
+) {
     let origin = Origin::new(50);
     let cache = layer(&redis, |b| {
         b.route(
@@ -221,9 +217,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_backgroun
     assert_eq!(handle.stats().background_refreshes, 1);
 }
 
-#[tokio::test]
-async fn a_failing_origin_is_covered_by_the_stale_entry() {
-    let redis = RedisServer::start();
+async fn a_failing_origin_is_covered_by_the_stale_entry(redis: RedisServer) {
     let origin = Origin::new(0);
     let cache = layer(&redis, |b| {
         b.ttl(Duration::from_millis(200))
@@ -252,9 +246,7 @@ async fn a_failing_origin_is_covered_by_the_stale_entry() {
     assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
 }
 
-#[tokio::test]
-async fn a_service_error_is_covered_by_the_stale_entry() {
-    let redis = RedisServer::start();
+async fn a_service_error_is_covered_by_the_stale_entry(redis: RedisServer) {
     let fail = Arc::new(AtomicBool::new(false));
     let f = fail.clone();
     let service = service_fn(move |_req: Request<Full<Bytes>>| {
@@ -291,9 +283,7 @@ async fn a_service_error_is_covered_by_the_stale_entry() {
     );
 }
 
-#[tokio::test]
-async fn early_refresh_renews_hot_entries_before_they_expire() {
-    let redis = RedisServer::start();
+async fn early_refresh_renews_hot_entries_before_they_expire(redis: RedisServer) {
     let origin = Origin::new(30);
     let cache = layer(&redis, |b| {
         b.ttl(Duration::from_millis(400))
@@ -431,9 +421,7 @@ async fn a_stalled_redis_adds_at_most_the_budget_to_any_request() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_redis_lock_works_without_single_flight() {
-    let redis = RedisServer::start();
+async fn the_redis_lock_works_without_single_flight(redis: RedisServer) {
     let origin = Origin::new(100);
     let mut apps = Vec::new();
     for _ in 0..2 {
@@ -455,9 +443,9 @@ async fn the_redis_lock_works_without_single_flight() {
     assert_eq!(origin.calls(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiters_released_by_an_unshareable_response_call_the_service_themselves() {
-    let redis = RedisServer::start();
+async fn waiters_released_by_an_unshareable_response_call_the_service_themselves(
+    redis: RedisServer,
+) {
     let origin = Origin::new(100);
     origin.failing.store(true, SeqCst); // 503: not stored, not shared
     let app = origin.router().layer(layer(&redis, |b| b).await);
@@ -474,9 +462,9 @@ async fn waiters_released_by_an_unshareable_response_call_the_service_themselves
     assert_eq!(origin.calls(), 5);
 }
 
-#[tokio::test]
-async fn a_slow_origin_past_origin_timeout_is_covered_by_the_stale_entry_and_still_refreshes() {
-    let redis = RedisServer::start();
+async fn a_slow_origin_past_origin_timeout_is_covered_by_the_stale_entry_and_still_refreshes(
+    redis: RedisServer,
+) {
     let origin = Origin::new(600);
     let cache = layer(&redis, |b| {
         b.ttl(Duration::from_millis(300))
@@ -504,3 +492,16 @@ async fn a_slow_origin_past_origin_timeout_is_covered_by_the_stale_entry_and_sti
     let (_, x, body) = send(&app, req_get("/items/1")).await;
     assert_eq!((x.as_str(), body.as_str()), ("HIT", "item 1 v2"));
 }
+
+on_both_topologies!(
+    a_thousand_concurrent_misses_through_four_instances_reach_the_origin_once,
+    a_crashed_leader_costs_at_most_its_lock_ttl,
+    a_wait_that_runs_out_goes_to_the_origin,
+    stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background,
+    a_failing_origin_is_covered_by_the_stale_entry,
+    a_service_error_is_covered_by_the_stale_entry,
+    early_refresh_renews_hot_entries_before_they_expire,
+    the_redis_lock_works_without_single_flight,
+    waiters_released_by_an_unshareable_response_call_the_service_themselves,
+    a_slow_origin_past_origin_timeout_is_covered_by_the_stale_entry_and_still_refreshes,
+);

@@ -1,5 +1,6 @@
-//! Test support: a private `redis-server` on a free loopback port, started per
-//! test and killed on drop. Never touches a Redis the tests did not start.
+//! Test support: private `redis-server` processes (one, or a 3-master
+//! cluster) on free loopback ports, started per test and killed on drop.
+//! Never touches a Redis the tests did not start.
 #![allow(dead_code)]
 
 use std::{
@@ -18,10 +19,18 @@ use tower_redis_cache::{
     store::RedisStore,
 };
 
-pub struct RedisServer {
+/// One `redis-server` process.
+struct Node {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    cluster: bool,
+}
+
+/// A standalone Redis or a 3-master Redis Cluster, started for one test on
+/// free loopback ports and torn down on drop.
+pub struct RedisServer {
+    nodes: Vec<Node>,
 }
 
 fn free_port() -> u16 {
@@ -31,26 +40,27 @@ fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
-impl RedisServer {
-    /// Starts `redis-server` from PATH on a free port and waits until it answers.
-    pub fn start() -> Self {
+impl Node {
+    fn start(cluster: bool) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!(
             "tower-redis-cache-test-{port}-{}",
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut server = Self {
+        let mut node = Self {
             child: None,
             port,
             dir,
+            cluster,
         };
-        server.spawn();
-        server
+        node.spawn();
+        node
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args([
                 "--save",
@@ -63,21 +73,30 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
+            .stderr(Stdio::null());
+        if self.cluster {
+            let _ = std::fs::remove_file(self.dir.join("nodes.conf"));
+            command.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]);
+            command.args(["--cluster-node-timeout", "2000"]);
+        }
+        let child = match command.spawn() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
                 "redis-server is not on PATH; the integration tests start their own Redis. \
                  Install it (Debian/Ubuntu: `apt-get install redis-server`, macOS: \
-                 `brew install redis`) or run `bash .ci/run`, which installs it."
+                 `brew install redis`) or run `./scripts/test`, which installs it."
             ),
             Err(e) => panic!("cannot start redis-server: {e}"),
         };
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.ping() {
+            if self.command("PING").starts_with("+PONG") {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -88,38 +107,127 @@ impl RedisServer {
         );
     }
 
-    fn ping(&self) -> bool {
+    /// Sends one inline command and returns the raw reply ("" on failure).
+    fn command(&self, command: &str) -> String {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
+            return String::new();
         };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        if s.write_all(format!("{command}\r\n").as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server (SIGKILL) and waits for it to exit.
-    pub fn stop(&mut self) {
+    fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
 
-    /// Starts the server again on the same port (empty).
-    pub fn restart(&mut self) {
+impl Drop for Node {
+    fn drop(&mut self) {
         self.stop();
-        self.spawn();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl RedisServer {
+    /// Starts a standalone `redis-server` from PATH on a free port and waits
+    /// until it answers.
+    pub fn start() -> Self {
+        Self {
+            nodes: vec![Node::start(false)],
+        }
     }
 
-    /// A store connected to this server, with short timeouts for tests.
+    /// Starts a 3-master Redis Cluster (no replicas) with
+    /// `redis-cli --cluster create` and waits until every node reports
+    /// `cluster_state:ok`.
+    pub fn start_cluster() -> Self {
+        let nodes: Vec<Node> = (0..3).map(|_| Node::start(true)).collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (it comes with redis-server) is needed to create the test cluster");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !nodes
+            .iter()
+            .all(|n| n.command("CLUSTER INFO").contains("cluster_state:ok"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the test cluster did not become ok"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { nodes }
+    }
+
+    /// Starts the given topology.
+    pub fn start_topology(cluster: bool) -> Self {
+        if cluster {
+            Self::start_cluster()
+        } else {
+            Self::start()
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
+    pub fn port(&self) -> u16 {
+        self.nodes[0].port
+    }
+
+    pub fn url(&self) -> String {
+        if self.is_cluster() {
+            let others: Vec<String> = self.nodes[1..]
+                .iter()
+                .map(|n| format!("node=127.0.0.1:{}", n.port))
+                .collect();
+            format!(
+                "redis-cluster://127.0.0.1:{}?{}",
+                self.port(),
+                others.join("&")
+            )
+        } else {
+            format!("redis://127.0.0.1:{}", self.port())
+        }
+    }
+
+    /// Kills the (standalone) server with SIGKILL and waits for it to exit.
+    pub fn stop(&mut self) {
+        assert!(
+            !self.is_cluster(),
+            "stop/restart are for the standalone server"
+        );
+        self.nodes[0].stop();
+    }
+
+    /// Starts the standalone server again on the same port (empty).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.nodes[0].spawn();
+    }
+
+    /// A store connected to this server.
     pub async fn store(&self) -> RedisStore {
         RedisStore::builder(self.url())
             .pool_size(2)
@@ -138,22 +246,54 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Every key in the server, sorted (test servers hold a handful).
+/// Every key in the server (every node of a cluster), sorted.
 pub async fn keys(client: &Client) -> Vec<String> {
-    use tower_redis_cache::fred::{prelude::ClientLike as _, types::CustomCommand};
-    let mut keys: Vec<String> = client
-        .custom(CustomCommand::new_static("KEYS", None, false), vec!["*"])
-        .await
-        .unwrap();
+    use futures_util::TryStreamExt;
+    let found: Vec<_> = if client.is_clustered() {
+        client
+            .scan_cluster_buffered("*", Some(1000), None)
+            .try_collect()
+            .await
+    } else {
+        client
+            .scan_buffered("*", Some(1000), None)
+            .try_collect()
+            .await
+    }
+    .unwrap();
+    // Per-key locks live for the moment of a miss; they are not entries.
+    let mut keys: Vec<String> = found
+        .iter()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .filter(|k| !k.contains(":LOCK:"))
+        .collect();
     keys.sort();
     keys
+}
+
+/// Runs each named `async fn(RedisServer)` against a standalone Redis and
+/// against a 3-master Redis Cluster, as two tests in modules `standalone` and
+/// `cluster`.
+#[macro_export]
+macro_rules! on_both_topologies {
+    ($($name:ident),* $(,)?) => {
+        mod standalone {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::support::RedisServer::start_topology(false)).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::support::RedisServer::start_topology(true)).await
+                }
+            )*
+        }
+    };
 }
 
 /// A response's status, `x-cache`, and body as text.
