@@ -36,6 +36,7 @@ pub(crate) struct Settings {
     pub(crate) origin_timeout: Option<Duration>,
     pub(crate) breaker_threshold: u32,
     pub(crate) breaker_cooldown: Duration,
+    pub(crate) tag_headers: Vec<HeaderName>,
 }
 
 pub(crate) struct CacheCore {
@@ -270,9 +271,13 @@ impl CacheCore {
 
     pub(crate) async fn write(&self, writes: &[Write]) -> Result<(), StoreError> {
         self.timed("put", self.store.put(writes)).await?;
+        self.count_writes(writes);
+        Ok(())
+    }
+
+    pub(crate) fn count_writes(&self, writes: &[Write]) {
         let bytes: usize = writes.iter().map(|w| w.value.len()).sum();
         self.counters.stores.fetch_add(writes.len() as u64, Relaxed);
         self.counters.bytes_stored.fetch_add(bytes as u64, Relaxed);
-        Ok(())
     }
 }

@@ -10,14 +10,18 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use http::{HeaderName, Response};
+use std::sync::Arc;
+
+use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
 
 use crate::{
     body::CacheBody,
+    core::CacheCore,
     service::{mark, BYPASS},
     store::BoxFuture,
+    tags::CacheTags,
 };
 
 pin_project! {
@@ -40,7 +44,7 @@ pin_project! {
         Bypass {
             #[pin]
             future: F,
-            status_header: Option<HeaderName>,
+            core: Arc<CacheCore>,
         },
         Cache {
             future: BoxFuture<'static, Result<Response<CacheBody<B>>, E>>,
@@ -49,12 +53,9 @@ pin_project! {
 }
 
 impl<F, B: Body, E> ResponseFuture<F, B, E> {
-    pub(crate) fn bypass(future: F, status_header: Option<HeaderName>) -> Self {
+    pub(crate) fn bypass(future: F, core: Arc<CacheCore>) -> Self {
         Self {
-            state: State::Bypass {
-                future,
-                status_header,
-            },
+            state: State::Bypass { future, core },
         }
     }
 
@@ -74,12 +75,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Bypass {
-                future,
-                status_header,
-            } => {
+            StateProj::Bypass { future, core } => {
                 let (mut parts, body) = ready!(future.poll(cx))?.into_parts();
-                mark(status_header.as_ref(), &mut parts.headers, BYPASS);
+                let settings = &core.settings;
+                // Tags only mean something on stored responses; never leak them.
+                for name in &settings.tag_headers {
+                    parts.headers.remove(name);
+                }
+                parts.extensions.remove::<CacheTags>();
+                mark(settings.status_header.as_ref(), &mut parts.headers, BYPASS);
                 Poll::Ready(Ok(Response::from_parts(parts, CacheBody::inner(body))))
             }
             StateProj::Cache { future } => future.as_mut().poll(cx),

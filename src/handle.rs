@@ -7,7 +7,10 @@ use bytes::Bytes;
 use http::{Method, Response, Uri};
 use serde::Serialize;
 
-use crate::{breaker::BreakerState, core::CacheCore, entry, error::Error, semantics, store::Write};
+use crate::{
+    breaker::BreakerState, core::CacheCore, entry, error::Error, semantics, store::Write,
+    tags::take_tags,
+};
 
 /// A cheap, cloneable handle to one layer's cache.
 ///
@@ -177,8 +180,16 @@ impl CacheHandle {
             let Some(rule) = self.core.policies.lookup(None, uri.path()).as_ref() else {
                 continue;
             };
-            if !rule.stores_status(response.status())
-                || semantics::refuse_to_store(response.headers()).is_some()
+            let (mut parts, body) = response.into_parts();
+            let settings = &self.core.settings;
+            let tags = take_tags(
+                &settings.tag_headers,
+                rule.tagger.as_ref(),
+                Some(&uri),
+                &mut parts,
+            );
+            if !rule.stores_status(parts.status)
+                || semantics::refuse_to_store(&parts.headers).is_some()
             {
                 continue;
             }
@@ -193,9 +204,9 @@ impl CacheHandle {
             };
             let lifetimes = rule.lifetimes();
             let value = entry::encode(
-                response.status(),
-                response.headers(),
-                response.body(),
+                parts.status,
+                &parts.headers,
+                &body,
                 &lifetimes,
                 std::time::Duration::ZERO,
                 generation,
@@ -214,12 +225,34 @@ impl CacheHandle {
                 key,
                 value,
                 ttl: lifetimes.store_ttl(),
+                tags: tags.iter().map(|t| self.core.keys.tag_key(t)).collect(),
             });
         }
         if !writes.is_empty() {
-            self.core.write(&writes).await?;
+            self.core.store.put(&writes).await?;
+            self.core.count_writes(&writes);
         }
         Ok(writes.len())
+    }
+
+    /// Removes every entry carrying any of `tags` (from its route policy, a
+    /// `cache-tag`/`surrogate-key` response header or a
+    /// [`CacheTags`](crate::CacheTags) extension), whatever its URL or
+    /// namespace. Returns how many entries were removed.
+    ///
+    /// On Redis each tag is a sorted set of entry keys, updated in the same
+    /// round trip as the entry and pruned as entries expire; this reads each
+    /// set and unlinks its entries one key at a time (safe on Redis Cluster).
+    pub async fn invalidate_tags<I, T>(&self, tags: I) -> Result<u64, Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        let keys: Vec<String> = tags
+            .into_iter()
+            .map(|t| self.core.keys.tag_key(t.as_ref()))
+            .collect();
+        Ok(self.core.store.invalidate_tags(&keys).await?)
     }
 }
 

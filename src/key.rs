@@ -96,6 +96,13 @@ impl KeySpace {
         }
     }
 
+    /// The key of a tag's index: a sorted set of the entry keys carrying the
+    /// tag, scored by their expiry. `#` never occurs in a namespace, so it
+    /// cannot collide with an entry key.
+    pub(crate) fn tag_key(&self, tag: &str) -> String {
+        format!("{}#tag:{tag}", self.base)
+    }
+
     /// The key holding a namespace's generation counter.
     ///
     /// It has a single `:` after the namespace, while every entry key has
@@ -119,9 +126,12 @@ impl KeySpace {
         let Some(rest) = key.strip_prefix(&self.base) else {
             return false;
         };
-        let Some((_namespace, rest)) = rest.split_once(':') else {
+        let Some((namespace, rest)) = rest.split_once(':') else {
             return false;
         };
+        if namespace.starts_with('#') {
+            return false; // a tag index
+        }
         // Entries are stored under GET only; other method parts (lock keys)
         // are not entries.
         let Some(("GET", target)) = rest.split_once(':') else {
@@ -295,6 +305,7 @@ mod tests {
         let lock = s.lock_key("products", &k);
         assert_eq!(lock, "api:v1:products:LOCK:/products/1?a=1");
         assert!(!s.is_under_path_prefix(&lock, "/products"));
+        assert!(!s.is_under_path_prefix(&s.tag_key("GET:/products/1"), "/products"));
     }
 
     #[test]

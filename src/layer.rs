@@ -97,6 +97,7 @@ enum StoreChoice {
 /// | `single_flight` / `distributed_lock` | on / on |
 /// | `lock_ttl` / `coalesce_timeout` | 5 s / 5 s |
 /// | `origin_timeout` (with a stale entry at hand) | none |
+/// | `tag_headers` | `cache-tag`, `surrogate-key` |
 /// | `circuit_breaker` | open after 5 failures in a row, probe after 500 ms |
 pub struct RedisCacheLayerBuilder {
     store: StoreChoice,
@@ -123,6 +124,7 @@ pub struct RedisCacheLayerBuilder {
     origin_timeout: Option<Duration>,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
+    tag_headers: Vec<String>,
 }
 
 impl Default for RedisCacheLayerBuilder {
@@ -152,6 +154,7 @@ impl Default for RedisCacheLayerBuilder {
             origin_timeout: None,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_millis(500),
+            tag_headers: vec!["cache-tag".into(), "surrogate-key".into()],
         }
     }
 }
@@ -324,6 +327,18 @@ impl RedisCacheLayerBuilder {
         self
     }
 
+    /// The response headers a handler can tag its entry with (default
+    /// `cache-tag` and `surrogate-key`; values split on commas and spaces).
+    /// They are removed from every response that passes the layer.
+    pub fn tag_headers<I, T>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.tag_headers = names.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// When a stale entry could stand in (inside its stale-if-error window),
     /// wait at most `limit` for the service before serving the stale entry
     /// (default: no limit). The service's answer, when it comes, still
@@ -365,6 +380,7 @@ impl RedisCacheLayerBuilder {
             stale_while_revalidate: self.stale_while_revalidate,
             stale_if_error: self.stale_if_error,
             early_refresh: self.early_refresh,
+            tagger: None,
         };
         base.validate("layer")?;
         if self.store_timeout.is_zero() {
@@ -392,6 +408,17 @@ impl RedisCacheLayerBuilder {
                 })
             })
             .transpose()?;
+        let tag_headers = self
+            .tag_headers
+            .iter()
+            .map(|name| {
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    Error::config(format!(
+                        "tag header {name:?} is not a valid header name: use e.g. \"cache-tag\""
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let resolve = |rules: Vec<(String, CachePolicy)>, kind: &str| {
             rules
                 .into_iter()
@@ -421,6 +448,7 @@ impl RedisCacheLayerBuilder {
             origin_timeout: self.origin_timeout,
             breaker_threshold: self.breaker_threshold,
             breaker_cooldown: self.breaker_cooldown,
+            tag_headers,
         };
         let core = CacheCore::new(store, keys, policies, settings);
         Ok(RedisCacheLayer {

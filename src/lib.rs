@@ -63,6 +63,7 @@ mod policy;
 mod semantics;
 mod service;
 pub mod store;
+mod tags;
 
 #[cfg(feature = "axum")]
 pub use handle::MissingCacheHandle;
@@ -76,4 +77,5 @@ pub use {
     layer::{RedisCacheLayer, RedisCacheLayerBuilder},
     policy::CachePolicy,
     service::CacheService,
+    tags::CacheTags,
 };

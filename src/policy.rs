@@ -17,6 +17,7 @@ use crate::{
     error::Error,
     jitter,
     key::{check_component, KeySpace},
+    tags::Tagger,
 };
 
 /// How the responses of one route are cached.
@@ -47,6 +48,7 @@ pub struct CachePolicy {
     stale_while_revalidate: Option<Duration>,
     stale_if_error: Option<Duration>,
     early_refresh: Option<f64>,
+    tagger: Option<Tagger>,
     bypass: bool,
 }
 
@@ -123,6 +125,27 @@ impl CachePolicy {
         self
     }
 
+    /// Tags for this route's entries, computed from the request URI and the
+    /// response head; [`CacheHandle::invalidate_tags`](crate::CacheHandle::invalidate_tags)
+    /// drops every entry carrying one of them.
+    ///
+    /// ```
+    /// use tower_redis_cache::CachePolicy;
+    ///
+    /// let policy = CachePolicy::new().tags(|uri, _response| {
+    ///     let id = uri.path().rsplit('/').next().unwrap_or_default();
+    ///     vec![format!("product:{id}"), "products".to_owned()]
+    /// });
+    /// # let _ = policy;
+    /// ```
+    pub fn tags<F>(mut self, tags: F) -> Self
+    where
+        F: Fn(&http::Uri, &http::response::Parts) -> Vec<String> + Send + Sync + 'static,
+    {
+        self.tagger = Some(Tagger(Arc::new(tags)));
+        self
+    }
+
     /// Fills what this policy leaves unset from `base` and validates the result.
     pub(crate) fn resolve(
         &self,
@@ -152,6 +175,7 @@ impl CachePolicy {
                 .unwrap_or(base.stale_while_revalidate),
             stale_if_error: self.stale_if_error.unwrap_or(base.stale_if_error),
             early_refresh: self.early_refresh.unwrap_or(base.early_refresh),
+            tagger: self.tagger.clone().or_else(|| base.tagger.clone()),
         };
         resolved.validate(what)?;
         Ok(Some(Arc::new(resolved)))
@@ -170,6 +194,7 @@ pub(crate) struct Resolved {
     pub(crate) stale_if_error: Duration,
     /// XFetch beta; 0 is off.
     pub(crate) early_refresh: f64,
+    pub(crate) tagger: Option<Tagger>,
     /// Where this namespace's generation counter lives.
     pub(crate) generation_key: String,
 }
@@ -395,6 +420,7 @@ mod tests {
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             early_refresh: 0.0,
+            tagger: None,
             generation_key: "g".into(),
         }
     }

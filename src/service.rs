@@ -34,6 +34,7 @@ use crate::{
     policy::Resolved,
     semantics,
     store::Write,
+    tags::take_tags,
     CacheHandle,
 };
 
@@ -116,10 +117,7 @@ where
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
                 .insert(CacheHandle::new(self.core.clone()));
-            return ResponseFuture::bypass(
-                self.inner.call(req),
-                self.core.settings.status_header.clone(),
-            );
+            return ResponseFuture::bypass(self.inner.call(req), self.core.clone());
         };
         // The service that was polled ready goes into the future; a clone
         // (not yet ready) stays for the next poll_ready.
@@ -371,8 +369,15 @@ where
     ResBody: Body<Data = Bytes>,
 {
     req.extensions_mut().insert(CacheHandle::new(core.clone()));
+    let uri = plan.rule.tagger.as_ref().map(|_| req.uri().clone());
     let started = Instant::now();
     let (mut parts, body) = inner.call(req).await?.into_parts();
+    let tags = take_tags(
+        &core.settings.tag_headers,
+        plan.rule.tagger.as_ref(),
+        uri.as_ref(),
+        &mut parts,
+    );
     let outcome = if generation.is_some() { MISS } else { BYPASS };
     // A failure a stale entry will stand in for is not stored.
     let covered_failure = has_fallback && parts.status.is_server_error();
@@ -409,6 +414,7 @@ where
                         key: plan.key.clone(),
                         value,
                         ttl: lifetimes.store_ttl(),
+                        tags: tags.iter().map(|t| core.keys.tag_key(t)).collect(),
                     };
                     // Awaited (under the budget) so the client's next request
                     // can already hit.

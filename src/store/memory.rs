@@ -2,7 +2,7 @@
 //! default when no Redis is configured, so the layer works with no server.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -29,6 +29,8 @@ use crate::error::StoreError;
 pub struct MemoryStore {
     entries: Cache<String, Value>,
     generations: Arc<Mutex<HashMap<String, u64>>>,
+    /// Tag key → entry keys; pruned of evicted or expired keys on each write.
+    tags: Arc<Mutex<HashMap<String, HashSet<String>>>>,
 }
 
 #[derive(Clone)]
@@ -69,6 +71,7 @@ impl MemoryStore {
         Self {
             entries,
             generations: Arc::default(),
+            tags: Arc::default(),
         }
     }
 
@@ -115,6 +118,16 @@ impl Store for MemoryStore {
             };
             self.entries.insert(w.key.clone(), value);
         }
+        if writes.iter().any(|w| !w.tags.is_empty()) {
+            let mut tags = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+            for w in writes {
+                for tag in &w.tags {
+                    let keys = tags.entry(tag.clone()).or_default();
+                    keys.retain(|k| self.entries.contains_key(k));
+                    keys.insert(w.key.clone());
+                }
+            }
+        }
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -144,6 +157,25 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(removed as u64)))
     }
 
+    fn invalidate_tags<'a>(
+        &'a self,
+        tag_keys: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let keys: Vec<String> = {
+            let mut tags = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+            tag_keys
+                .iter()
+                .filter_map(|t| tags.remove(t))
+                .flatten()
+                .collect()
+        };
+        let removed = keys
+            .iter()
+            .filter(|k| self.entries.remove(*k).is_some())
+            .count();
+        Box::pin(std::future::ready(Ok(removed as u64)))
+    }
+
     fn generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(std::future::ready(Ok(self.generation_now(key))))
     }
@@ -165,6 +197,7 @@ mod tests {
             key: key.into(),
             value: Bytes::from_static(value),
             ttl: Duration::from_millis(ttl_ms),
+            tags: Vec::new(),
         }
     }
 
@@ -211,6 +244,7 @@ mod tests {
                 key: format!("k{i}"),
                 value: big,
                 ttl: Duration::from_secs(60),
+                tags: Vec::new(),
             }])
             .await
             .unwrap();

@@ -31,8 +31,10 @@ pub struct Fetched {
     pub generation: u64,
 }
 
-/// One value to write, with its TTL (already jittered).
+/// One value to write, with its TTL (already jittered) and the tag indexes
+/// it joins.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Write {
     /// The full key.
     pub key: String,
@@ -40,6 +42,9 @@ pub struct Write {
     pub value: Bytes,
     /// Time to live; stores keep millisecond precision.
     pub ttl: Duration,
+    /// Keys of the tag indexes that must list `key` (until it expires), written
+    /// in the same round trip as the value.
+    pub tags: Vec<String>,
 }
 
 /// The operations the cache needs from a key-value store.
@@ -97,6 +102,20 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<(bool, Fetched), StoreError>> {
         let _ = (lock_key, token, ttl);
         Box::pin(async move { Ok((true, self.fetch(key, generation_key).await?)) })
+    }
+
+    /// Deletes every entry listed in the given tag indexes and the index
+    /// entries themselves; returns how many entries existed. Entries tagged
+    /// while this runs stay listed. The default reports that the store
+    /// keeps no tag indexes.
+    fn invalidate_tags<'a>(
+        &'a self,
+        tag_keys: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let _ = tag_keys;
+        Box::pin(std::future::ready(Err(StoreError::Backend(
+            "this store keeps no tag indexes".into(),
+        ))))
     }
 
     /// Releases `lock_key` if it still holds `token` (a lock that expired and

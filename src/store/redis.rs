@@ -8,9 +8,9 @@ use bytes::Bytes;
 use fred::{
     prelude::{
         Builder, ClientLike, Config, Expiration, KeysInterface, LuaInterface, Pool,
-        ReconnectPolicy, SetOptions,
+        ReconnectPolicy, SetOptions, SortedSetsInterface,
     },
-    types::scan::Scanner,
+    types::{scan::Scanner, ExpireOptions},
 };
 use futures_util::StreamExt;
 
@@ -258,29 +258,45 @@ impl Store for RedisStore {
         Box::pin(async move {
             let client = self.client()?;
             if let [w] = writes {
-                return client
-                    .set::<(), _, _>(
-                        w.key.as_str(),
-                        w.value.clone(),
-                        Some(px(w.ttl)),
-                        None,
-                        false,
-                    )
-                    .await
-                    .map_err(backend);
+                if w.tags.is_empty() {
+                    let value = w.value.clone();
+                    return client
+                        .set::<(), _, _>(w.key.as_str(), value, Some(px(w.ttl)), None, false)
+                        .await
+                        .map_err(backend);
+                }
             }
             let pipe = client.pipeline();
+            let now = crate::entry::now_ms();
             for w in writes {
+                let value = w.value.clone();
                 let () = pipe
-                    .set(
-                        w.key.as_str(),
-                        w.value.clone(),
-                        Some(px(w.ttl)),
-                        None,
-                        false,
-                    )
+                    .set(w.key.as_str(), value, Some(px(w.ttl)), None, false)
                     .await
                     .map_err(backend)?;
+                let expires = now.saturating_add(w.ttl.as_millis() as u64) as f64;
+                let ttl_ms = i64::try_from(w.ttl.as_millis()).unwrap_or(i64::MAX);
+                for tag in &w.tags {
+                    // The index: entry keys scored by their expiry, pruned of
+                    // expired keys on every write, itself expiring after its
+                    // longest-lived entry.
+                    let tag = tag.as_str();
+                    let member = (expires, w.key.as_str());
+                    let () = pipe
+                        .zadd(tag, None, None, false, false, member)
+                        .await
+                        .map_err(backend)?;
+                    let () = pipe
+                        .zremrangebyscore(tag, f64::NEG_INFINITY, now as f64)
+                        .await
+                        .map_err(backend)?;
+                    for option in [ExpireOptions::NX, ExpireOptions::GT] {
+                        let () = pipe
+                            .pexpire(tag, ttl_ms, Some(option))
+                            .await
+                            .map_err(backend)?;
+                    }
+                }
             }
             let _: Vec<fred::types::Value> = pipe.all().await.map_err(backend)?;
             Ok(())
@@ -354,6 +370,29 @@ impl Store for RedisStore {
                 generation: parse_generation(generation)?,
             };
             Ok((locked.is_some(), fetched))
+        })
+    }
+
+    fn invalidate_tags<'a>(
+        &'a self,
+        tag_keys: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let client = self.client()?;
+            let mut removed = 0;
+            for tag in tag_keys {
+                let members: Vec<String> = client
+                    .zrange(tag.as_str(), 0, -1, None, false, None, false)
+                    .await
+                    .map_err(backend)?;
+                if members.is_empty() {
+                    continue;
+                }
+                removed += unlink_each(client, &members).await?;
+                // Only the members read: an entry tagged meanwhile stays listed.
+                let _: i64 = client.zrem(tag.as_str(), members).await.map_err(backend)?;
+            }
+            Ok(removed)
         })
     }
 
