@@ -37,9 +37,12 @@ impl CacheTags {
     }
 }
 
+/// The signature of a route's tag function.
+type TagFn = dyn Fn(&Uri, &Parts) -> Vec<String> + Send + Sync;
+
 /// A route's tag function: the request URI and the response head in, tags out.
 #[derive(Clone)]
-pub(crate) struct Tagger(pub(crate) Arc<dyn Fn(&Uri, &Parts) -> Vec<String> + Send + Sync>);
+pub(crate) struct Tagger(pub(crate) Arc<TagFn>);
 
 impl std::fmt::Debug for Tagger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
