@@ -2,8 +2,10 @@
 //! tower-redis-cache.
 //!
 //! Run it with `cargo run --example products` (in-memory store), or with
-//! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example products`. `PORT`
-//! changes the port (default 3000). Then:
+//! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example products` (a
+//! cluster URL such as `redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001`
+//! works too). `CACHE_L1=1` adds the in-process tier in front of Redis.
+//! `PORT` changes the port (default 3000). Then:
 //!
 //! ```text
 //! curl -i localhost:3000/products/7                      # x-cache: MISS, then HIT
@@ -43,7 +45,8 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 use tower_redis_cache::{
-    store::RedisStore, CacheHandle, CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder,
+    store::{LocalTier, RedisStore, TieredStore},
+    CacheHandle, CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder,
 };
 
 /// A product, with the fields of the original example.
@@ -304,6 +307,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|_| format!("PORT={p:?} is not a port number"))?,
         Err(_) => 3000,
     };
+    let l1 = std::env::var("CACHE_L1").is_ok_and(|v| v == "1");
     let builder = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
             let store = match RedisStore::builder(&url).connect().await {
@@ -316,10 +320,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     RedisStore::builder(&url).build()?
                 }
             };
-            RedisCacheLayer::builder().store(store)
+            if l1 {
+                // An in-process tier in front of Redis, coherent across
+                // instances through Redis client tracking on our key prefix.
+                let tiered =
+                    TieredStore::connect(store, LocalTier::new().track_prefix("api:")).await?;
+                println!("cache L1: on (in-process tier, kept coherent by Redis client tracking)");
+                RedisCacheLayer::builder().store(tiered)
+            } else {
+                RedisCacheLayer::builder().store(store)
+            }
         }
         _ => {
             println!("cache store: in-memory (set REDIS_URL=redis://host:port to use Redis)");
+            if l1 {
+                println!("cache L1: CACHE_L1=1 needs REDIS_URL; the in-memory store is already in-process");
+            }
             RedisCacheLayer::builder()
         }
     };

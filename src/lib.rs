@@ -4,10 +4,17 @@
 //! [`RedisCacheLayer`] derives a key from the method, path and normalized query
 //! (plus a prefix, version and namespace), stores the response in Redis with a
 //! jittered TTL, and answers later requests from there with `x-cache: HIT` and
-//! `age`. Per-route [`CachePolicy`]s choose TTL, jitter, namespace and
-//! cacheable statuses; a [`CacheHandle`] invalidates one entry, a path prefix or
-//! a whole namespace. When Redis fails or is slow the request goes to your
-//! service (fail-open): the cache never turns into an error page.
+//! `age`. Per-route [`CachePolicy`]s choose TTL, jitter, namespace, cacheable
+//! statuses, stale windows and tags; a [`CacheHandle`] invalidates one entry,
+//! a path prefix, a tag or a whole namespace. Concurrent misses on one key make
+//! one call to your service, across instances too. When Redis fails or is slow
+//! the request goes to your service (fail-open, behind a circuit breaker): the
+//! cache never turns into an error page.
+//!
+//! Stores: [`store::RedisStore`] (standalone or Cluster),
+//! [`store::TieredStore`] (an in-process tier in front of Redis, coherent
+//! through client tracking) and [`store::MemoryStore`] (the default when no
+//! Redis is configured).
 //!
 //! # Quick start
 //!

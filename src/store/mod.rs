@@ -12,10 +12,12 @@ use crate::error::StoreError;
 
 mod memory;
 mod redis;
+mod tiered;
 
 pub use self::{
     memory::MemoryStore,
     redis::{RedisStore, RedisStoreBuilder},
+    tiered::{LocalTier, TieredStore},
 };
 
 /// A boxed, `Send` future, as returned by [`Store`] methods.

@@ -82,6 +82,41 @@ impl RedisStore {
         &self.pool
     }
 
+    /// Unlinks every entry listed in the tag indexes and removes exactly
+    /// those members from the indexes; returns the keys that existed.
+    pub(crate) async fn remove_tagged(
+        &self,
+        tag_keys: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let client = self.client()?;
+        let mut removed = Vec::new();
+        for tag in tag_keys {
+            let members: Vec<String> = client
+                .zrange(tag.as_str(), 0, -1, None, false, None, false)
+                .await
+                .map_err(backend)?;
+            if members.is_empty() {
+                continue;
+            }
+            let existed = unlink_each_report(client, &members).await?;
+            // Only the members read: an entry tagged meanwhile stays listed.
+            let _: i64 = client
+                .zrem(tag.as_str(), members.clone())
+                .await
+                .map_err(backend)?;
+            removed.extend(
+                members
+                    .into_iter()
+                    .zip(existed)
+                    .filter(|(_, e)| *e)
+                    .map(|(k, _)| k),
+            );
+        }
+        removed.sort();
+        removed.dedup();
+        Ok(removed)
+    }
+
     fn client(&self) -> Result<&fred::prelude::Client, StoreError> {
         let client = self.pool.next();
         if client.is_connected() {
@@ -377,23 +412,7 @@ impl Store for RedisStore {
         &'a self,
         tag_keys: &'a [String],
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move {
-            let client = self.client()?;
-            let mut removed = 0;
-            for tag in tag_keys {
-                let members: Vec<String> = client
-                    .zrange(tag.as_str(), 0, -1, None, false, None, false)
-                    .await
-                    .map_err(backend)?;
-                if members.is_empty() {
-                    continue;
-                }
-                removed += unlink_each(client, &members).await?;
-                // Only the members read: an entry tagged meanwhile stays listed.
-                let _: i64 = client.zrem(tag.as_str(), members).await.map_err(backend)?;
-            }
-            Ok(removed)
-        })
+        Box::pin(async move { Ok(self.remove_tagged(tag_keys).await?.len() as u64) })
     }
 
     fn unlock<'a>(
@@ -415,6 +434,23 @@ impl Store for RedisStore {
 /// Compare-and-delete: only the holder of the token releases the lock.
 const UNLOCK_SCRIPT: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// UNLINKs keys one command each, in one pipeline, and reports which existed.
+async fn unlink_each_report(
+    client: &fred::prelude::Client,
+    keys: &[String],
+) -> Result<Vec<bool>, StoreError> {
+    if let [key] = keys {
+        let count: u64 = client.unlink(key.as_str()).await.map_err(backend)?;
+        return Ok(vec![count > 0]);
+    }
+    let pipe = client.pipeline();
+    for key in keys {
+        let () = pipe.unlink(key.as_str()).await.map_err(backend)?;
+    }
+    let counts: Vec<u64> = pipe.all().await.map_err(backend)?;
+    Ok(counts.into_iter().map(|c| c > 0).collect())
+}
 
 /// UNLINKs keys one command each, in one pipeline: no multi-key command, so it
 /// never crosses Cluster hash slots.
