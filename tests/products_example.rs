@@ -217,7 +217,43 @@ async fn a_burst_on_a_cold_product_reads_the_database_once(redis: RedisServer) {
     assert_eq!(db.reads(), 1);
 }
 
+async fn two_instances_with_l1_a_stock_update_through_one_is_a_miss_on_the_other(
+    redis: RedisServer,
+) {
+    use tower_redis_cache::store::{LocalTier, TieredStore};
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let store =
+            TieredStore::connect(redis.store().await, LocalTier::new().track_prefix("api:"))
+                .await
+                .unwrap();
+        let db = products::Db::seeded();
+        let layer = products::cache_layer(RedisCacheLayer::builder().store(store)).unwrap();
+        instances.push((products::router(db.clone(), layer), db));
+    }
+    let (a, b) = (&instances[0].0, &instances[1].0);
+    assert_eq!(call(a, req_get("/products/5")).await.1, "MISS");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    for _ in 0..3 {
+        assert_eq!(call(b, req_get("/products/5")).await.1, "HIT");
+    }
+    let (s, _, _) = call(
+        a,
+        json("PATCH", "/products/5/stock", r#"{"in_stock":true}"#),
+    )
+    .await;
+    assert_eq!(s, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(call(b, req_get("/products/5")).await.1, "MISS");
+    assert_eq!(
+        instances[1].1.reads(),
+        1,
+        "B read its own database once, after the update"
+    );
+}
+
 on_both_topologies!(
+    two_instances_with_l1_a_stock_update_through_one_is_a_miss_on_the_other,
     items_and_lists_miss_then_hit_with_keys_and_jittered_ttls,
     batch_insert_items_hit_on_first_read,
     stock_update_invalidates_the_item_and_every_list_page,
