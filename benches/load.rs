@@ -1,0 +1,364 @@
+//! The side-by-side load benchmark: `cargo bench --bench load`.
+//!
+//! Starts its own `redis-server` on a free loopback port, serves five targets
+//! on loopback and drives each, one after the other, with the same HTTP/1.1
+//! load generator (persistent connections, fixed concurrency and duration):
+//!
+//! - A: a plain axum handler returning a ~200 B JSON body from memory (the floor);
+//! - B: an axum handler doing exactly one fred GET of the stored body (the
+//!   physical limit of a Redis-backed hit);
+//! - C: the layer on Redis, every request a hit;
+//! - D: the layer with the in-process L1 tier, every request a hit;
+//! - E: a miss-only workload over a 20 ms origin, with and without the layer.
+//!
+//! Server and generator each get one runtime thread, so on a 2-core machine
+//! they do not fight over one core. The ratios matter, not the absolute
+//! numbers. `BENCH_SECONDS`, `BENCH_CONCURRENCY` and `BENCH_BODY` (bytes)
+//! change the run.
+
+#[allow(dead_code, unused_macros)]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{extract::Path, routing::get, Router};
+use bytes::Bytes;
+use http::{header::CONTENT_TYPE, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use support::RedisServer;
+use tower_redis_cache::{
+    fred::{
+        prelude::{ClientLike, KeysInterface},
+        types::CustomCommand,
+    },
+    store::{LocalTier, TieredStore},
+    RedisCacheLayer,
+};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A JSON body of about `len` bytes.
+fn body(len: usize) -> Bytes {
+    let mut s = String::from(
+        r#"{"id":"7","name":"books product 7","category":"books","price":69.93,"in_stock":true,"created_at":"2026-11-25T17:35:03Z","note":""#,
+    );
+    while s.len() + 2 < len {
+        s.push('x');
+    }
+    s.push_str("\"}");
+    Bytes::from(s)
+}
+
+struct Measured {
+    requests: u64,
+    seconds: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+impl Measured {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+/// Drives `addr` with `concurrency` persistent connections for `warmup` +
+/// `duration`; latencies are recorded after the warm-up only.
+async fn drive(
+    addr: SocketAddr,
+    path: Arc<dyn Fn(u64) -> String + Send + Sync>,
+    concurrency: u64,
+    warmup: Duration,
+    duration: Duration,
+) -> Measured {
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let counter = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let path = path.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                let mut latencies = Vec::with_capacity(100_000);
+                loop {
+                    let now = Instant::now();
+                    if now >= end {
+                        break;
+                    }
+                    let n = counter.fetch_add(1, Relaxed);
+                    let req = Request::get(path(n))
+                        .header("host", "bench")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    let res = sender.send_request(req).await.unwrap();
+                    assert!(res.status().is_success(), "status {}", res.status());
+                    let _ = res.into_body().collect().await.unwrap();
+                    if now >= measure_from {
+                        latencies.push(now.elapsed().as_micros() as u32);
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+    };
+    Measured {
+        requests: all.len() as u64,
+        seconds: duration.as_secs_f64(),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn json(body: Bytes) -> ([(http::HeaderName, &'static str); 1], Bytes) {
+    ([(CONTENT_TYPE, "application/json")], body)
+}
+
+fn main() {
+    let seconds = env("BENCH_SECONDS", 4);
+    let concurrency = env("BENCH_CONCURRENCY", 32);
+    let body_len = env("BENCH_BODY", 200) as usize;
+    let warmup = Duration::from_secs(1);
+    let duration = Duration::from_secs(seconds);
+
+    let redis = RedisServer::start();
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let payload = body(body_len);
+
+    let (targets, memory) = server_rt.block_on(async {
+        let from_memory = {
+            let b = payload.clone();
+            move || {
+                let b = b.clone();
+                async move { json(b) }
+            }
+        };
+        // A: the floor.
+        let a = serve(Router::new().route("/item", get(from_memory.clone()))).await;
+
+        // B: one fred GET per request.
+        let store = redis.store().await;
+        let pool = store.pool().clone();
+        let () = pool
+            .set("bench:raw", payload.clone(), None, None, false)
+            .await
+            .unwrap();
+        let b = serve(Router::new().route(
+            "/item",
+            get(move || {
+                let pool = pool.clone();
+                async move {
+                    let v: Bytes = pool.get("bench:raw").await.unwrap();
+                    json(v)
+                }
+            }),
+        ))
+        .await;
+
+        // C: the layer on Redis.
+        let layer_c = RedisCacheLayer::builder()
+            .prefix("bench")
+            .ttl(Duration::from_secs(3600))
+            .store(redis.store().await)
+            .build()
+            .unwrap();
+        let handle_c = layer_c.handle();
+        let c = serve(
+            Router::new()
+                .route("/item", get(from_memory.clone()))
+                .layer(layer_c),
+        )
+        .await;
+
+        // D: the layer with the L1 tier.
+        let tiered = TieredStore::connect(
+            redis.store().await,
+            LocalTier::new().track_prefix("benchl1:"),
+        )
+        .await
+        .unwrap();
+        let layer_d = RedisCacheLayer::builder()
+            .prefix("benchl1")
+            .ttl(Duration::from_secs(3600))
+            .store(tiered)
+            .build()
+            .unwrap();
+        let d = serve(
+            Router::new()
+                .route("/item", get(from_memory.clone()))
+                .layer(layer_d),
+        )
+        .await;
+
+        // E: a 20 ms origin, every request a new URL.
+        let slow = {
+            let b = payload.clone();
+            move |Path(_n): Path<u64>| {
+                let b = b.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    json(b)
+                }
+            }
+        };
+        let e_plain = serve(Router::new().route("/miss/{n}", get(slow.clone()))).await;
+        let layer_e = RedisCacheLayer::builder()
+            .prefix("benchmiss")
+            .ttl(Duration::from_secs(60))
+            .store(redis.store().await)
+            .build()
+            .unwrap();
+        let e_layer = serve(Router::new().route("/miss/{n}", get(slow)).layer(layer_e)).await;
+
+        // Warm the hit targets and read what one entry costs in Redis.
+        for addr in [c, d] {
+            let _ = client_get(addr, "/item").await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = client_get(addr, "/item").await;
+        }
+        let key = handle_c
+            .key_for(&http::Method::GET, &http::Uri::from_static("/item"))
+            .unwrap();
+        let admin = redis.client().await;
+        let usage: u64 = admin
+            .custom(
+                CustomCommand::new_static("MEMORY", None, false),
+                vec!["USAGE", key.as_str()],
+            )
+            .await
+            .unwrap();
+        ([a, b, c, d, e_plain, e_layer], usage)
+    });
+
+    println!("tower-redis-cache load benchmark");
+    println!(
+        "body {} B, concurrency {concurrency}, {seconds} s per target after 1 s warm-up, \
+         server and generator on one thread each",
+        payload.len()
+    );
+    let item: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(|_| "/item".to_owned());
+    let miss: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(|n| format!("/miss/{n}"));
+    let names = [
+        "A plain handler (floor)",
+        "B one fred GET (limit)",
+        "C layer, Redis, hits",
+        "D layer, L1 tier, hits",
+        "E origin 20 ms, no layer",
+        "E origin 20 ms, layer (misses)",
+    ];
+    let mut results = Vec::new();
+    println!(
+        "{:<32} {:>10} {:>10} {:>10}",
+        "target", "req/s", "p50 ms", "p99 ms"
+    );
+    for (i, addr) in targets.iter().enumerate() {
+        let path = if i >= 4 { miss.clone() } else { item.clone() };
+        let m = client_rt.block_on(drive(*addr, path, concurrency, warmup, duration));
+        println!(
+            "{:<32} {:>10.0} {:>10.3} {:>10.3}",
+            names[i],
+            m.rps(),
+            m.p50_us / 1000.0,
+            m.p99_us / 1000.0
+        );
+        results.push(m);
+    }
+    let (a, b, c, d, e0, e1) = (
+        &results[0],
+        &results[1],
+        &results[2],
+        &results[3],
+        &results[4],
+        &results[5],
+    );
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!();
+    let cb = c.rps() / b.rps();
+    let cb99 = c.p99_us / b.p99_us;
+    println!(
+        "C/B requests/s  {cb:.3}  (target >= 0.90: {})",
+        verdict(cb >= 0.90)
+    );
+    println!(
+        "C/B p99         {cb99:.3}  (target <= 1.20: {})",
+        verdict(cb99 <= 1.20)
+    );
+    let da = d.rps() / a.rps();
+    println!(
+        "D/A requests/s  {da:.3}  (target >= 0.90: {})",
+        verdict(da >= 0.90)
+    );
+    let added = (e1.p50_us - e0.p50_us) / 1000.0;
+    println!(
+        "E added p50     {added:.3} ms  (target <= 0.300 ms: {})",
+        verdict(added <= 0.3)
+    );
+    let overhead = memory as i64 - payload.len() as i64;
+    println!(
+        "Redis MEMORY USAGE of one entry: {memory} B for a {} B body, {overhead} B more  (target <= 256: {})",
+        payload.len(),
+        verdict(overhead <= 256)
+    );
+    drop(redis);
+}
+
+async fn client_get(addr: SocketAddr, path: &str) -> Bytes {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "bench")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    res.into_body().collect().await.unwrap().to_bytes()
+}
