@@ -16,7 +16,7 @@
 //! numbers. `BENCH_SECONDS`, `BENCH_CONCURRENCY` and `BENCH_BODY` (bytes)
 //! change the run.
 
-#[allow(dead_code, unused_macros)]
+#[allow(unused_macros)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 
