@@ -266,6 +266,21 @@ fn parse_generation(raw: Option<String>) -> Result<u64, StoreError> {
     }
 }
 
+fn parse_generation_bytes(raw: Option<Bytes>) -> Result<u64, StoreError> {
+    match raw {
+        None => Ok(0),
+        Some(b) => std::str::from_utf8(&b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                StoreError::Backend(format!(
+                    "generation counter holds {:?}, not an integer",
+                    String::from_utf8_lossy(&b)
+                ))
+            }),
+    }
+}
+
 fn px(ttl: Duration) -> Expiration {
     Expiration::PX(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1))
 }
@@ -277,14 +292,20 @@ impl Store for RedisStore {
         generation_key: &'a str,
     ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
         Box::pin(async move {
-            let pipe = self.client()?.pipeline();
-            let () = pipe.get(key).await.map_err(backend)?;
-            let () = pipe.get(generation_key).await.map_err(backend)?;
-            let (value, generation): (Option<Bytes>, Option<String>) =
-                pipe.all().await.map_err(backend)?;
+            let client = self.client()?;
+            // One command where both keys share a server; on a cluster they
+            // may not share a slot, so a pipeline of two.
+            let (value, generation): (Option<Bytes>, Option<Bytes>) = if client.is_clustered() {
+                let pipe = client.pipeline();
+                let () = pipe.get(key).await.map_err(backend)?;
+                let () = pipe.get(generation_key).await.map_err(backend)?;
+                pipe.all().await.map_err(backend)?
+            } else {
+                client.mget((key, generation_key)).await.map_err(backend)?
+            };
             Ok(Fetched {
                 value,
-                generation: parse_generation(generation)?,
+                generation: parse_generation_bytes(generation)?,
             })
         })
     }
