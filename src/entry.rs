@@ -40,7 +40,7 @@ struct Meta<'a> {
     s: u16,
     /// Headers as name/value pairs, in order.
     #[serde(borrow)]
-    h: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    h: Vec<(Text<'a>, Text<'a>)>,
     /// Stored at, milliseconds since the Unix epoch.
     t: u64,
     /// Fresh for this many milliseconds (the jittered TTL).
@@ -61,6 +61,34 @@ struct Meta<'a> {
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
+}
+
+/// A string that borrows from the stored value when it has no escapes (a
+/// `Cow<str>` inside a tuple would always be copied).
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
 }
 
 /// How long an entry is fresh, and how long it may be served stale after.
@@ -158,8 +186,8 @@ pub(crate) fn encode(
             continue;
         }
         h.push((
-            Cow::Borrowed(name.as_str()),
-            Cow::Borrowed(value.to_str().ok()?),
+            Text(Cow::Borrowed(name.as_str())),
+            Text(Cow::Borrowed(value.to_str().ok()?)),
         ));
     }
     let meta = Meta {
@@ -194,11 +222,13 @@ pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
     let meta: Meta<'_> = serde_json::from_slice(value.get(HEAD_LEN..json_end)?).ok()?;
     let status = StatusCode::from_u16(meta.s).ok()?;
     let mut headers = HeaderMap::with_capacity(meta.h.len());
-    for (name, v) in meta.h {
-        headers.append(
-            HeaderName::from_bytes(name.as_bytes()).ok()?,
-            HeaderValue::from_str(&v).ok()?,
-        );
+    for (Text(name), Text(v)) in meta.h {
+        let value = match v {
+            // Points into `value`: share its memory instead of copying.
+            Cow::Borrowed(v) => HeaderValue::from_maybe_shared(value.slice_ref(v.as_bytes())),
+            Cow::Owned(v) => HeaderValue::from_str(&v),
+        };
+        headers.append(HeaderName::from_bytes(name.as_bytes()).ok()?, value.ok()?);
     }
     Some(Entry {
         status,

@@ -86,3 +86,93 @@ pub use {
     service::CacheService,
     tags::CacheTags,
 };
+
+/// Entry points for the crate's own benchmarks (`benches/micro.rs`). Not part
+/// of the API: no stability promise, may change in any release.
+#[doc(hidden)]
+pub mod __bench {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, Method, StatusCode};
+
+    /// Derives the key of `GET path?query`.
+    pub fn entry_key(path: &str, query: Option<&str>) -> String {
+        let keys = crate::key::KeySpace::new("api", "v1").expect("valid key parts");
+        keys.entry_key("products", &Method::GET, path, query)
+    }
+
+    /// A key space, to derive many keys without rebuilding it.
+    pub struct Keys(crate::key::KeySpace);
+
+    impl Keys {
+        /// `api:v1:`.
+        pub fn new() -> Self {
+            Self(crate::key::KeySpace::new("api", "v1").expect("valid key parts"))
+        }
+
+        /// The key of `GET path?query` in namespace `products`.
+        pub fn entry_key(&self, path: &str, query: Option<&str>) -> String {
+            self.0.entry_key("products", &Method::GET, path, query)
+        }
+    }
+
+    impl Default for Keys {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    /// Encodes a 200 response with `headers` and `body`.
+    pub fn encode(headers: &HeaderMap, body: &[u8]) -> Bytes {
+        let lifetimes = crate::entry::Lifetimes {
+            fresh: Duration::from_secs(900),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+        };
+        crate::entry::encode(StatusCode::OK, headers, body, &lifetimes, Duration::ZERO, 0, None)
+            .expect("text headers")
+    }
+
+    /// Decodes a stored value; the body length, or `None`.
+    pub fn decode(value: &Bytes) -> Option<usize> {
+        crate::entry::decode(value).map(|e| e.body.len())
+    }
+
+    /// A policy table of `routes` route patterns and `prefixes` prefixes.
+    pub struct Policies(crate::policy::Policies);
+
+    impl Policies {
+        /// `/r{i}/{id}` for each route, `/p{i}/` for each prefix.
+        pub fn new(routes: usize, prefixes: usize) -> Self {
+            let keys = crate::key::KeySpace::new("api", "v1").expect("valid key parts");
+            let base = crate::policy::Resolved {
+                ttl: Duration::from_secs(60),
+                jitter: 0.1,
+                namespace: "default".into(),
+                statuses: vec![StatusCode::OK],
+                allow_authorization: false,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                early_refresh: 0.0,
+                tagger: None,
+                generation_key: keys.generation_key("default"),
+            };
+            let policy = crate::CachePolicy::new();
+            let rule = |what: String| policy.resolve(&base, &what, &keys).expect("valid rule");
+            let routes = (0..routes)
+                .map(|i| (format!("/r{i}/{{id}}"), rule(format!("r{i}"))))
+                .collect();
+            let prefixes = (0..prefixes)
+                .map(|i| (format!("/p{i}/"), rule(format!("p{i}"))))
+                .collect();
+            let default = Some(std::sync::Arc::new(base.clone()));
+            Self(crate::policy::Policies::new(default, routes, prefixes).expect("valid table"))
+        }
+
+        /// Whether a rule caches `path` (with axum's matched route, if any).
+        pub fn lookup(&self, matched: Option<&str>, path: &str) -> bool {
+            self.0.lookup(matched, path).is_some()
+        }
+    }
+}
