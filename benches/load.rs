@@ -243,7 +243,12 @@ fn main() {
             move |Path(_n): Path<u64>| {
                 let b = b.clone();
                 async move {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // A thread sleep (high-resolution timer): tokio's timer
+                    // ticks in whole milliseconds, which would round the
+                    // layer's fraction of a millisecond to 0 or 1 ms.
+                    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(20)))
+                        .await
+                        .unwrap();
                     json(b)
                 }
             }

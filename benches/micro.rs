@@ -10,12 +10,24 @@ use tower_redis_cache::__bench::{decode, encode, Keys, Policies};
 fn keys(c: &mut Criterion) {
     let keys = Keys::new();
     let mut g = c.benchmark_group("key");
-    g.bench_function("path only", |b| b.iter(|| keys.entry_key(black_box("/products/42"), None)));
+    g.bench_function("path only", |b| {
+        b.iter(|| keys.entry_key(black_box("/products/42"), None))
+    });
     g.bench_function("sorted query", |b| {
-        b.iter(|| keys.entry_key(black_box("/products"), Some(black_box("category=books&page=2&per_page=20"))))
+        b.iter(|| {
+            keys.entry_key(
+                black_box("/products"),
+                Some(black_box("category=books&page=2&per_page=20")),
+            )
+        })
     });
     g.bench_function("query to sort", |b| {
-        b.iter(|| keys.entry_key(black_box("/products"), Some(black_box("per_page=20&page=2&category=books"))))
+        b.iter(|| {
+            keys.entry_key(
+                black_box("/products"),
+                Some(black_box("per_page=20&page=2&category=books")),
+            )
+        })
     });
     let long = "x=".to_owned() + &"a".repeat(1000);
     g.bench_function("hashed (1 KB query)", |b| {
@@ -26,9 +38,15 @@ fn keys(c: &mut Criterion) {
 
 fn entries(c: &mut Criterion) {
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::ETAG, HeaderValue::from_static("\"abc123\""));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
     let mut g = c.benchmark_group("entry");
     for size in [200usize, 10 * 1024, 1024 * 1024] {
         let body = vec![b'x'; size];

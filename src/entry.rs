@@ -56,6 +56,7 @@ struct Meta<'a> {
     #[serde(default, skip_serializing_if = "is_zero")]
     d: u64,
     /// The namespace generation the entry was written under.
+    #[serde(default, skip_serializing_if = "is_zero")]
     g: u64,
 }
 

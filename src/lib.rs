@@ -130,8 +130,16 @@ pub mod __bench {
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
         };
-        crate::entry::encode(StatusCode::OK, headers, body, &lifetimes, Duration::ZERO, 0, None)
-            .expect("text headers")
+        crate::entry::encode(
+            StatusCode::OK,
+            headers,
+            body,
+            &lifetimes,
+            Duration::ZERO,
+            0,
+            None,
+        )
+        .expect("text headers")
     }
 
     /// Decodes a stored value; the body length, or `None`.

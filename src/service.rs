@@ -505,9 +505,21 @@ fn cached_response<B: Body>(
     *response.headers_mut() = entry.headers;
     let headers = response.headers_mut();
     headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
-    headers.insert(AGE, HeaderValue::from(age));
+    headers.insert(AGE, age_value(age));
     mark(core.settings.status_header.as_ref(), headers, outcome);
     response
+}
+
+/// `age` header values for the first hour, made once: serving a hit needs no
+/// formatting or allocation for them.
+fn age_value(age: u64) -> HeaderValue {
+    static AGES: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..=3600u64).map(HeaderValue::from).collect());
+    usize::try_from(age)
+        .ok()
+        .and_then(|i| AGES.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(age))
 }
 
 /// Sets the cache-status header (when enabled).
