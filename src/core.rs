@@ -147,9 +147,15 @@ impl CacheCore {
             return Err(StoreError::CircuitOpen);
         }
         let budget = self.settings.budget;
-        let result = tokio::time::timeout(budget, call)
-            .await
-            .unwrap_or(Err(StoreError::Timeout(budget)));
+        let mut call = call;
+        // A store that answers at once (the in-process tier, the memory
+        // store) needs no timer.
+        let result = match futures_util::FutureExt::now_or_never(&mut call) {
+            Some(result) => result,
+            None => tokio::time::timeout(budget, call)
+                .await
+                .unwrap_or(Err(StoreError::Timeout(budget))),
+        };
         match &result {
             Ok(_) => {
                 self.breaker.record_success();
@@ -181,11 +187,16 @@ impl CacheCore {
     }
 
     /// Decides what a fetched value is worth.
-    async fn judge(&self, key: &str, Fetched { value, generation }: Fetched) -> Lookup {
-        let Some(value) = value else {
+    async fn judge(&self, key: &str, fetched: Fetched) -> Lookup {
+        let generation = fetched.generation;
+        let Some(value) = fetched.value else {
             return Lookup::Miss { generation };
         };
-        match entry::decode(&value) {
+        let decoded = match fetched.decoded {
+            Some(entry) => Some(Arc::unwrap_or_clone(entry)),
+            None => entry::decode(&value),
+        };
+        match decoded {
             Some(entry)
                 if entry.generation == generation
                     && entry.freshness(entry::now_ms()) != Freshness::Expired =>

@@ -222,7 +222,7 @@ pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
     let json_end = HEAD_LEN.checked_add(len)?;
     let meta: Meta<'_> = serde_json::from_slice(value.get(HEAD_LEN..json_end)?).ok()?;
     let status = StatusCode::from_u16(meta.s).ok()?;
-    let mut headers = HeaderMap::with_capacity(meta.h.len());
+    let mut headers = HeaderMap::with_capacity(meta.h.len() + 1);
     for (Text(name), Text(v)) in meta.h {
         let value = match v {
             // Points into `value`: share its memory instead of copying.
@@ -231,6 +231,10 @@ pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
         };
         headers.append(HeaderName::from_bytes(name.as_bytes()).ok()?, value.ok()?);
     }
+    // Set here, once per decode, so serving the entry (again and again from
+    // the in-process tier) formats nothing.
+    let body = value.slice(json_end..);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     Some(Entry {
         status,
         headers,
@@ -240,7 +244,7 @@ pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
         sie_ms: meta.e,
         delta_ms: meta.d,
         generation: meta.g,
-        body: value.slice(json_end..),
+        body,
     })
 }
 
@@ -337,7 +341,9 @@ mod tests {
         assert_eq!(multi, ["a", "b"]);
         assert_eq!(e.headers["etag"], "\"v1\\x\"");
         assert!(e.headers.get(header::CONNECTION).is_none());
-        assert!(e.headers.get(header::CONTENT_LENGTH).is_none());
+        // The real length, whatever the response said.
+        assert_eq!(e.headers[header::CONTENT_LENGTH], "7");
+        assert_eq!(e.headers.get_all(header::CONTENT_LENGTH).iter().count(), 1);
     }
 
     #[test]

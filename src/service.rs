@@ -19,7 +19,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{
-    header::{AGE, AUTHORIZATION, CONTENT_LENGTH},
+    header::{AGE, AUTHORIZATION},
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response,
 };
 use http_body::Body;
@@ -494,7 +494,6 @@ fn cached_response<B: Body>(
     outcome: &'static str,
 ) -> Response<CacheBody<B>> {
     let age = entry.age_secs(entry::now_ms());
-    let len = entry.body.len();
     let body = if head {
         CacheBody::empty()
     } else {
@@ -504,7 +503,7 @@ fn cached_response<B: Body>(
     *response.status_mut() = entry.status;
     *response.headers_mut() = entry.headers;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    // `content-length` comes with the decoded entry.
     headers.insert(AGE, age_value(age));
     mark(core.settings.status_header.as_ref(), headers, outcome);
     response

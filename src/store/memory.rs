@@ -103,10 +103,10 @@ impl Store for MemoryStore {
         key: &'a str,
         generation_key: &'a str,
     ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
-        let fetched = Fetched {
-            value: self.entries.get(key).map(|v| v.bytes),
-            generation: self.generation_now(generation_key),
-        };
+        let fetched = Fetched::new(
+            self.entries.get(key).map(|v| v.bytes),
+            self.generation_now(generation_key),
+        );
         Box::pin(std::future::ready(Ok(fetched)))
     }
 

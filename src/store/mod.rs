@@ -4,11 +4,11 @@
 //! The layer calls a store through `Arc<dyn Store>` and runs every call under
 //! its time budget; a store only has to report failures, never to hide them.
 
-use std::{fmt, future::Future, pin::Pin, time::Duration};
+use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 
-use crate::error::StoreError;
+use crate::{entry::Entry, error::StoreError};
 
 mod memory;
 mod redis;
@@ -24,13 +24,29 @@ pub use self::{
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The result of [`Store::fetch`]: the stored value (if any) and the current
-/// generation of its namespace (0 when none was ever set).
+/// generation of its namespace (0 when none was ever set). Build it with
+/// [`Fetched::new`].
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Fetched {
     /// The stored bytes, if the key exists.
     pub value: Option<Bytes>,
     /// The namespace generation read in the same round trip.
     pub generation: u64,
+    /// The value already decoded (kept by the in-process tier so that a hit
+    /// there is not decoded again).
+    pub(crate) decoded: Option<Arc<Entry>>,
+}
+
+impl Fetched {
+    /// A fetched value and its namespace generation.
+    pub fn new(value: Option<Bytes>, generation: u64) -> Self {
+        Self {
+            value,
+            generation,
+            decoded: None,
+        }
+    }
 }
 
 /// One value to write, with its TTL (already jittered) and the tag indexes

@@ -303,10 +303,7 @@ impl Store for RedisStore {
             } else {
                 client.mget((key, generation_key)).await.map_err(backend)?
             };
-            Ok(Fetched {
-                value,
-                generation: parse_generation_bytes(generation)?,
-            })
+            Ok(Fetched::new(value, parse_generation_bytes(generation)?))
         })
     }
 
@@ -421,10 +418,7 @@ impl Store for RedisStore {
             let () = pipe.get(generation_key).await.map_err(backend)?;
             let (locked, value, generation): (Option<String>, Option<Bytes>, Option<String>) =
                 pipe.all().await.map_err(backend)?;
-            let fetched = Fetched {
-                value,
-                generation: parse_generation(generation)?,
-            };
+            let fetched = Fetched::new(value, parse_generation(generation)?);
             Ok((locked.is_some(), fetched))
         })
     }

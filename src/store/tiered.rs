@@ -137,6 +137,8 @@ const STRIPES: usize = 64;
 #[derive(Clone)]
 struct Local {
     bytes: Bytes,
+    /// Decoded once, when the tier is filled.
+    entry: Arc<crate::entry::Entry>,
     ttl: Duration,
 }
 
@@ -346,13 +348,14 @@ impl Shared {
         });
     }
 
-    /// How long a value read from Redis may stay in the tier: until the entry
-    /// would leave Redis (fresh plus stale windows), capped by `max_ttl`.
-    fn local_ttl(value: &Bytes, max: Duration) -> Option<Duration> {
+    /// Decodes a value read from Redis for the tier, with how long it may
+    /// stay there: until the entry would leave Redis (fresh plus stale
+    /// windows), capped by `max_ttl`. `None` for a value that does not decode.
+    fn decode_for_tier(value: &Bytes, max: Duration) -> Option<(crate::entry::Entry, Duration)> {
         let entry = crate::entry::decode(value)?;
         let lives = entry.ttl_ms + entry.swr_ms.max(entry.sie_ms);
         let left = (entry.stored_at_ms + lives).checked_sub(crate::entry::now_ms())?;
-        Some(Duration::from_millis(left).min(max))
+        Some((entry, Duration::from_millis(left).min(max)))
     }
 }
 
@@ -377,10 +380,9 @@ impl Store for TieredStore {
             if let (Some(local), Some(generation)) =
                 (s.entries.get(key), s.generations.get(generation_key))
             {
-                return Box::pin(std::future::ready(Ok(Fetched {
-                    value: Some(local.bytes),
-                    generation,
-                })));
+                let mut fetched = Fetched::new(Some(local.bytes), generation);
+                fetched.decoded = Some(local.entry);
+                return Box::pin(std::future::ready(Ok(fetched)));
             }
         }
         Box::pin(async move {
@@ -398,9 +400,10 @@ impl Store for TieredStore {
                 s.generations
                     .insert(generation_key.to_owned(), fetched.generation);
                 if let Some(value) = &fetched.value {
-                    if let Some(ttl) = Shared::local_ttl(value, s.max_ttl) {
+                    if let Some((entry, ttl)) = Shared::decode_for_tier(value, s.max_ttl) {
                         let local = Local {
                             bytes: value.clone(),
+                            entry: Arc::new(entry),
                             ttl,
                         };
                         s.entries.insert(key.to_owned(), local);
