@@ -23,7 +23,7 @@
 //! - batch writes through a pipeline: `POST /products/batch` writes each item's
 //!   entry with `CacheHandle::put_many`, one Redis round trip;
 //! - invalidation on a stock update: `PATCH /products/{id}/stock` removes the
-//!   item's entry and bumps the list namespace.
+//!   item's entry and every list page (they share the tag `product-lists`).
 
 use std::{
     collections::BTreeMap,
@@ -124,6 +124,9 @@ struct AppState {
     cache: CacheHandle,
 }
 
+/// The tag of every cached list page.
+const LIST_TAG: &str = "product-lists";
+
 /// The cache configuration of this API, on whatever store `builder` has.
 pub fn cache_layer(
     builder: RedisCacheLayerBuilder,
@@ -134,12 +137,12 @@ pub fn cache_layer(
         .namespace("products")
         .ttl(Duration::from_secs(900))
         .jitter(0.1)
-        .route("/products/{id}", CachePolicy::new().namespace("products"))
+        .route("/products/{id}", CachePolicy::new())
+        // Every list page carries the tag `product-lists`, so one call drops
+        // them all, whatever their query strings.
         .route(
             "/products",
-            CachePolicy::new()
-                .namespace("product-lists")
-                .ttl(Duration::from_secs(300)),
+            CachePolicy::new().tags(|_, _| vec![LIST_TAG.to_owned()]),
         )
         .route("/stats", CachePolicy::bypass())
         .bypass_unmatched(true)
@@ -235,7 +238,7 @@ async fn create_batch(State(s): State<AppState>, Json(products): Json<Vec<Produc
         }
     };
     // New products change the lists.
-    if let Err(e) = s.cache.invalidate_namespace("product-lists").await {
+    if let Err(e) = s.cache.invalidate_tags([LIST_TAG]).await {
         tracing::warn!(error = %e, "could not invalidate list pages");
     }
     (
@@ -264,6 +267,7 @@ struct StockUpdate {
 async fn update_stock(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    uri: Uri,
     Json(update): Json<StockUpdate>,
 ) -> Response {
     let product = {
@@ -278,12 +282,22 @@ async fn update_stock(
         p.in_stock = update.in_stock;
         p.clone()
     };
-    let uri: Uri = format!("/products/{id}")
-        .parse()
-        .expect("a product id is a path segment");
-    let item = s.cache.invalidate(&http::Method::GET, &uri).await;
-    let lists = s.cache.invalidate_namespace("product-lists").await;
-    if let Err(e) = item.as_ref().map(|_| ()).and(lists.as_ref().map(|_| ())) {
+    // The item's URI as clients send it (still percent-encoded), so it
+    // names the same entry as their GETs.
+    let item_uri = uri
+        .path()
+        .strip_suffix("/stock")
+        .and_then(|path| path.parse::<Uri>().ok());
+    let item = match item_uri {
+        Some(item_uri) => s
+            .cache
+            .invalidate(&http::Method::GET, &item_uri)
+            .await
+            .map(drop),
+        None => Ok(()),
+    };
+    let lists = s.cache.invalidate_tags([LIST_TAG]).await.map(drop);
+    if let Err(e) = item.and(lists) {
         // The database is updated; a stale entry lives at most its TTL.
         tracing::warn!(error = %e, "cache invalidation failed after a stock update");
     }
