@@ -9,7 +9,8 @@
 //!   physical limit of a Redis-backed hit);
 //! - C: the layer on Redis, every request a hit;
 //! - D: the layer with the in-process L1 tier, every request a hit;
-//! - E: a miss-only workload over a 20 ms origin, with and without the layer.
+//! - E: a miss-only workload over a 20 ms origin, with and without the layer;
+//! - F: the layer with its Redis down (every request passes through), next to A.
 //!
 //! Server and generator each get one runtime thread, so on a 2-core machine
 //! they do not fight over one core. The ratios matter, not the absolute
@@ -262,6 +263,30 @@ fn main() {
             .unwrap();
         let e_layer = serve(Router::new().route("/miss/{n}", get(slow)).layer(layer_e)).await;
 
+        // F: Redis unreachable (nothing listens on the port).
+        let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let layer_f = RedisCacheLayer::builder()
+            .prefix("benchdown")
+            .store(
+                tower_redis_cache::store::RedisStore::builder(format!(
+                    "redis://127.0.0.1:{dead_port}"
+                ))
+                .build()
+                .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let f = serve(
+            Router::new()
+                .route("/item", get(from_memory.clone()))
+                .layer(layer_f),
+        )
+        .await;
+
         // Warm the hit targets and read what one entry costs in Redis.
         for addr in [c, d] {
             let _ = client_get(addr, "/item").await;
@@ -279,7 +304,7 @@ fn main() {
             )
             .await
             .unwrap();
-        ([a, b, c, d, e_plain, e_layer], usage)
+        ([a, b, c, d, e_plain, e_layer, f], usage)
     });
 
     println!("tower-redis-cache load benchmark");
@@ -297,6 +322,7 @@ fn main() {
         "D layer, L1 tier, hits",
         "E origin 20 ms, no layer",
         "E origin 20 ms, layer (misses)",
+        "F layer, Redis down (bypass)",
     ];
     let mut results = Vec::new();
     println!(
@@ -304,7 +330,11 @@ fn main() {
         "target", "req/s", "p50 ms", "p99 ms"
     );
     for (i, addr) in targets.iter().enumerate() {
-        let path = if i >= 4 { miss.clone() } else { item.clone() };
+        let path = if i == 4 || i == 5 {
+            miss.clone()
+        } else {
+            item.clone()
+        };
         let m = client_rt.block_on(drive(*addr, path, concurrency, warmup, duration));
         println!(
             "{:<32} {:>10.0} {:>10.3} {:>10.3}",
@@ -315,13 +345,14 @@ fn main() {
         );
         results.push(m);
     }
-    let (a, b, c, d, e0, e1) = (
+    let (a, b, c, d, e0, e1, f) = (
         &results[0],
         &results[1],
         &results[2],
         &results[3],
         &results[4],
         &results[5],
+        &results[6],
     );
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!();
@@ -344,6 +375,11 @@ fn main() {
     println!(
         "E added p50     {added:.3} ms  (target <= 0.300 ms: {})",
         verdict(added <= 0.3)
+    );
+    println!(
+        "F/A requests/s  {:.3}, added p50 {:.3} ms  (Redis down: the layer's cost on a pass-through)",
+        f.rps() / a.rps(),
+        (f.p50_us - a.p50_us) / 1000.0
     );
     let overhead = memory as i64 - payload.len() as i64;
     println!(
