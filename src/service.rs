@@ -192,40 +192,27 @@ where
         Lookup::Found { entry, generation } => {
             let now = entry::now_ms();
             match entry.freshness(now) {
-                Freshness::Fresh => {
-                    bump(&core.counters.hits);
-                    let beta = plan.rule.early_refresh;
-                    if beta > 0.0
-                        && !plan.head
-                        && entry.early_refresh_due(now, beta, 1.0 - rand::random::<f64>())
-                    {
-                        bump(&core.counters.early_refreshes);
+                fresh @ (Freshness::Fresh | Freshness::StaleWhileRevalidate) => {
+                    let (outcome, refresh) = if fresh == Freshness::Fresh {
+                        bump(&core.counters.hits);
+                        let beta = plan.rule.early_refresh;
+                        let due = beta > 0.0
+                            && !plan.head
+                            && entry.early_refresh_due(now, beta, 1.0 - rand::random::<f64>());
+                        if due {
+                            bump(&core.counters.early_refreshes);
+                        }
+                        (HIT, due)
+                    } else {
+                        bump(&core.counters.stale);
+                        (STALE, !plan.head)
+                    };
+                    if refresh {
                         let replaces = entry.stored_at_ms;
-                        refresh_in_background(
-                            core.clone(),
-                            inner,
-                            req,
-                            plan.clone(),
-                            generation,
-                            replaces,
-                        );
+                        let plan = plan.clone();
+                        refresh_in_background(core.clone(), inner, req, plan, generation, replaces);
                     }
-                    return Ok(cached_response(&core, entry, plan.head, HIT));
-                }
-                Freshness::StaleWhileRevalidate => {
-                    bump(&core.counters.stale);
-                    if !plan.head {
-                        let replaces = entry.stored_at_ms;
-                        refresh_in_background(
-                            core.clone(),
-                            inner,
-                            req,
-                            plan.clone(),
-                            generation,
-                            replaces,
-                        );
-                    }
-                    return Ok(cached_response(&core, entry, plan.head, STALE));
+                    return Ok(cached_response(&core, entry, plan.head, outcome));
                 }
                 // Only good enough if the service fails.
                 _ => (Some(entry), Some(generation)),
