@@ -34,7 +34,12 @@ pub(crate) struct Breaker {
     failures: AtomicU32,
     /// Milliseconds since `epoch` when the breaker opened or the probe began.
     since_ms: AtomicU64,
+    /// Transitions to open (including a failed probe reopening it).
     pub(crate) trips: AtomicU64,
+    /// Transitions to half-open (probes let through).
+    pub(crate) probes: AtomicU64,
+    /// Transitions back to closed.
+    pub(crate) recoveries: AtomicU64,
     epoch: Instant,
 }
 
@@ -49,6 +54,8 @@ impl Breaker {
             failures: AtomicU32::new(0),
             since_ms: AtomicU64::new(0),
             trips: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -81,6 +88,7 @@ impl Breaker {
                     .is_ok();
                 if probe {
                     self.since_ms.store(now, Relaxed);
+                    self.probes.fetch_add(1, Relaxed);
                     tracing::info!("cache store circuit half-open: probing the store");
                 }
                 probe
@@ -100,6 +108,7 @@ impl Breaker {
     pub(crate) fn record_success(&self) {
         self.failures.store(0, Relaxed);
         if self.state.load(Relaxed) != CLOSED && self.state.swap(CLOSED, Relaxed) != CLOSED {
+            self.recoveries.fetch_add(1, Relaxed);
             tracing::info!("cache store circuit closed: the store answers again");
         }
     }
@@ -115,6 +124,7 @@ impl Breaker {
                 .is_ok()
             {
                 self.since_ms.store(self.now_ms(), Relaxed);
+                self.trips.fetch_add(1, Relaxed);
                 tracing::warn!("cache store probe failed: circuit open again");
             }
             return;
@@ -158,6 +168,14 @@ mod tests {
         b.record_success();
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.allow());
+        let counts = |b: &Breaker| {
+            (
+                b.trips.load(Relaxed),
+                b.probes.load(Relaxed),
+                b.recoveries.load(Relaxed),
+            )
+        };
+        assert_eq!(counts(&b), (1, 1, 1), "every transition is counted");
     }
 
     #[test]

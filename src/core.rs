@@ -133,6 +133,8 @@ impl CacheCore {
             early_refreshes: c.early_refreshes.load(Relaxed),
             breaker: self.breaker.state(),
             breaker_trips: self.breaker.trips.load(Relaxed),
+            breaker_probes: self.breaker.probes.load(Relaxed),
+            breaker_recoveries: self.breaker.recoveries.load(Relaxed),
         }
     }
 

@@ -80,8 +80,13 @@ pub struct CacheStats {
     pub early_refreshes: u64,
     /// The circuit breaker's state now.
     pub breaker: BreakerState,
-    /// How often the circuit breaker opened.
+    /// How often the circuit breaker opened (a failed probe reopening it
+    /// counts too).
     pub breaker_trips: u64,
+    /// How often the open breaker let a probe through (half-open).
+    pub breaker_probes: u64,
+    /// How often the breaker closed again after a successful probe.
+    pub breaker_recoveries: u64,
     /// Store calls that failed or ran out of time (each sent its request to the
     /// service instead).
     pub store_errors: u64,

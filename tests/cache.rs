@@ -350,8 +350,8 @@ async fn redis_stopped_mid_test_means_200_bypass_then_caching_resumes() {
     }
     let stats = handle.stats();
     assert!(stats.store_errors >= 5, "{stats:?}");
-    assert_eq!(
-        stats.breaker_trips, 1,
+    assert!(
+        stats.breaker_trips >= 1,
         "the breaker opened after repeated failures"
     );
     assert!(stats.bypasses >= 20, "{stats:?}");
@@ -373,6 +373,12 @@ async fn redis_stopped_mid_test_means_200_bypass_then_caching_resumes() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let stats = handle.stats();
+    assert_eq!(stats.breaker, tower_redis_cache::BreakerState::Closed);
+    assert!(
+        stats.breaker_probes >= 1 && stats.breaker_recoveries >= 1,
+        "{stats:?}"
+    );
 }
 
 async fn head_is_answered_from_the_get_entry_and_never_creates_one(redis: RedisServer) {
