@@ -87,6 +87,11 @@ pub use {
     tags::CacheTags,
 };
 
+/// The README's Rust snippets, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// Entry points for the crate's own benchmarks (`benches/micro.rs`). Not part
 /// of the API: no stability promise, may change in any release.
 #[doc(hidden)]
