@@ -334,15 +334,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     RedisStore::builder(&url).build()?
                 }
             };
-            if l1 {
+            if !l1 {
+                RedisCacheLayer::builder().store(store)
+            } else {
                 // An in-process tier in front of Redis, coherent across
                 // instances through Redis client tracking on our key prefix.
-                let tiered =
-                    TieredStore::connect(store, LocalTier::new().track_prefix("api:")).await?;
-                println!("cache L1: on (in-process tier, kept coherent by Redis client tracking)");
-                RedisCacheLayer::builder().store(tiered)
-            } else {
-                RedisCacheLayer::builder().store(store)
+                let tier = LocalTier::new().track_prefix("api:");
+                match TieredStore::connect(store.clone(), tier).await {
+                    Ok(tiered) => {
+                        println!("cache L1: on (in-process tier, kept coherent by Redis client tracking)");
+                        RedisCacheLayer::builder().store(tiered)
+                    }
+                    Err(e) => {
+                        println!("cache L1: off ({e}); using Redis alone");
+                        RedisCacheLayer::builder().store(store)
+                    }
+                }
             }
         }
         _ => {
