@@ -127,6 +127,37 @@ where
     }
 }
 
+/// The inner service as the cache path needs it (its future may run in a
+/// spawned task: a background refresh, a slow call past `origin_timeout`).
+trait Inner<ReqBody, ResBody>:
+    Service<
+        Request<ReqBody>,
+        Response = Response<ResBody>,
+        Future: Send + 'static,
+        Error: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S, ReqBody, ResBody> Inner<ReqBody, ResBody> for S
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+}
+
+/// A response body the cache can buffer, share and hold across tasks.
+trait CachedBody: Body<Data = Bytes, Error: Send + 'static> + Send + 'static {}
+
+impl<B> CachedBody for B
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send + 'static,
+{
+}
+
 /// What a cacheable request will use.
 #[derive(Clone)]
 struct Plan {
@@ -307,12 +338,9 @@ async fn fetch<S, ReqBody, ResBody>(
     stale: Option<Entry>,
 ) -> Result<(Response<CacheBody<ResBody>>, Option<Shared>), S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: Inner<ReqBody, ResBody>,
     ReqBody: Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Send + 'static,
+    ResBody: CachedBody,
 {
     let Some(stale) = stale else {
         return call_and_store(core.clone(), inner, req, plan.clone(), generation, false).await;
@@ -432,12 +460,9 @@ fn refresh_in_background<S, ReqBody, ResBody>(
     generation: u64,
     replaces: u64,
 ) where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: Inner<ReqBody, ResBody>,
     ReqBody: Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Send + 'static,
+    ResBody: CachedBody,
 {
     let Join::Leader(guard) = core.flights.join(&plan.key) else {
         return; // already being refreshed here

@@ -13,7 +13,6 @@ use std::{
 use axum::{
     extract::{Path, RawQuery},
     http::{header, StatusCode},
-    response::IntoResponse,
     routing::get,
     Router,
 };
@@ -651,7 +650,7 @@ async fn status_codes_from_routes_are_unchanged(redis: RedisServer) {
     let app = Origin::default().router().layer(layer(&redis, |b| b).await);
     let res = app.oneshot(req_get("/nowhere")).await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
-    let _ = res.into_response();
+    assert_eq!(res.headers()["x-cache"], "MISS");
 }
 
 #[tokio::test]

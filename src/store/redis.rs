@@ -257,16 +257,7 @@ fn backend(e: fred::error::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn parse_generation(raw: Option<String>) -> Result<u64, StoreError> {
-    match raw {
-        None => Ok(0),
-        Some(s) => s.parse().map_err(|_| {
-            StoreError::Backend(format!("generation counter holds {s:?}, not an integer"))
-        }),
-    }
-}
-
-fn parse_generation_bytes(raw: Option<Bytes>) -> Result<u64, StoreError> {
+fn parse_generation(raw: Option<Bytes>) -> Result<u64, StoreError> {
     match raw {
         None => Ok(0),
         Some(b) => std::str::from_utf8(&b)
@@ -303,7 +294,7 @@ impl Store for RedisStore {
             } else {
                 client.mget((key, generation_key)).await.map_err(backend)?
             };
-            Ok(Fetched::new(value, parse_generation_bytes(generation)?))
+            Ok(Fetched::new(value, parse_generation(generation)?))
         })
     }
 
@@ -391,7 +382,7 @@ impl Store for RedisStore {
 
     fn generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
-            let raw: Option<String> = self.client()?.get(key).await.map_err(backend)?;
+            let raw: Option<Bytes> = self.client()?.get(key).await.map_err(backend)?;
             parse_generation(raw)
         })
     }
@@ -416,7 +407,7 @@ impl Store for RedisStore {
                 .map_err(backend)?;
             let () = pipe.get(key).await.map_err(backend)?;
             let () = pipe.get(generation_key).await.map_err(backend)?;
-            let (locked, value, generation): (Option<String>, Option<Bytes>, Option<String>) =
+            let (locked, value, generation): (Option<String>, Option<Bytes>, Option<Bytes>) =
                 pipe.all().await.map_err(backend)?;
             let fetched = Fetched::new(value, parse_generation(generation)?);
             Ok((locked.is_some(), fetched))
@@ -450,38 +441,33 @@ impl Store for RedisStore {
 const UNLOCK_SCRIPT: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
-/// UNLINKs keys one command each, in one pipeline, and reports which existed.
+/// UNLINKs keys one command each, in one pipeline, and reports which existed:
+/// no multi-key command, so it never crosses Cluster hash slots.
 async fn unlink_each_report(
     client: &fred::prelude::Client,
     keys: &[String],
 ) -> Result<Vec<bool>, StoreError> {
-    if let [key] = keys {
-        let count: u64 = client.unlink(key.as_str()).await.map_err(backend)?;
-        return Ok(vec![count > 0]);
-    }
-    let pipe = client.pipeline();
-    for key in keys {
-        let () = pipe.unlink(key.as_str()).await.map_err(backend)?;
-    }
-    let counts: Vec<u64> = pipe.all().await.map_err(backend)?;
-    Ok(counts.into_iter().map(|c| c > 0).collect())
-}
-
-/// UNLINKs keys one command each, in one pipeline: no multi-key command, so it
-/// never crosses Cluster hash slots.
-async fn unlink_each(client: &fred::prelude::Client, keys: &[String]) -> Result<u64, StoreError> {
     match keys {
-        [] => Ok(0),
-        [key] => client.unlink(key.as_str()).await.map_err(backend),
+        [] => Ok(Vec::new()),
+        [key] => {
+            let count: u64 = client.unlink(key.as_str()).await.map_err(backend)?;
+            Ok(vec![count > 0])
+        }
         _ => {
             let pipe = client.pipeline();
             for key in keys {
                 let () = pipe.unlink(key.as_str()).await.map_err(backend)?;
             }
             let counts: Vec<u64> = pipe.all().await.map_err(backend)?;
-            Ok(counts.iter().sum())
+            Ok(counts.into_iter().map(|c| c > 0).collect())
         }
     }
+}
+
+/// How many of `keys` existed and were unlinked.
+async fn unlink_each(client: &fred::prelude::Client, keys: &[String]) -> Result<u64, StoreError> {
+    let existed = unlink_each_report(client, keys).await?;
+    Ok(existed.into_iter().filter(|e| *e).count() as u64)
 }
 
 #[cfg(test)]

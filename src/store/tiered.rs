@@ -127,6 +127,7 @@ struct Shared {
     /// Invalidations seen, striped by key hash: a fill is kept only if its
     /// stripe did not move while the value was read.
     epochs: [AtomicU64; STRIPES],
+    /// The tracking clients, owned here so they live as long as the tier.
     trackers: Mutex<Vec<Client>>,
     prefixes: Vec<String>,
     max_ttl: Duration,
