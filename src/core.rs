@@ -37,6 +37,7 @@ pub(crate) struct Settings {
     pub(crate) breaker_threshold: u32,
     pub(crate) breaker_cooldown: Duration,
     pub(crate) tag_headers: Vec<HeaderName>,
+    pub(crate) origin_key: crate::key::OriginKey,
 }
 
 pub(crate) struct CacheCore {
@@ -51,8 +52,12 @@ pub(crate) struct CacheCore {
 }
 
 /// The outcome of a lookup.
+// Boxing the entry would cost an allocation on every hit; a lookup result
+// lives on the stack for a moment only.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Lookup {
-    /// An entry of the current generation, fresh or inside a stale window.
+    /// An entry of the current generation, fresh or not: the caller decides
+    /// whether it may be served, revalidated, or only stand in for a failure.
     Found { entry: Entry, generation: u64 },
     /// Not there (or unusable); the namespace generation to write under.
     Miss { generation: u64 },
@@ -86,6 +91,9 @@ pub(crate) struct Counters {
     pub(crate) lock_timeouts: AtomicU64,
     pub(crate) background_refreshes: AtomicU64,
     pub(crate) early_refreshes: AtomicU64,
+    pub(crate) revalidations: AtomicU64,
+    pub(crate) not_modified: AtomicU64,
+    pub(crate) unsafe_invalidations: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -131,6 +139,9 @@ impl CacheCore {
             lock_timeouts: c.lock_timeouts.load(Relaxed),
             background_refreshes: c.background_refreshes.load(Relaxed),
             early_refreshes: c.early_refreshes.load(Relaxed),
+            revalidations: c.revalidations.load(Relaxed),
+            not_modified: c.not_modified.load(Relaxed),
+            unsafe_invalidations: c.unsafe_invalidations.load(Relaxed),
             breaker: self.breaker.state(),
             breaker_trips: self.breaker.trips.load(Relaxed),
             breaker_probes: self.breaker.probes.load(Relaxed),
@@ -201,11 +212,12 @@ impl CacheCore {
         match decoded {
             Some(entry)
                 if entry.generation == generation
-                    && entry.freshness(entry::now_ms()) != Freshness::Expired =>
+                    && entry::now_ms().saturating_sub(entry.stored_at_ms) < entry.lives_ms() =>
             {
                 Lookup::Found { entry, generation }
             }
-            // Written before the last namespace bump, or past every window.
+            // Written before the last namespace bump, or past its life (a
+            // store that expires lazily).
             Some(_) => Lookup::Miss { generation },
             None => {
                 bump(&self.counters.corrupt_entries);

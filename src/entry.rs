@@ -19,20 +19,37 @@ const MAGIC: &[u8; 3] = b"TRC";
 const FORMAT: u8 = 1;
 const HEAD_LEN: usize = MAGIC.len() + 1 + 4;
 
-/// Headers that describe one connection or are recomputed when served; never
-/// stored.
-const NOT_STORED: [HeaderName; 10] = [
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::TE,
-    header::TRAILER,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::CONTENT_LENGTH,
-    header::AGE,
-    header::SET_COOKIE,
-];
+/// Headers recomputed when served, or never shared; not stored. Hop-by-hop
+/// headers (and those `Connection` names) are not stored either.
+const NOT_STORED: [HeaderName; 3] = [header::CONTENT_LENGTH, header::AGE, header::SET_COOKIE];
+
+/// What the primary key of a response with `Vary` holds: the request headers
+/// that select a variant, and the nonce that names this set of variants (a
+/// new nonce on every change of `Vary` or after an invalidation, so variants
+/// written before can never be selected again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Marker {
+    #[serde(rename = "n")]
+    pub(crate) names: Vec<String>,
+    #[serde(rename = "i")]
+    pub(crate) nonce: String,
+}
+
+/// The HTTP facts stored with an entry beyond its lifetimes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Extra {
+    /// The response's age when it was received (RFC 9111 §4.2.3).
+    pub(crate) initial_age_ms: u64,
+    /// Never served stale without revalidation.
+    pub(crate) must_revalidate: bool,
+    /// May be served to requests carrying `Authorization`.
+    pub(crate) shared: bool,
+    /// The variant id of the request that produced it, for a response with
+    /// `Vary`.
+    pub(crate) variant: Option<String>,
+    /// Set on the marker stored at the primary key of a varying response.
+    pub(crate) marker: Option<Marker>,
+}
 
 #[derive(Serialize, Deserialize)]
 struct Meta<'a> {
@@ -51,6 +68,9 @@ struct Meta<'a> {
     /// Stale-if-error window after freshness, in milliseconds.
     #[serde(default, skip_serializing_if = "is_zero")]
     e: u64,
+    /// Kept for revalidation after freshness, in milliseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    r: u64,
     /// How long the origin took to produce it, in milliseconds (for early
     /// refresh).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -58,10 +78,29 @@ struct Meta<'a> {
     /// The namespace generation the entry was written under.
     #[serde(default, skip_serializing_if = "is_zero")]
     g: u64,
+    /// The age the response had when it was received, in milliseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    a: u64,
+    /// Must be revalidated once stale.
+    #[serde(default, skip_serializing_if = "is_false")]
+    m: bool,
+    /// May be served to requests carrying `Authorization`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    p: bool,
+    /// The variant id (responses with `Vary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    x: Option<String>,
+    /// A `Vary` marker instead of a response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    v: Option<Marker>,
 }
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 /// A string that borrows from the stored value when it has no escapes (a
@@ -98,12 +137,19 @@ pub(crate) struct Lifetimes {
     pub(crate) fresh: Duration,
     pub(crate) stale_while_revalidate: Duration,
     pub(crate) stale_if_error: Duration,
+    /// How long past freshness it is kept to be revalidated (responses with
+    /// a validator).
+    pub(crate) revalidate: Duration,
 }
 
 impl Lifetimes {
-    /// How long the store keeps the entry: fresh plus the longer stale window.
+    /// How long the store keeps the entry: fresh plus the longest window after.
     pub(crate) fn store_ttl(&self) -> Duration {
-        self.fresh + self.stale_while_revalidate.max(self.stale_if_error)
+        self.fresh
+            + self
+                .stale_while_revalidate
+                .max(self.stale_if_error)
+                .max(self.revalidate)
     }
 }
 
@@ -128,15 +174,39 @@ pub(crate) struct Entry {
     pub(crate) ttl_ms: u64,
     pub(crate) swr_ms: u64,
     pub(crate) sie_ms: u64,
+    pub(crate) keep_ms: u64,
     pub(crate) delta_ms: u64,
     pub(crate) generation: u64,
+    pub(crate) initial_age_ms: u64,
+    pub(crate) must_revalidate: bool,
+    pub(crate) shared: bool,
+    pub(crate) variant: Option<Box<str>>,
+    pub(crate) marker: Option<std::sync::Arc<Marker>>,
     pub(crate) body: Bytes,
 }
 
 impl Entry {
-    /// Seconds since the entry was stored (the `Age` a client sees).
+    /// The entry's current age in milliseconds: its age when received plus
+    /// the time it has been stored.
+    pub(crate) fn age_ms(&self, now_ms: u64) -> u64 {
+        self.initial_age_ms
+            .saturating_add(now_ms.saturating_sub(self.stored_at_ms))
+    }
+
+    /// The `Age` a client sees, in seconds.
     pub(crate) fn age_secs(&self, now_ms: u64) -> u64 {
-        now_ms.saturating_sub(self.stored_at_ms) / 1000
+        self.age_ms(now_ms) / 1000
+    }
+
+    /// Milliseconds of freshness left at `now_ms`; negative once stale.
+    pub(crate) fn fresh_left_ms(&self, now_ms: u64) -> i128 {
+        i128::from(self.stored_at_ms) + i128::from(self.ttl_ms) - i128::from(now_ms)
+    }
+
+    /// How long the store keeps it after it was stored, in milliseconds.
+    pub(crate) fn lives_ms(&self) -> u64 {
+        self.ttl_ms
+            .saturating_add(self.swr_ms.max(self.sie_ms).max(self.keep_ms))
     }
 
     /// Where the entry stands at `now_ms` (a store that expires lazily may
@@ -181,9 +251,36 @@ pub(crate) fn encode(
     generation: u64,
     skip: Option<&HeaderName>,
 ) -> Option<Bytes> {
+    encode_with(
+        status,
+        headers,
+        body,
+        lifetimes,
+        origin_time,
+        generation,
+        skip,
+        &Extra::default(),
+    )
+}
+
+/// [`encode`] with the HTTP facts of [`Extra`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_with(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    lifetimes: &Lifetimes,
+    origin_time: Duration,
+    generation: u64,
+    skip: Option<&HeaderName>,
+    extra: &Extra,
+) -> Option<Bytes> {
     let mut h = Vec::with_capacity(headers.len());
     for (name, value) in headers {
-        if NOT_STORED.contains(name) || skip == Some(name) {
+        if NOT_STORED.contains(name)
+            || skip == Some(name)
+            || crate::semantics::is_hop_by_hop(name, headers)
+        {
             continue;
         }
         h.push((
@@ -198,8 +295,14 @@ pub(crate) fn encode(
         l: lifetimes.fresh.as_millis() as u64,
         w: lifetimes.stale_while_revalidate.as_millis() as u64,
         e: lifetimes.stale_if_error.as_millis() as u64,
+        r: lifetimes.revalidate.as_millis() as u64,
         d: origin_time.as_millis() as u64,
         g: generation,
+        a: extra.initial_age_ms,
+        m: extra.must_revalidate,
+        p: extra.shared,
+        x: extra.variant.clone(),
+        v: extra.marker.clone(),
     };
     let json = serde_json::to_vec(&meta).ok()?;
     let mut out = BytesMut::with_capacity(HEAD_LEN + json.len() + body.len());
@@ -242,8 +345,14 @@ pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
         ttl_ms: meta.l,
         swr_ms: meta.w,
         sie_ms: meta.e,
+        keep_ms: meta.r,
         delta_ms: meta.d,
         generation: meta.g,
+        initial_age_ms: meta.a,
+        must_revalidate: meta.m,
+        shared: meta.p,
+        variant: meta.x.map(String::into_boxed_str),
+        marker: meta.v.map(std::sync::Arc::new),
         body,
     })
 }
@@ -280,6 +389,7 @@ mod tests {
             fresh: Duration::from_millis(fresh),
             stale_while_revalidate: Duration::from_millis(swr),
             stale_if_error: Duration::from_millis(sie),
+            revalidate: Duration::ZERO,
         }
     }
 
@@ -423,6 +533,7 @@ mod fuzz {
             fresh: Duration::from_secs(5),
             stale_while_revalidate: Duration::from_secs(1),
             stale_if_error: Duration::ZERO,
+            revalidate: Duration::ZERO,
         };
         encode(
             StatusCode::OK,

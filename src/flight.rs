@@ -95,6 +95,7 @@ mod tests {
             fresh: Duration::from_secs(1),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            revalidate: Duration::ZERO,
         };
         let v = entry::encode(
             StatusCode::OK,

@@ -78,6 +78,14 @@ pub struct CacheStats {
     pub background_refreshes: u64,
     /// Hits that triggered an early refresh.
     pub early_refreshes: u64,
+    /// Stored responses revalidated with the service by a conditional request
+    /// that it answered `304 Not Modified` (`x-cache: REVALIDATED`).
+    pub revalidations: u64,
+    /// `304 Not Modified` answers the cache gave to conditional requests.
+    pub not_modified: u64,
+    /// Successful `POST`/`PUT`/`PATCH`/`DELETE` requests whose target (and
+    /// same-origin `Location`/`Content-Location`) were invalidated.
+    pub unsafe_invalidations: u64,
     /// The circuit breaker's state now.
     pub breaker: BreakerState,
     /// How often the circuit breaker opened (a failed probe reopening it
@@ -194,7 +202,14 @@ impl CacheHandle {
                 &mut parts,
             );
             if !rule.stores_status(parts.status)
-                || semantics::refuse_to_store(&parts.headers).is_some()
+                || semantics::refuse_to_store(
+                    &parts.headers,
+                    &semantics::CacheControl::parse(&parts.headers),
+                    rule.http.strip_set_cookie,
+                )
+                .is_some()
+                // A variant needs the request that selects it.
+                || parts.headers.contains_key(http::header::VARY)
             {
                 continue;
             }

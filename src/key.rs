@@ -22,6 +22,68 @@ pub(crate) const READABLE_LIMIT: usize = 512;
 /// The marker that starts a digest inside a key.
 const HASH_MARKER: char = '#';
 
+/// Which parts of the request's origin go into the key, and which
+/// forwarding headers are trusted for them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OriginKey {
+    pub(crate) host: bool,
+    pub(crate) scheme: bool,
+    pub(crate) host_header: Option<http::HeaderName>,
+    pub(crate) proto_header: Option<http::HeaderName>,
+}
+
+impl OriginKey {
+    /// The origin part of a key for this request: `""` when neither host nor
+    /// scheme is keyed, else `//host`, `http:` or `http://host` (host lower
+    /// case, glob and key separators never trusted from a header).
+    pub(crate) fn of(&self, uri: &http::Uri, headers: &http::HeaderMap) -> String {
+        if !self.host && !self.scheme {
+            return String::new();
+        }
+        let header = |name: &Option<http::HeaderName>| {
+            name.as_ref()
+                .and_then(|n| headers.get(n))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let mut out = String::new();
+        if self.scheme {
+            let scheme = uri
+                .scheme_str()
+                .or_else(|| header(&self.proto_header))
+                .unwrap_or("http");
+            out.push_str(&scheme.to_ascii_lowercase());
+            out.push(':');
+        }
+        if self.host {
+            let host = header(&self.host_header)
+                .or_else(|| uri.authority().map(http::uri::Authority::as_str))
+                .or_else(|| {
+                    headers
+                        .get(http::header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                })
+                .unwrap_or("");
+            out.push_str("//");
+            out.extend(
+                host.chars()
+                    .filter(|c| c.is_ascii_graphic() && !matches!(c, '/' | '?' | '#' | '@'))
+                    .map(|c| c.to_ascii_lowercase()),
+            );
+        }
+        out
+    }
+}
+
+/// Skips the origin part (`http://host `, `//host `, `http: `) at the start
+/// of a key's target, leaving the path. The origin ends with a space, which
+/// never occurs in a request target or in a keyed origin.
+fn strip_origin(target: &str) -> &str {
+    target.split_once(' ').map_or(target, |(_, path)| path)
+}
+
 /// The fixed part of every key this layer writes: `{prefix}:{version}:`.
 #[derive(Clone, Debug)]
 pub(crate) struct KeySpace {
@@ -35,6 +97,23 @@ impl KeySpace {
         Ok(Self {
             base: format!("{prefix}:{version}:"),
         })
+    }
+
+    /// The key of one stored response, with the origin part (see
+    /// [`OriginKey::of`]) and a space before the path.
+    pub(crate) fn entry_key_at(
+        &self,
+        namespace: &str,
+        method: &Method,
+        origin: &str,
+        path: &str,
+        query: Option<&str>,
+    ) -> String {
+        if origin.is_empty() {
+            self.entry_key(namespace, method, path, query)
+        } else {
+            self.entry_key(namespace, method, &format!("{origin} {path}"), query)
+        }
     }
 
     /// The key of one stored response.
@@ -115,7 +194,9 @@ impl KeySpace {
     /// method) matches. Use [`KeySpace::is_under_path_prefix`] for the exact test.
     pub(crate) fn prefix_pattern(&self, path_prefix: &str) -> String {
         let head = &path_prefix[..floor_boundary(path_prefix, READABLE_LIMIT)];
-        format!("{}*:*:{}*", glob_escape(&self.base), glob_escape(head))
+        // No `:` before the path: a keyed origin (`http://host`) may sit
+        // between the method and the path.
+        format!("{}*:*{}*", glob_escape(&self.base), glob_escape(head))
     }
 
     /// Whether `key` is an entry of this key space whose path starts with
@@ -137,6 +218,7 @@ impl KeySpace {
         let Some(("GET", target)) = rest.split_once(':') else {
             return false;
         };
+        let target = strip_origin(target);
         if target.starts_with(path_prefix) {
             return true;
         }
@@ -309,9 +391,49 @@ mod tests {
     }
 
     #[test]
+    fn keyed_origins_separate_hosts_and_never_trust_forwarding_headers_unasked() {
+        let req = |uri: &str, host: &str, fwd: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::HOST, host.parse().unwrap());
+            h.insert("x-forwarded-host", fwd.parse().unwrap());
+            (uri.parse::<http::Uri>().unwrap(), h)
+        };
+        let plain = OriginKey::default();
+        let (u, h) = req("/p", "a.example", "evil.example");
+        assert_eq!(plain.of(&u, &h), "");
+        let host = OriginKey {
+            host: true,
+            ..OriginKey::default()
+        };
+        assert_eq!(host.of(&u, &h), "//a.example");
+        let (abs, h2) = req("https://B.example:8443/p", "a.example", "x");
+        assert_eq!(host.of(&abs, &h2), "//b.example:8443");
+        let trusting = OriginKey {
+            host: true,
+            scheme: true,
+            host_header: Some(http::HeaderName::from_static("x-forwarded-host")),
+            proto_header: None,
+        };
+        assert_eq!(trusting.of(&u, &h), "http://evil.example");
+        let s = space();
+        let k = s.entry_key_at(
+            "default",
+            &Method::GET,
+            "http://a.example:80",
+            "/products/1",
+            None,
+        );
+        assert_eq!(k, "api:v1:default:GET:http://a.example:80 /products/1");
+        assert!(s.is_under_path_prefix(&k, "/products"));
+        assert!(!s.is_under_path_prefix(&k, "/orders"));
+        let k = s.entry_key_at("default", &Method::GET, "//a.example", "/products/1", None);
+        assert!(s.is_under_path_prefix(&k, "/products/"));
+    }
+
+    #[test]
     fn glob_characters_are_escaped_in_patterns() {
         let p = space().prefix_pattern("/a*[b]?\\");
-        assert_eq!(p, "api:v1:*:*:/a\\*\\[b\\]\\?\\\\*");
+        assert_eq!(p, "api:v1:*:*/a\\*\\[b\\]\\?\\\\*");
     }
 
     #[test]

@@ -98,6 +98,9 @@ enum StoreChoice {
 /// | `lock_ttl` / `coalesce_timeout` | 5 s / 5 s |
 /// | `origin_timeout` (with a stale entry at hand) | none |
 /// | `tag_headers` | `cache-tag`, `surrogate-key` |
+/// | `policy` (HTTP options every route inherits) | [`CachePolicy::new`]'s: policy-driven freshness |
+/// | `key_host` / `key_scheme` | off / off (the key is method, path and query) |
+/// | `host_header` / `proto_header` (trusted forwarding headers) | none |
 /// | `circuit_breaker` | open after 5 failures in a row, probe after 500 ms |
 pub struct RedisCacheLayerBuilder {
     store: StoreChoice,
@@ -125,6 +128,11 @@ pub struct RedisCacheLayerBuilder {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     tag_headers: Vec<String>,
+    policy: CachePolicy,
+    key_host: bool,
+    key_scheme: bool,
+    host_header: Option<String>,
+    proto_header: Option<String>,
 }
 
 impl Default for RedisCacheLayerBuilder {
@@ -155,6 +163,11 @@ impl Default for RedisCacheLayerBuilder {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_millis(500),
             tag_headers: vec!["cache-tag".into(), "surrogate-key".into()],
+            policy: CachePolicy::new(),
+            key_host: false,
+            key_scheme: false,
+            host_header: None,
+            proto_header: None,
         }
     }
 }
@@ -357,6 +370,59 @@ impl RedisCacheLayerBuilder {
         self
     }
 
+    /// The policy every route starts from: its settings override the layer's
+    /// for all routes, and route policies override it in turn. This is where
+    /// the HTTP options live ([`CachePolicy::origin_driven`],
+    /// [`CachePolicy::etag`], [`CachePolicy::invalidate_on_unsafe`]...).
+    ///
+    /// ```
+    /// use tower_redis_cache::{CachePolicy, RedisCacheLayer};
+    ///
+    /// let proxy_cache = RedisCacheLayer::builder()
+    ///     .policy(CachePolicy::new().origin_driven())
+    ///     .key_host(true)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = proxy_cache;
+    /// ```
+    pub fn policy(mut self, policy: CachePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Puts the request's host (and port) in the key, for a layer that serves
+    /// several hosts whose responses differ. The host comes from the request
+    /// URI's authority, else the `Host` header; a forwarding header is used
+    /// only when named with [`host_header`](Self::host_header).
+    pub fn key_host(mut self, enable: bool) -> Self {
+        self.key_host = enable;
+        self
+    }
+
+    /// Puts the scheme (`http`, `https`) in the key. It comes from the request
+    /// URI, else the header named with [`proto_header`](Self::proto_header),
+    /// else `http`.
+    pub fn key_scheme(mut self, enable: bool) -> Self {
+        self.key_scheme = enable;
+        self
+    }
+
+    /// Trusts this header (such as `x-forwarded-host`) for the host in the
+    /// key. Name it only when a proxy you run sets it on every request and
+    /// strips what clients send; otherwise any client could write entries
+    /// that other hosts' visitors are served.
+    pub fn host_header(mut self, name: impl Into<String>) -> Self {
+        self.host_header = Some(name.into());
+        self
+    }
+
+    /// Trusts this header (such as `x-forwarded-proto`) for the scheme in the
+    /// key, under the same conditions as [`host_header`](Self::host_header).
+    pub fn proto_header(mut self, name: impl Into<String>) -> Self {
+        self.proto_header = Some(name.into());
+        self
+    }
+
     /// Validates everything and builds the layer. With
     /// [`redis_url`](Self::redis_url) it must run inside a Tokio runtime.
     ///
@@ -381,8 +447,11 @@ impl RedisCacheLayerBuilder {
             stale_if_error: self.stale_if_error,
             early_refresh: self.early_refresh,
             tagger: None,
+            http: crate::policy::HttpRules::default(),
         };
         base.validate("layer")?;
+        let layer_rule = self.policy.resolve(&base, "layer policy", &keys)?;
+        let base = layer_rule.as_deref().cloned().unwrap_or(base);
         if self.store_timeout.is_zero() {
             return Err(Error::config(
                 "store_timeout is zero: give the store a budget such as 50 ms",
@@ -430,7 +499,27 @@ impl RedisCacheLayerBuilder {
         };
         let routes = resolve(self.routes, "route")?;
         let prefixes = resolve(self.prefixes, "path prefix")?;
-        let default = (!self.bypass_unmatched).then(|| Arc::new(base.clone()));
+        let default = if self.bypass_unmatched {
+            None
+        } else {
+            layer_rule
+        };
+        let header = |name: Option<String>, what: &str| {
+            name.map(|name| {
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    Error::config(format!(
+                        "{what} {name:?} is not a valid header name: use e.g. \"x-forwarded-host\""
+                    ))
+                })
+            })
+            .transpose()
+        };
+        let origin_key = crate::key::OriginKey {
+            host: self.key_host,
+            scheme: self.key_scheme,
+            host_header: header(self.host_header, "host_header")?,
+            proto_header: header(self.proto_header, "proto_header")?,
+        };
         let policies = Policies::new(default, routes, prefixes)?;
         let store: Arc<dyn Store> = match self.store {
             StoreChoice::Memory => Arc::new(MemoryStore::default()),
@@ -449,6 +538,7 @@ impl RedisCacheLayerBuilder {
             breaker_threshold: self.breaker_threshold,
             breaker_cooldown: self.breaker_cooldown,
             tag_headers,
+            origin_key,
         };
         let core = CacheCore::new(store, keys, policies, settings);
         Ok(RedisCacheLayer {

@@ -134,6 +134,7 @@ pub mod __bench {
             fresh: Duration::from_secs(900),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            revalidate: Duration::ZERO,
         };
         crate::entry::encode(
             StatusCode::OK,
@@ -169,6 +170,7 @@ pub mod __bench {
                 stale_if_error: Duration::ZERO,
                 early_refresh: 0.0,
                 tagger: None,
+                http: crate::policy::HttpRules::default(),
                 generation_key: keys.generation_key("default"),
             };
             let policy = crate::CachePolicy::new();

@@ -49,7 +49,43 @@ pub struct CachePolicy {
     stale_if_error: Option<Duration>,
     early_refresh: Option<f64>,
     tagger: Option<Tagger>,
+    mode: Option<FreshnessMode>,
+    respect_max_age: Option<bool>,
+    heuristic: Option<Option<f64>>,
+    revalidate_window: Option<Duration>,
+    etag: Option<bool>,
+    strip_set_cookie: Option<bool>,
+    invalidate_on_unsafe: Option<bool>,
+    request_directives: Option<bool>,
     bypass: bool,
+}
+
+/// Where an entry's freshness comes from.
+///
+/// In both modes a response with `no-store`, `private`, `Set-Cookie` or
+/// `Vary: *` is never stored, `Vary` selects variants, validators answer
+/// conditional requests with `304`, and request directives are honoured
+/// (unless [`CachePolicy::honor_request_cache_control`] turns them off).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FreshnessMode {
+    /// The route's TTL (jittered) decides how long a response is fresh; with
+    /// [`CachePolicy::respect_max_age`] the response's `s-maxage` or
+    /// `max-age` may shorten it. Which statuses are stored is the policy's
+    /// [`statuses`](CachePolicy::statuses) list. This is what an application
+    /// wants in front of its own handlers.
+    #[default]
+    PolicyDriven,
+    /// The response decides, as a shared cache computes it (RFC 9111 §4.2):
+    /// `s-maxage`, `max-age`, `Expires` minus `Date`, upstream `Age`; no
+    /// heuristic freshness unless [`CachePolicy::heuristic_freshness`] sets
+    /// one; `no-cache`, `must-revalidate` and `proxy-revalidate` obeyed;
+    /// `stale-while-revalidate` and `stale-if-error` taken from the response
+    /// (the policy's windows apply when it gives none). Any final status but
+    /// `206` and `304` may be stored; the policy's TTL and statuses are not
+    /// used. This is the mode for a cache in front of an origin you do not
+    /// control (see `examples/reverse_proxy.rs`).
+    OriginDriven,
 }
 
 impl CachePolicy {
@@ -146,6 +182,82 @@ impl CachePolicy {
         self
     }
 
+    /// Where freshness comes from (default: [`FreshnessMode::PolicyDriven`]).
+    pub fn mode(mut self, mode: FreshnessMode) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// Shorthand for `.mode(FreshnessMode::OriginDriven)`.
+    pub fn origin_driven(self) -> Self {
+        self.mode(FreshnessMode::OriginDriven)
+    }
+
+    /// Policy-driven mode: a response's `s-maxage` (or else `max-age`) shortens
+    /// the TTL when it is smaller (default: `false`, the TTL alone decides).
+    pub fn respect_max_age(mut self, respect: bool) -> Self {
+        self.respect_max_age = Some(respect);
+        self
+    }
+
+    /// Origin-driven mode: gives a response without explicit freshness
+    /// `fraction` of the time since its `Last-Modified` (RFC 9111 §4.2.2;
+    /// `0.1` is the usual value). Default: off, such responses are stored
+    /// only to be revalidated. Must be in `0.0..=1.0`.
+    pub fn heuristic_freshness(mut self, fraction: f64) -> Self {
+        self.heuristic = Some(Some(fraction));
+        self
+    }
+
+    /// How long past its freshness a response is kept: so the cache can
+    /// revalidate it with a conditional request (when it has an `ETag` or
+    /// `Last-Modified`) instead of fetching it whole, and serve it to
+    /// requests whose `max-stale` accepts it. Default: 1 hour in
+    /// origin-driven mode, 0 (off) in policy-driven mode.
+    pub fn revalidate_window(mut self, window: Duration) -> Self {
+        self.revalidate_window = Some(window);
+        self
+    }
+
+    /// Adds a strong `ETag` computed from the body (SHA-256, the same on every
+    /// process and machine) to stored responses that have none, so clients
+    /// can revalidate with `If-None-Match` and get a `304` from the cache
+    /// (default: `false`).
+    pub fn etag(mut self, add: bool) -> Self {
+        self.etag = Some(add);
+        self
+    }
+
+    /// Stores responses that carry `Set-Cookie`, without the `Set-Cookie`
+    /// header (the client that caused the miss still gets it). Default:
+    /// `false`, such responses are not stored. Turn it on only where the
+    /// cookie is not per user (a consent banner, a load-balancer hint).
+    pub fn strip_set_cookie(mut self, strip: bool) -> Self {
+        self.strip_set_cookie = Some(strip);
+        self
+    }
+
+    /// A successful `POST`, `PUT`, `PATCH` or `DELETE` removes the stored
+    /// response for its URI, and for its same-origin `Location` and
+    /// `Content-Location` (RFC 9111 §4.4). Default: on in origin-driven mode,
+    /// off in policy-driven mode (use the [`CacheHandle`](crate::CacheHandle)
+    /// there).
+    pub fn invalidate_on_unsafe(mut self, invalidate: bool) -> Self {
+        self.invalidate_on_unsafe = Some(invalidate);
+        self
+    }
+
+    /// Whether the request's `Cache-Control` (`no-cache`, `max-age`,
+    /// `min-fresh`, `max-stale`, `only-if-cached`, and `Pragma: no-cache`)
+    /// is honoured (default: `true`). Browsers send `max-age=0` on reload and
+    /// `no-cache` on a forced reload; turn this off on routes where every
+    /// client must be served from the cache whatever it asks (the request's
+    /// `no-store` is honoured either way).
+    pub fn honor_request_cache_control(mut self, honor: bool) -> Self {
+        self.request_directives = Some(honor);
+        self
+    }
+
     /// Fills what this policy leaves unset from `base` and validates the result.
     pub(crate) fn resolve(
         &self,
@@ -176,9 +288,78 @@ impl CachePolicy {
             stale_if_error: self.stale_if_error.unwrap_or(base.stale_if_error),
             early_refresh: self.early_refresh.unwrap_or(base.early_refresh),
             tagger: self.tagger.clone().or_else(|| base.tagger.clone()),
+            http: self.http(&base.http),
         };
         resolved.validate(what)?;
         Ok(Some(Arc::new(resolved)))
+    }
+
+    /// The HTTP options of this policy, with what it leaves unset from
+    /// `base`; the mode-dependent defaults follow the mode.
+    pub(crate) fn http(&self, base: &HttpRules) -> HttpRules {
+        let mode = self.mode.unwrap_or(base.mode);
+        let mode_changed = mode != base.mode;
+        let origin = mode == FreshnessMode::OriginDriven;
+        HttpRules {
+            mode,
+            respect_max_age: self.respect_max_age.unwrap_or(base.respect_max_age),
+            heuristic: self.heuristic.unwrap_or(base.heuristic),
+            revalidate_window: self.revalidate_window.unwrap_or(if mode_changed {
+                HttpRules::default_window(origin)
+            } else {
+                base.revalidate_window
+            }),
+            etag: self.etag.unwrap_or(base.etag),
+            strip_set_cookie: self.strip_set_cookie.unwrap_or(base.strip_set_cookie),
+            invalidate_on_unsafe: self.invalidate_on_unsafe.unwrap_or(if mode_changed {
+                origin
+            } else {
+                base.invalidate_on_unsafe
+            }),
+            request_directives: self.request_directives.unwrap_or(base.request_directives),
+        }
+    }
+}
+
+/// The HTTP options of a route, every one decided.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct HttpRules {
+    pub(crate) mode: FreshnessMode,
+    pub(crate) respect_max_age: bool,
+    pub(crate) heuristic: Option<f64>,
+    pub(crate) revalidate_window: Duration,
+    pub(crate) etag: bool,
+    pub(crate) strip_set_cookie: bool,
+    pub(crate) invalidate_on_unsafe: bool,
+    pub(crate) request_directives: bool,
+}
+
+impl Default for HttpRules {
+    fn default() -> Self {
+        Self {
+            mode: FreshnessMode::PolicyDriven,
+            respect_max_age: false,
+            heuristic: None,
+            revalidate_window: Self::default_window(false),
+            etag: false,
+            strip_set_cookie: false,
+            invalidate_on_unsafe: false,
+            request_directives: true,
+        }
+    }
+}
+
+impl HttpRules {
+    fn default_window(origin: bool) -> Duration {
+        if origin {
+            Duration::from_secs(3600)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    pub(crate) fn origin_driven(&self) -> bool {
+        self.mode == FreshnessMode::OriginDriven
     }
 }
 
@@ -195,6 +376,7 @@ pub(crate) struct Resolved {
     /// XFetch beta; 0 is off.
     pub(crate) early_refresh: f64,
     pub(crate) tagger: Option<Tagger>,
+    pub(crate) http: HttpRules,
     /// Where this namespace's generation counter lives.
     pub(crate) generation_key: String,
 }
@@ -225,6 +407,13 @@ impl Resolved {
                 self.early_refresh
             )));
         }
+        if let Some(f) = self.http.heuristic {
+            if !(0.0..=1.0).contains(&f) {
+                return Err(Error::config(format!(
+                    "{what}: heuristic_freshness {f} is outside 0.0..=1.0; use e.g. 0.1"
+                )));
+            }
+        }
         check_component(&format!("{what}: namespace"), &self.namespace)?;
         if self.statuses.is_empty() {
             return Err(Error::config(format!(
@@ -244,6 +433,7 @@ impl Resolved {
             fresh: jitter::jittered(self.ttl, self.jitter),
             stale_while_revalidate: self.stale_while_revalidate,
             stale_if_error: self.stale_if_error,
+            revalidate: Duration::ZERO,
         }
     }
 }
@@ -421,6 +611,7 @@ mod tests {
             stale_if_error: Duration::ZERO,
             early_refresh: 0.0,
             tagger: None,
+            http: HttpRules::default(),
             generation_key: "g".into(),
         }
     }

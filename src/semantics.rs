@@ -1,64 +1,603 @@
-//! The HTTP rules the layer applies, in one place: which requests may use the
-//! cache and which responses may be stored.
+//! The HTTP caching rules (RFC 9111, with RFC 9110 for validators and RFC 5861
+//! for the stale extensions), as pure functions over header maps: parsing
+//! `Cache-Control`, computing freshness and age, selecting `Vary` variants,
+//! evaluating conditional requests and merging a `304`.
+//!
+//! Nothing here touches the store or the clock; callers pass times in.
 
-use http::{header, HeaderMap};
+use std::time::{Duration, UNIX_EPOCH};
 
-/// Whether a `Cache-Control` header in `headers` carries `directive`
-/// (case-insensitive, with or without a `=value`).
-pub(crate) fn has_directive(headers: &HeaderMap, directive: &str) -> bool {
-    headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|d| d.split('=').next().unwrap_or("").trim())
-        .any(|d| d.eq_ignore_ascii_case(directive))
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use sha2::{Digest, Sha256};
+
+/// The largest delta-seconds value kept (RFC 9111 §1.2.2: 2^31).
+const MAX_DELTA: u64 = 2_147_483_648;
+
+/// The `Cache-Control` directives the cache acts on, from a request or a
+/// response. Durations are in seconds. A directive given twice keeps its
+/// first value (RFC 9111 §4.2.1); a malformed value counts as `0`, the most
+/// restrictive reading.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct CacheControl {
+    pub(crate) no_store: bool,
+    pub(crate) no_cache: bool,
+    pub(crate) private: bool,
+    pub(crate) public: bool,
+    pub(crate) must_revalidate: bool,
+    pub(crate) proxy_revalidate: bool,
+    pub(crate) only_if_cached: bool,
+    pub(crate) max_age: Option<u64>,
+    pub(crate) s_maxage: Option<u64>,
+    /// `max-stale` without a value accepts any staleness: `u64::MAX`.
+    pub(crate) max_stale: Option<u64>,
+    pub(crate) min_fresh: Option<u64>,
+    pub(crate) stale_while_revalidate: Option<u64>,
+    pub(crate) stale_if_error: Option<u64>,
 }
 
-/// Why a response is not stored even though its route and status allow it.
+impl CacheControl {
+    /// Parses every `Cache-Control` line of `headers`.
+    pub(crate) fn parse(headers: &HeaderMap) -> Self {
+        let mut cc = Self::default();
+        for line in headers.get_all(header::CACHE_CONTROL) {
+            let Ok(line) = std::str::from_utf8(line.as_bytes()) else {
+                continue;
+            };
+            for (name, value) in directives(line) {
+                cc.apply(name, value);
+            }
+        }
+        cc
+    }
+
+    /// Request directives: `Pragma: no-cache` stands for `no-cache` when the
+    /// request has no `Cache-Control` (RFC 9111 §5.4).
+    pub(crate) fn parse_request(headers: &HeaderMap) -> Self {
+        let mut cc = Self::parse(headers);
+        if !headers.contains_key(header::CACHE_CONTROL)
+            && headers
+                .get_all(header::PRAGMA)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+        {
+            cc.no_cache = true;
+        }
+        cc
+    }
+
+    fn apply(&mut self, name: &str, value: Option<&str>) {
+        let seconds = || value.map_or(0, parse_seconds);
+        let set = |slot: &mut Option<u64>, v: u64| {
+            if slot.is_none() {
+                *slot = Some(v);
+            }
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "no-store" => self.no_store = true,
+            // The qualified forms (`no-cache="set-cookie"`, `private="x"`)
+            // are read as the unqualified ones, which RFC 9111 allows and
+            // which never serves more than the origin meant.
+            "no-cache" => self.no_cache = true,
+            "private" => self.private = true,
+            "public" => self.public = true,
+            "must-revalidate" => self.must_revalidate = true,
+            "proxy-revalidate" => self.proxy_revalidate = true,
+            "only-if-cached" => self.only_if_cached = true,
+            "max-age" => set(&mut self.max_age, seconds()),
+            "s-maxage" => set(&mut self.s_maxage, seconds()),
+            "max-stale" => set(&mut self.max_stale, value.map_or(u64::MAX, parse_seconds)),
+            "min-fresh" => set(&mut self.min_fresh, seconds()),
+            "stale-while-revalidate" => set(&mut self.stale_while_revalidate, seconds()),
+            "stale-if-error" => set(&mut self.stale_if_error, seconds()),
+            _ => {}
+        }
+    }
+
+    /// Whether a stored response may be served to a request carrying
+    /// `Authorization` (RFC 9111 §3.5).
+    pub(crate) fn allows_authorized(&self) -> bool {
+        self.public || self.s_maxage.is_some() || self.must_revalidate
+    }
+
+    /// Whether a stale response must not be served without revalidation
+    /// (`must-revalidate`; for a shared cache also `proxy-revalidate` and
+    /// `s-maxage`, RFC 9111 §5.2.2).
+    pub(crate) fn forbids_stale(&self) -> bool {
+        self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some()
+    }
+}
+
+/// Splits a `Cache-Control` line into `(name, value)` pairs; quoted values
+/// may hold commas and are unquoted.
+fn directives(line: &str) -> Vec<(&str, Option<&str>)> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while !rest.is_empty() {
+        let end = rest.find([',', '=']).unwrap_or(rest.len());
+        let name = rest[..end].trim();
+        rest = &rest[end..];
+        let mut value = None;
+        if let Some(after) = rest.strip_prefix('=') {
+            let after = after.trim_start();
+            if let Some(quoted) = after.strip_prefix('"') {
+                let close = quoted.find('"').unwrap_or(quoted.len());
+                value = Some(&quoted[..close]);
+                rest = quoted.get(close + 1..).unwrap_or("");
+                rest = rest.find(',').map_or("", |i| &rest[i..]);
+            } else {
+                let end = after.find(',').unwrap_or(after.len());
+                value = Some(after[..end].trim());
+                rest = &after[end..];
+            }
+        }
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+        if !name.is_empty() {
+            out.push((name, value));
+        }
+    }
+    out
+}
+
+/// delta-seconds: digits only; anything else is `0`, a value too large is
+/// capped at 2^31.
+fn parse_seconds(v: &str) -> u64 {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    v.parse::<u64>().unwrap_or(MAX_DELTA).min(MAX_DELTA)
+}
+
+/// Why a response is never stored, whatever the route says: `Set-Cookie`
+/// (unless the route strips it), `no-store`, `private`, `Vary: *`.
 /// `None` means it may be stored.
-pub(crate) fn refuse_to_store(headers: &HeaderMap) -> Option<&'static str> {
-    if headers.contains_key(header::SET_COOKIE) {
-        Some("response sets a cookie")
-    } else if has_directive(headers, "no-store") {
+pub(crate) fn refuse_to_store(
+    headers: &HeaderMap,
+    cc: &CacheControl,
+    strip_set_cookie: bool,
+) -> Option<&'static str> {
+    if cc.no_store {
         Some("response says no-store")
-    } else if has_directive(headers, "private") {
+    } else if cc.private {
         Some("response is private")
-    } else if headers.contains_key(header::VARY) {
-        // Variants selected by request headers are not supported yet: serving
-        // one variant for every request would be wrong, so such responses pass.
-        Some("response varies by request headers")
+    } else if !strip_set_cookie && headers.contains_key(header::SET_COOKIE) {
+        Some("response sets a cookie")
+    } else if matches!(vary(headers), Vary::Any) {
+        Some("response says Vary: *")
     } else {
         None
     }
 }
 
+/// Statuses a shared cache may store without explicit freshness (RFC 9110
+/// §15.1); `206` is left out because ranges are not cached.
+pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Whether an origin-driven cache may store a response with this status at
+/// all: final, not partial, not a `304` (RFC 9111 §3).
+pub(crate) fn storable_status(status: StatusCode) -> bool {
+    status.as_u16() >= 200 && !matches!(status.as_u16(), 206 | 304)
+}
+
+/// Parses an HTTP date into seconds since the Unix epoch.
+pub(crate) fn http_date(value: Option<&HeaderValue>) -> Option<u64> {
+    let t = httpdate::parse_http_date(value?.to_str().ok()?.trim()).ok()?;
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+/// Formats seconds since the Unix epoch as an HTTP date.
+pub(crate) fn format_http_date(secs: u64) -> HeaderValue {
+    let t = UNIX_EPOCH + Duration::from_secs(secs);
+    HeaderValue::try_from(httpdate::fmt_http_date(t)).expect("an HTTP date is a valid header")
+}
+
+/// The freshness lifetime a shared cache gives a response (RFC 9111 §4.2.1),
+/// in milliseconds: `s-maxage`, `max-age`, `Expires` minus `Date`, then the
+/// heuristic (`fraction` of the time since `Last-Modified`) when one is
+/// configured. `response_ms` stands in for a missing `Date`.
+pub(crate) fn freshness_lifetime_ms(
+    status: StatusCode,
+    headers: &HeaderMap,
+    cc: &CacheControl,
+    response_ms: u64,
+    heuristic: Option<f64>,
+) -> u64 {
+    if let Some(s) = cc.s_maxage.or(cc.max_age) {
+        return s * 1000;
+    }
+    let date = http_date(headers.get(header::DATE)).unwrap_or(response_ms / 1000);
+    if headers.contains_key(header::EXPIRES) {
+        // An invalid `Expires` (such as "0") means already expired.
+        return http_date(headers.get(header::EXPIRES))
+            .map_or(0, |expires| expires.saturating_sub(date) * 1000);
+    }
+    match (heuristic, http_date(headers.get(header::LAST_MODIFIED))) {
+        (Some(fraction), Some(modified)) if heuristically_cacheable(status) || cc.public => {
+            (date.saturating_sub(modified) as f64 * 1000.0 * fraction) as u64
+        }
+        _ => 0,
+    }
+}
+
+/// The response's age when it arrived (RFC 9111 §4.2.3,
+/// `corrected_initial_age`), in milliseconds.
+pub(crate) fn initial_age_ms(headers: &HeaderMap, request_ms: u64, response_ms: u64) -> u64 {
+    // `Date` has one-second resolution: it is read as the end of its second,
+    // so a response just made never looks up to a second old.
+    let apparent = http_date(headers.get(header::DATE))
+        .map_or(0, |date| response_ms.saturating_sub(date * 1000 + 999));
+    let age_value = headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .map_or(0, |v| parse_seconds(v.trim()));
+    let corrected = (age_value * 1000).saturating_add(response_ms.saturating_sub(request_ms));
+    apparent.max(corrected)
+}
+
+/// What a response's `Vary` says.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Vary {
+    /// No `Vary`: one response for every request.
+    None,
+    /// `Vary: *`: never served from the cache.
+    Any,
+    /// The request headers that select the response: lower case, sorted,
+    /// without duplicates.
+    Headers(Vec<String>),
+}
+
+pub(crate) fn vary(headers: &HeaderMap) -> Vary {
+    let mut names: Vec<String> = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.iter().any(|n| n == "*") {
+        return Vary::Any;
+    }
+    if names.is_empty() {
+        return Vary::None;
+    }
+    names.sort();
+    names.dedup();
+    Vary::Headers(names)
+}
+
+/// A digest of the request header values that `names` select: two requests
+/// share a variant when their values are equal after normalization (lines
+/// joined with `,`, whitespace around list items dropped, case kept except
+/// for the names). An absent header differs from an empty one.
+pub(crate) fn variant_id(request: &HeaderMap, names: &[String]) -> String {
+    let mut hash = Sha256::new();
+    for name in names {
+        hash.update(name.as_bytes());
+        let mut values = request.get_all(name.as_str()).iter().peekable();
+        if values.peek().is_none() {
+            hash.update(b"\x01");
+            continue;
+        }
+        hash.update(b"\x00");
+        let mut first = true;
+        for value in values {
+            for item in value.as_bytes().split(|b| *b == b',') {
+                if !first {
+                    hash.update(b",");
+                }
+                first = false;
+                hash.update(item.trim_ascii());
+            }
+        }
+        hash.update(b"\x00");
+    }
+    let digest = hash.finalize();
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The result of evaluating a request's `If-None-Match` /
+/// `If-Modified-Since` against a stored response (RFC 9110 §13.2.2).
+pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap, stored_at_ms: u64) -> bool {
+    if request.contains_key(header::IF_NONE_MATCH) {
+        let etag = stored.get(header::ETAG).and_then(|v| v.to_str().ok());
+        return request
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .any(|tag| tag == "*" || etag.is_some_and(|etag| weak_eq(tag, etag)));
+    }
+    let Some(since) = http_date(request.get(header::IF_MODIFIED_SINCE)) else {
+        return false;
+    };
+    let modified = http_date(stored.get(header::LAST_MODIFIED))
+        .or_else(|| http_date(stored.get(header::DATE)))
+        .unwrap_or(stored_at_ms / 1000);
+    modified <= since
+}
+
+/// Weak comparison of two entity tags (RFC 9110 §8.8.3.2).
+fn weak_eq(a: &str, b: &str) -> bool {
+    let opaque = |t: &str| t.trim().strip_prefix("W/").unwrap_or(t.trim()).to_owned();
+    let (a, b) = (opaque(a), opaque(b));
+    a.starts_with('"') && a.len() >= 2 && a == b
+}
+
+/// Whether a request carries a conditional the cache answers itself.
+pub(crate) fn is_conditional(request: &HeaderMap) -> bool {
+    request.contains_key(header::IF_NONE_MATCH) || request.contains_key(header::IF_MODIFIED_SINCE)
+}
+
+/// Request headers that make a request one the cache does not answer: ranges
+/// and preconditions meant for the origin.
+pub(crate) fn passes_through(request: &HeaderMap) -> bool {
+    request.contains_key(header::RANGE)
+        || request.contains_key(header::IF_MATCH)
+        || request.contains_key(header::IF_UNMODIFIED_SINCE)
+        || request.contains_key(header::IF_RANGE)
+}
+
+/// Headers a `304` from the cache carries, taken from the stored response
+/// (RFC 9110 §15.4.5).
+pub(crate) const NOT_MODIFIED_HEADERS: [HeaderName; 6] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::VARY,
+];
+
+/// Updates stored headers from a `304` (RFC 9111 §4.3.4): every header the
+/// `304` carries replaces the stored one of that name, except those that
+/// describe the body or the connection.
+pub(crate) fn merge_not_modified(stored: &mut HeaderMap, fresh: &HeaderMap) {
+    for name in fresh.keys() {
+        if name == header::CONTENT_LENGTH
+            || name == header::CONTENT_ENCODING
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONTENT_RANGE
+            || is_hop_by_hop(name, fresh)
+        {
+            continue;
+        }
+        stored.remove(name);
+        for value in fresh.get_all(name) {
+            stored.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Headers that describe one connection (RFC 9110 §7.6.1), including those
+/// the message's `Connection` header names.
+pub(crate) fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
+    const FIXED: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authenticate",
+    ];
+    FIXED.contains(&name.as_str())
+        || name == header::PROXY_AUTHORIZATION
+        || headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|n| n.trim().eq_ignore_ascii_case(name.as_str()))
+}
+
+/// A strong entity tag computed from the body: the same bytes give the same
+/// tag on every process and machine.
+pub(crate) fn body_etag(body: &[u8]) -> HeaderValue {
+    let digest = Sha256::digest(body);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::try_from(format!("\"{hex}\"")).expect("hex is a valid header value")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
-    fn with(name: header::HeaderName, value: &'static str) -> HeaderMap {
+    fn with(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.append(name, HeaderValue::from_static(value));
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_static(v));
+        }
         h
     }
 
+    fn cc(v: &'static str) -> CacheControl {
+        CacheControl::parse(&with(&[("cache-control", v)]))
+    }
+
     #[test]
-    fn directives_are_found_in_lists_and_any_case() {
-        let h = with(header::CACHE_CONTROL, "max-age=60, No-Store");
-        assert!(has_directive(&h, "no-store"));
-        assert!(has_directive(&h, "max-age"));
-        assert!(!has_directive(&h, "no-cache"));
-        assert!(!has_directive(&HeaderMap::new(), "no-store"));
+    fn rfc9111_5_2_directives_parse_in_any_case_and_with_quotes() {
+        let c = cc("Max-Age=60, s-maxage=\"30\", No-Store, no-cache=\"set-cookie, x\", private");
+        assert_eq!(c.max_age, Some(60));
+        assert_eq!(c.s_maxage, Some(30));
+        assert!(c.no_store && c.no_cache && c.private);
+        assert!(!c.public);
+        assert_eq!(cc("max-age=1, max-age=99").max_age, Some(1));
+        assert_eq!(cc("max-age=-1").max_age, Some(0));
+        assert_eq!(cc("max-age=1.5").max_age, Some(0));
+        assert_eq!(cc("max-age=99999999999999999999").max_age, Some(MAX_DELTA));
+        assert_eq!(cc("max-stale").max_stale, Some(u64::MAX));
+        assert_eq!(cc("max-stale=5").max_stale, Some(5));
+    }
+
+    #[test]
+    fn rfc9111_5_4_pragma_no_cache_only_without_cache_control() {
+        let r = CacheControl::parse_request(&with(&[("pragma", "no-cache")]));
+        assert!(r.no_cache);
+        let r = CacheControl::parse_request(&with(&[
+            ("pragma", "no-cache"),
+            ("cache-control", "max-age=5"),
+        ]));
+        assert!(!r.no_cache);
+    }
+
+    #[test]
+    fn rfc9111_4_2_1_freshness_lifetime() {
+        let ok = StatusCode::OK;
+        let h = with(&[("cache-control", "max-age=10, s-maxage=20")]);
+        assert_eq!(
+            freshness_lifetime_ms(ok, &h, &CacheControl::parse(&h), 0, None),
+            20_000
+        );
+        let h = with(&[
+            ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ("expires", "Wed, 21 Oct 2015 07:29:00 GMT"),
+        ]);
+        assert_eq!(
+            freshness_lifetime_ms(ok, &h, &CacheControl::default(), 0, None),
+            60_000
+        );
+        let h = with(&[("expires", "0")]);
+        assert_eq!(
+            freshness_lifetime_ms(ok, &h, &CacheControl::default(), 0, None),
+            0
+        );
+        let h = with(&[
+            ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ("last-modified", "Wed, 21 Oct 2015 07:11:20 GMT"),
+        ]);
+        let none = CacheControl::default();
+        assert_eq!(freshness_lifetime_ms(ok, &h, &none, 0, None), 0);
+        assert_eq!(freshness_lifetime_ms(ok, &h, &none, 0, Some(0.1)), 100_000);
+        let created = StatusCode::CREATED;
+        assert_eq!(freshness_lifetime_ms(created, &h, &none, 0, Some(0.1)), 0);
+    }
+
+    #[test]
+    fn rfc9111_4_2_3_age_takes_the_larger_of_upstream_age_and_apparent_age() {
+        let date = 1_445_412_480_000; // Wed, 21 Oct 2015 07:28:00 GMT
+        let h = with(&[("date", "Wed, 21 Oct 2015 07:28:00 GMT"), ("age", "30")]);
+        assert_eq!(initial_age_ms(&h, date + 1_000, date + 2_000), 31_000);
+        assert_eq!(initial_age_ms(&h, date + 99_000, date + 100_999), 100_000);
+        assert_eq!(initial_age_ms(&HeaderMap::new(), 10, 15), 5);
+    }
+
+    #[test]
+    fn rfc9111_4_1_vary_selects_by_normalized_values() {
+        assert_eq!(vary(&HeaderMap::new()), Vary::None);
+        assert_eq!(vary(&with(&[("vary", "Accept, *")])), Vary::Any);
+        assert_eq!(
+            vary(&with(&[
+                ("vary", "Accept-Language, accept"),
+                ("vary", "Accept")
+            ])),
+            Vary::Headers(vec!["accept".into(), "accept-language".into()])
+        );
+        let names = vec!["accept-language".to_owned()];
+        let a = variant_id(&with(&[("accept-language", "en, fr")]), &names);
+        let b = variant_id(&with(&[("accept-language", "en ,fr")]), &names);
+        let c = variant_id(
+            &with(&[("accept-language", "en"), ("accept-language", "fr")]),
+            &names,
+        );
+        let d = variant_id(&with(&[("accept-language", "de")]), &names);
+        let absent = variant_id(&HeaderMap::new(), &names);
+        let empty = variant_id(&with(&[("accept-language", "")]), &names);
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        assert_ne!(a, d);
+        assert_ne!(absent, empty);
+    }
+
+    #[test]
+    fn rfc9110_13_2_2_if_none_match_wins_over_if_modified_since() {
+        let stored = with(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ]);
+        assert!(not_modified(
+            &with(&[("if-none-match", "W/\"v1\"")]),
+            &stored,
+            0
+        ));
+        assert!(not_modified(
+            &with(&[("if-none-match", "\"x\", \"v1\"")]),
+            &stored,
+            0
+        ));
+        assert!(not_modified(&with(&[("if-none-match", "*")]), &stored, 0));
+        let both = with(&[
+            ("if-none-match", "\"other\""),
+            ("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ]);
+        assert!(!not_modified(&both, &stored, 0));
+        let ims = |d| with(&[("if-modified-since", d)]);
+        assert!(not_modified(
+            &ims("Wed, 21 Oct 2015 07:28:00 GMT"),
+            &stored,
+            0
+        ));
+        assert!(!not_modified(
+            &ims("Wed, 21 Oct 2015 07:27:59 GMT"),
+            &stored,
+            0
+        ));
+        assert!(!not_modified(&ims("garbage"), &stored, 0));
+    }
+
+    #[test]
+    fn rfc9111_4_3_4_a_304_replaces_stored_headers_but_not_the_body_ones() {
+        let mut stored = with(&[
+            ("etag", "\"v1\""),
+            ("content-length", "5"),
+            ("cache-control", "max-age=1"),
+            ("x-kept", "yes"),
+        ]);
+        let fresh = with(&[
+            ("cache-control", "max-age=60"),
+            ("content-length", "0"),
+            ("x-new", "1"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+        ]);
+        merge_not_modified(&mut stored, &fresh);
+        assert_eq!(stored["cache-control"], "max-age=60");
+        assert_eq!(stored["content-length"], "5");
+        assert_eq!(stored["x-new"], "1");
+        assert_eq!(stored["x-kept"], "yes");
+        assert!(!stored.contains_key("x-hop"));
+        assert!(!stored.contains_key("connection"));
     }
 
     #[test]
     fn unsafe_responses_are_refused() {
-        assert!(refuse_to_store(&with(header::SET_COOKIE, "a=b")).is_some());
-        assert!(refuse_to_store(&with(header::CACHE_CONTROL, "private, max-age=9")).is_some());
-        assert!(refuse_to_store(&with(header::CACHE_CONTROL, "no-store")).is_some());
-        assert!(refuse_to_store(&with(header::VARY, "accept-language")).is_some());
-        assert!(refuse_to_store(&with(header::CACHE_CONTROL, "public, max-age=9")).is_none());
+        let refuse = |h: HeaderMap| refuse_to_store(&h, &CacheControl::parse(&h), false);
+        assert!(refuse(with(&[("set-cookie", "a=b")])).is_some());
+        assert!(refuse_to_store(
+            &with(&[("set-cookie", "a=b")]),
+            &CacheControl::default(),
+            true
+        )
+        .is_none());
+        assert!(refuse(with(&[("cache-control", "private, max-age=9")])).is_some());
+        assert!(refuse(with(&[("cache-control", "no-store")])).is_some());
+        assert!(refuse(with(&[("vary", "*")])).is_some());
+        assert!(refuse(with(&[("vary", "accept-language")])).is_none());
+        assert!(refuse(with(&[("cache-control", "public, max-age=9")])).is_none());
+    }
+
+    #[test]
+    fn body_etags_are_strong_and_stable() {
+        assert_eq!(body_etag(b"abc"), body_etag(b"abc"));
+        assert_ne!(body_etag(b"abc"), body_etag(b"abd"));
+        assert!(!body_etag(b"").to_str().unwrap().starts_with("W/"));
     }
 }

@@ -14,13 +14,13 @@ use std::{
     mem,
     sync::Arc,
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use http::{
-    header::{AGE, AUTHORIZATION},
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response,
+    header::{self, AGE, AUTHORIZATION},
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode,
 };
 use http_body::Body;
 use tower_service::Service;
@@ -28,11 +28,11 @@ use tower_service::Service;
 use crate::{
     body::{collect_up_to, CacheBody, Collected},
     core::{bump, CacheCore, Coalesced, Lookup},
-    entry::{self, Entry, Freshness},
+    entry::{self, Entry, Extra, Freshness, Lifetimes, Marker},
     flight::{Flights, Join, Shared},
     future::ResponseFuture,
     policy::Resolved,
-    semantics,
+    semantics::{self, CacheControl, Vary},
     store::Write,
     tags::take_tags,
     CacheHandle,
@@ -42,6 +42,7 @@ pub(crate) const HIT: &str = "HIT";
 pub(crate) const MISS: &str = "MISS";
 pub(crate) const BYPASS: &str = "BYPASS";
 pub(crate) const STALE: &str = "STALE";
+pub(crate) const REVALIDATED: &str = "REVALIDATED";
 
 /// The service produced by [`RedisCacheLayer`](crate::RedisCacheLayer).
 ///
@@ -113,6 +114,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        if let Some(targets) = unsafe_targets(&self.core, &req) {
+            bump(&self.core.counters.bypasses);
+            req.extensions_mut()
+                .insert(CacheHandle::new(self.core.clone()));
+            let call = self.inner.call(req);
+            let core = self.core.clone();
+            return ResponseFuture::cache(Box::pin(invalidate_after(core, call, targets)));
+        }
         let Some(plan) = plan(&self.core, &req) else {
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
@@ -125,6 +134,130 @@ where
         let inner = mem::replace(&mut self.inner, clone);
         ResponseFuture::cache(Box::pin(serve(self.core.clone(), inner, req, plan)))
     }
+}
+
+/// What a request with an unsafe method may invalidate (RFC 9111 §4.4): its
+/// target's key, and the origin and base path to resolve `Location` and
+/// `Content-Location` against. `None` when the method is safe or the route
+/// does not invalidate on unsafe methods.
+struct UnsafeTargets {
+    keys: Vec<String>,
+    origin: String,
+    authority: Option<String>,
+    path: String,
+}
+
+fn unsafe_targets<B>(core: &CacheCore, req: &Request<B>) -> Option<UnsafeTargets> {
+    if !matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        return None;
+    }
+    let uri = req.uri();
+    let rule = core
+        .policies
+        .lookup(matched_route(req), uri.path())
+        .as_ref()
+        .filter(|r| r.http.invalidate_on_unsafe)?;
+    let origin = core.settings.origin_key.of(uri, req.headers());
+    let key = core.keys.entry_key_at(
+        &rule.namespace,
+        &Method::GET,
+        &origin,
+        uri.path(),
+        uri.query(),
+    );
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_ascii_lowercase)
+        });
+    Some(UnsafeTargets {
+        keys: vec![key],
+        origin,
+        authority,
+        path: uri.path().to_owned(),
+    })
+}
+
+/// Runs an unsafe request, then, if it succeeded (2xx or 3xx), removes the
+/// stored responses for its target and its same-origin `Location` and
+/// `Content-Location` before answering.
+async fn invalidate_after<F, B, E>(
+    core: Arc<CacheCore>,
+    call: F,
+    mut targets: UnsafeTargets,
+) -> Result<Response<CacheBody<B>>, E>
+where
+    F: std::future::Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    let (mut parts, body) = call.await?.into_parts();
+    for name in &core.settings.tag_headers {
+        parts.headers.remove(name);
+    }
+    parts.extensions.remove::<crate::tags::CacheTags>();
+    if parts.status.is_success() || parts.status.is_redirection() {
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(uri) = parts
+                .headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| same_origin(v, &targets))
+            else {
+                continue;
+            };
+            if let Some(rule) = core.policies.lookup(None, uri.path()).as_ref() {
+                targets.keys.push(core.keys.entry_key_at(
+                    &rule.namespace,
+                    &Method::GET,
+                    &targets.origin,
+                    uri.path(),
+                    uri.query(),
+                ));
+            }
+        }
+        targets.keys.dedup();
+        if core
+            .timed("delete", core.store.delete(&targets.keys))
+            .await
+            .is_ok()
+        {
+            bump(&core.counters.unsafe_invalidations);
+        }
+    }
+    mark(
+        core.settings.status_header.as_ref(),
+        &mut parts.headers,
+        BYPASS,
+    );
+    Ok(Response::from_parts(parts, CacheBody::inner(body)))
+}
+
+/// `reference` (a `Location` value) resolved against the request, when it
+/// points at the same origin.
+fn same_origin(reference: &str, targets: &UnsafeTargets) -> Option<http::Uri> {
+    let uri: http::Uri = reference.trim().parse().ok()?;
+    if let Some(authority) = uri.authority() {
+        let ours = targets.authority.as_deref()?;
+        return (authority.as_str().eq_ignore_ascii_case(ours)).then_some(uri);
+    }
+    let path = uri.path();
+    if path.starts_with('/') {
+        return Some(uri);
+    }
+    // A relative reference: against the request path's directory.
+    let dir = &targets.path[..targets.path.rfind('/').map_or(0, |i| i + 1)];
+    let resolved = match uri.query() {
+        Some(q) => format!("{dir}{path}?{q}"),
+        None => format!("{dir}{path}"),
+    };
+    resolved.parse().ok()
 }
 
 /// The inner service as the cache path needs it (its future may run in a
@@ -162,8 +295,20 @@ where
 #[derive(Clone)]
 struct Plan {
     rule: Arc<Resolved>,
+    /// The key of the URI: where the response, or its `Vary` marker, lives.
+    primary: String,
+    /// The key of this request's entry: `primary`, or a variant key once a
+    /// `Vary` marker was found.
     key: String,
+    /// The `Vary` marker found at `primary`.
+    marker: Option<Arc<Marker>>,
     head: bool,
+    /// The request's `Cache-Control` (only `no-store` when the route ignores
+    /// request directives).
+    cc: CacheControl,
+    /// The request carries `Authorization` and the route does not open
+    /// itself to it: only responses that allow it are served and stored.
+    authorized: bool,
 }
 
 #[cfg(feature = "axum")]
@@ -188,19 +333,92 @@ fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
         .policies
         .lookup(matched_route(req), uri.path())
         .as_ref()?;
-    if !rule.allow_authorization && req.headers().contains_key(AUTHORIZATION) {
+    let headers = req.headers();
+    if semantics::passes_through(headers) {
         return None;
     }
-    if semantics::has_directive(req.headers(), "no-store") {
-        return None;
-    }
+    let cc = if rule.http.request_directives {
+        CacheControl::parse_request(headers)
+    } else {
+        CacheControl {
+            no_store: CacheControl::parse(headers).no_store,
+            ..CacheControl::default()
+        }
+    };
+    let origin = core.settings.origin_key.of(uri, headers);
+    let key = core.keys.entry_key_at(
+        &rule.namespace,
+        &Method::GET,
+        &origin,
+        uri.path(),
+        uri.query(),
+    );
     Some(Plan {
-        key: core
-            .keys
-            .entry_key(&rule.namespace, &Method::GET, uri.path(), uri.query()),
+        primary: key.clone(),
+        key,
+        marker: None,
         rule: rule.clone(),
         head,
+        cc,
+        authorized: !rule.allow_authorization && headers.contains_key(AUTHORIZATION),
     })
+}
+
+/// What a stored entry is good for, for this request.
+enum Use {
+    /// Fresh enough: serve it.
+    Fresh,
+    /// Stale, inside its stale-while-revalidate window: serve it and refresh
+    /// in the background.
+    StaleWhileRevalidate,
+    /// Stale, but the request's `max-stale` accepts it.
+    AcceptedStale,
+    /// Must be revalidated (or fetched) before it is served.
+    Revalidate,
+}
+
+fn judge(entry: &Entry, now: u64, cc: &CacheControl) -> Use {
+    let left = entry.fresh_left_ms(now);
+    let age = i128::from(entry.age_ms(now));
+    let ms = |s: u64| i128::from(s) * 1000;
+    if cc.no_cache
+        || cc.max_age.is_some_and(|m| age >= ms(m))
+        || cc.min_fresh.is_some_and(|m| left < ms(m))
+    {
+        return Use::Revalidate;
+    }
+    if left > 0 {
+        return Use::Fresh;
+    }
+    if !entry.must_revalidate && cc.max_stale.is_some_and(|m| -left <= ms(m.min(1 << 40))) {
+        return Use::AcceptedStale;
+    }
+    match entry.freshness(now) {
+        Freshness::StaleWhileRevalidate if !entry.must_revalidate => Use::StaleWhileRevalidate,
+        _ => Use::Revalidate,
+    }
+}
+
+/// Whether `entry` answers a request with these headers: not a `Vary`
+/// marker, the variant the request selects, and (for a request with
+/// `Authorization`) a response that allows it.
+fn answers(entry: &Entry, headers: &HeaderMap, plan: &Plan) -> bool {
+    if entry.marker.is_some() || (plan.authorized && !entry.shared) {
+        return false;
+    }
+    match &entry.variant {
+        None => true,
+        Some(id) => match semantics::vary(&entry.headers) {
+            Vary::Headers(names) => *semantics::variant_id(headers, &names) == **id,
+            _ => false,
+        },
+    }
+}
+
+/// The key of the variant a request selects under `marker`.
+fn variant_key(primary: &str, marker: &Marker, headers: &HeaderMap) -> String {
+    let id = semantics::variant_id(headers, &marker.names);
+    format!("{primary}#v{}.{id}", marker.nonce)
 }
 
 /// The path of a cacheable request: lookup, then (on a miss) single-flight in
@@ -209,7 +427,7 @@ async fn serve<S, ReqBody, ResBody>(
     core: Arc<CacheCore>,
     inner: S,
     req: Request<ReqBody>,
-    plan: Plan,
+    mut plan: Plan,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -219,39 +437,69 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Send + 'static,
 {
-    let (stale, generation) = match core.lookup(&plan.key, &plan.rule.generation_key).await {
-        Lookup::Found { entry, generation } => {
+    let gen_key = &plan.rule.generation_key;
+    let mut found = core.lookup(&plan.key, gen_key).await;
+    if let Lookup::Found { entry, .. } = &found {
+        if let Some(marker) = entry.marker.clone() {
+            // A response with `Vary`: one more round trip for the variant.
+            plan.key = variant_key(&plan.primary, &marker, req.headers());
+            plan.marker = Some(marker);
+            found = core.lookup(&plan.key, gen_key).await;
+        }
+    }
+    let (stale, generation) = match found {
+        Lookup::Found { entry, generation } if answers(&entry, req.headers(), &plan) => {
             let now = entry::now_ms();
-            match entry.freshness(now) {
-                fresh @ (Freshness::Fresh | Freshness::StaleWhileRevalidate) => {
-                    let (outcome, refresh) = if fresh == Freshness::Fresh {
-                        bump(&core.counters.hits);
-                        let beta = plan.rule.early_refresh;
-                        let due = beta > 0.0
-                            && !plan.head
-                            && entry.early_refresh_due(now, beta, 1.0 - rand::random::<f64>());
-                        if due {
-                            bump(&core.counters.early_refreshes);
+            match judge(&entry, now, &plan.cc) {
+                Use::Revalidate => (Some(entry), Some(generation)),
+                usable => {
+                    let (outcome, refresh) = match usable {
+                        Use::Fresh => {
+                            bump(&core.counters.hits);
+                            let beta = plan.rule.early_refresh;
+                            let due = beta > 0.0
+                                && !plan.head
+                                && entry.early_refresh_due(now, beta, 1.0 - rand::random::<f64>());
+                            if due {
+                                bump(&core.counters.early_refreshes);
+                            }
+                            (HIT, due)
                         }
-                        (HIT, due)
-                    } else {
-                        bump(&core.counters.stale);
-                        (STALE, !plan.head)
+                        Use::StaleWhileRevalidate => {
+                            bump(&core.counters.stale);
+                            (STALE, !plan.head)
+                        }
+                        _ => {
+                            bump(&core.counters.stale);
+                            (STALE, false)
+                        }
                     };
+                    let response = answer(&core, entry.clone(), req.headers(), plan.head, outcome);
                     if refresh {
                         let replaces = entry.stored_at_ms;
                         let plan = plan.clone();
-                        refresh_in_background(core.clone(), inner, req, plan, generation, replaces);
+                        refresh_in_background(core, inner, req, plan, generation, replaces);
                     }
-                    return Ok(cached_response(&core, entry, plan.head, outcome));
+                    return Ok(response);
                 }
-                // Only good enough if the service fails.
-                _ => (Some(entry), Some(generation)),
             }
         }
-        Lookup::Miss { generation } => (None, Some(generation)),
+        Lookup::Found { generation, .. } | Lookup::Miss { generation } => (None, Some(generation)),
         Lookup::Failed => (None, None),
     };
+    if plan.cc.only_if_cached {
+        // RFC 9111 §5.2.1.7: nothing usable is stored, and the client does
+        // not want the origin asked.
+        bump(&core.counters.misses);
+        let mut response = Response::new(CacheBody::empty());
+        *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+        mark(
+            core.settings.status_header.as_ref(),
+            response.headers_mut(),
+            MISS,
+        );
+        return Ok(response);
+    }
     bump(if generation.is_some() {
         &core.counters.misses
     } else {
@@ -263,20 +511,19 @@ where
 
     // One request per key in this process goes on; the others wait for it.
     // A waiter released without a result (the leader's response could not be
-    // shared) goes straight to the service.
+    // shared, or is another variant) goes straight to the service.
     let mut released = false;
     let guard = if core.settings.single_flight {
         match core.flights.join(&plan.key) {
             Join::Leader(guard) => Some(guard),
             Join::Follower(slot) => {
-                if let Some(shared) = Flights::wait(slot, core.settings.coalesce_timeout).await {
-                    bump(&core.counters.coalesced);
-                    return Ok(cached_response(
-                        &core,
-                        shared.entry.clone(),
-                        false,
-                        shared.outcome,
-                    ));
+                match Flights::wait(slot, core.settings.coalesce_timeout).await {
+                    Some(shared) if answers(&shared.entry, req.headers(), &plan) => {
+                        bump(&core.counters.coalesced);
+                        let entry = shared.entry.clone();
+                        return Ok(answer(&core, entry, req.headers(), false, shared.outcome));
+                    }
+                    _ => {}
                 }
                 released = true;
                 None
@@ -290,22 +537,32 @@ where
     let mut lock = None;
     if generation.is_some() && !released && core.settings.distributed_lock {
         let lock_key = core.keys.lock_key(&plan.rule.namespace, &plan.key);
+        // A request revalidating what it found counts only an entry stored
+        // after that one.
+        let replaces = stale.as_ref().map(|e| e.stored_at_ms);
         match core
-            .coalesce(&plan.key, &lock_key, &plan.rule.generation_key, true, None)
+            .coalesce(
+                &plan.key,
+                &lock_key,
+                &plan.rule.generation_key,
+                true,
+                replaces,
+            )
             .await
         {
-            Coalesced::Entry(entry) => {
+            Coalesced::Entry(entry) if answers(&entry, req.headers(), &plan) => {
                 bump(&core.counters.coalesced);
+                let response = answer(&core, entry.clone(), req.headers(), false, HIT);
                 if let Some(guard) = guard {
                     guard.publish(Shared {
-                        entry: entry.clone(),
+                        entry,
                         outcome: HIT,
                     });
                 }
-                return Ok(cached_response(&core, entry, false, HIT));
+                return Ok(response);
             }
             Coalesced::Locked(token) => lock = Some((lock_key, token)),
-            Coalesced::Proceed => {}
+            Coalesced::Entry(_) | Coalesced::Proceed => {}
         }
     }
 
@@ -325,27 +582,57 @@ where
     Ok(response)
 }
 
-/// Calls the service and stores what may be stored. When the service fails
-/// (an error, a 5xx, or no answer within `origin_timeout`) and a stale entry
-/// is at hand, serves that instead. Returns the response and, if it can be
-/// shared with waiting requests, the entry they should get.
+/// Calls the service and stores what may be stored; a stored entry that is
+/// at hand is revalidated with its validators. When the service fails (an
+/// error, a 5xx, or no answer within `origin_timeout`) and that entry may
+/// stand in for a failure (stale-if-error), serves it instead. Returns the
+/// response and, if it can be shared with waiting requests, the entry they
+/// should get.
 async fn fetch<S, ReqBody, ResBody>(
     core: &Arc<CacheCore>,
     inner: S,
     req: Request<ReqBody>,
     plan: &Plan,
     generation: Option<u64>,
-    stale: Option<Entry>,
+    stored: Option<Entry>,
 ) -> Result<(Response<CacheBody<ResBody>>, Option<Shared>), S::Error>
 where
     S: Inner<ReqBody, ResBody>,
     ReqBody: Send + 'static,
     ResBody: CachedBody,
 {
-    let Some(stale) = stale else {
-        return call_and_store(core.clone(), inner, req, plan.clone(), generation, false).await;
+    let now = entry::now_ms();
+    let fallback = stored
+        .as_ref()
+        .filter(|e| {
+            !e.must_revalidate
+                && matches!(
+                    e.freshness(now),
+                    Freshness::StaleWhileRevalidate | Freshness::StaleIfError
+                )
+        })
+        .cloned();
+    let Some(stale) = fallback else {
+        let call = call_and_store(
+            core.clone(),
+            inner,
+            req,
+            plan.clone(),
+            generation,
+            stored,
+            false,
+        );
+        return call.await;
     };
-    let fetched = call_and_store(core.clone(), inner, req, plan.clone(), generation, true);
+    let fetched = call_and_store(
+        core.clone(),
+        inner,
+        req,
+        plan.clone(),
+        generation,
+        Some(stale.clone()),
+        true,
+    );
     let answer = match core.settings.origin_timeout {
         None => fetched.await.ok(),
         // The call goes on in its own task: if it answers after the limit,
@@ -368,8 +655,84 @@ where
     Ok((response, Some(shared)))
 }
 
+/// Takes the conditional headers out of a request: the cache asks for the
+/// whole response (to store it) and answers the condition itself.
+fn take_conditionals(headers: &mut HeaderMap) -> HeaderMap {
+    let mut taken = HeaderMap::new();
+    for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+        if let http::header::Entry::Occupied(e) = headers.entry(name) {
+            let (name, values) = e.remove_entry_mult();
+            for v in values {
+                taken.append(name.clone(), v);
+            }
+        }
+    }
+    taken
+}
+
+/// How long a response is fresh and kept, and the HTTP facts stored with it,
+/// by the route's mode. `None` when the response is not to be stored.
+fn stamp(
+    rule: &Resolved,
+    status: StatusCode,
+    headers: &HeaderMap,
+    cc: &CacheControl,
+    request_ms: u64,
+    response_ms: u64,
+) -> Option<(Lifetimes, Extra)> {
+    let mut lifetimes = rule.lifetimes();
+    let mut extra = Extra {
+        initial_age_ms: semantics::initial_age_ms(headers, request_ms, response_ms),
+        shared: cc.allows_authorized() || rule.allow_authorization,
+        ..Extra::default()
+    };
+    let ms = |s: u64| Duration::from_millis(s.saturating_mul(1000));
+    if rule.http.origin_driven() {
+        let explicit =
+            cc.max_age.is_some() || cc.s_maxage.is_some() || headers.contains_key(header::EXPIRES);
+        if !semantics::storable_status(status)
+            || !(explicit || cc.public || semantics::heuristically_cacheable(status))
+        {
+            return None;
+        }
+        let lifetime =
+            semantics::freshness_lifetime_ms(status, headers, cc, response_ms, rule.http.heuristic);
+        lifetimes.fresh = if cc.no_cache {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(lifetime.saturating_sub(extra.initial_age_ms))
+        };
+        extra.must_revalidate = cc.no_cache || cc.forbids_stale();
+        if extra.must_revalidate {
+            lifetimes.stale_while_revalidate = Duration::ZERO;
+            lifetimes.stale_if_error = Duration::ZERO;
+        } else {
+            if let Some(s) = cc.stale_while_revalidate {
+                lifetimes.stale_while_revalidate = ms(s);
+            }
+            if let Some(s) = cc.stale_if_error {
+                lifetimes.stale_if_error = ms(s);
+            }
+        }
+    } else {
+        if !rule.stores_status(status) {
+            return None;
+        }
+        if rule.http.respect_max_age {
+            if let Some(s) = cc.s_maxage.or(cc.max_age) {
+                lifetimes.fresh = lifetimes.fresh.min(ms(s));
+            }
+        }
+    }
+    // Kept past freshness: to be revalidated, or served to a request whose
+    // `max-stale` accepts it.
+    lifetimes.revalidate = rule.http.revalidate_window;
+    (!lifetimes.store_ttl().is_zero()).then_some((lifetimes, extra))
+}
+
 /// Calls the service, then buffers and stores its response if the route and
-/// the response allow it. With `has_fallback` (a stale entry will stand in
+/// the response allow it. With `stored`, the request carries its validators
+/// and a `304` freshens it. With `has_fallback` (a stale entry will stand in
 /// for a failure), a 5xx is never stored.
 async fn call_and_store<S, ReqBody, ResBody>(
     core: Arc<CacheCore>,
@@ -377,6 +740,7 @@ async fn call_and_store<S, ReqBody, ResBody>(
     mut req: Request<ReqBody>,
     plan: Plan,
     generation: Option<u64>,
+    stored: Option<Entry>,
     has_fallback: bool,
 ) -> Result<(Response<CacheBody<ResBody>>, Option<Shared>), S::Error>
 where
@@ -384,57 +748,186 @@ where
     ResBody: Body<Data = Bytes>,
 {
     req.extensions_mut().insert(CacheHandle::new(core.clone()));
+    let may_store = !plan.head && !plan.cc.no_store;
+    let (conditionals, request_headers) = if may_store {
+        let conditionals = take_conditionals(req.headers_mut());
+        (conditionals, req.headers().clone())
+    } else {
+        (HeaderMap::new(), HeaderMap::new())
+    };
+    // Revalidate what is stored: the service may answer 304.
+    let revalidating = stored.filter(|_| may_store).filter(|e| {
+        let h = &e.headers;
+        h.contains_key(header::ETAG) || h.contains_key(header::LAST_MODIFIED)
+    });
+    if let Some(stored) = &revalidating {
+        let headers = req.headers_mut();
+        if let Some(etag) = stored.headers.get(header::ETAG) {
+            headers.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = stored.headers.get(header::LAST_MODIFIED) {
+            headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
+        }
+    }
     let uri = plan.rule.tagger.as_ref().map(|_| req.uri().clone());
     let started = Instant::now();
+    let request_ms = entry::now_ms();
     let (mut parts, body) = inner.call(req).await?.into_parts();
+    let response_ms = entry::now_ms();
+    let mut outcome = if generation.is_some() { MISS } else { BYPASS };
+    let mut body = Some(body);
+    let mut known = None;
+    if let (Some(stored), StatusCode::NOT_MODIFIED) = (&revalidating, parts.status) {
+        // RFC 9111 §4.3.4: the stored response, with the 304's headers.
+        bump(&core.counters.revalidations);
+        let mut headers = stored.headers.clone();
+        semantics::merge_not_modified(&mut headers, &parts.headers);
+        parts.status = stored.status;
+        parts.headers = headers;
+        known = Some(stored.body.clone());
+        body = None;
+        if generation.is_some() {
+            outcome = REVALIDATED;
+        }
+    }
     let tags = take_tags(
         &core.settings.tag_headers,
         plan.rule.tagger.as_ref(),
         uri.as_ref(),
         &mut parts,
     );
-    let outcome = if generation.is_some() { MISS } else { BYPASS };
+    if !parts.headers.contains_key(header::DATE) {
+        // RFC 9110 §6.6.1: a recipient that caches a response without `Date`
+        // adds one.
+        parts.headers.insert(
+            header::DATE,
+            semantics::format_http_date(response_ms / 1000),
+        );
+    }
+    let cc = CacheControl::parse(&parts.headers);
     // A failure a stale entry will stand in for is not stored.
     let covered_failure = has_fallback && parts.status.is_server_error();
-    let storable = !(plan.head || covered_failure)
-        && plan.rule.stores_status(parts.status)
-        && semantics::refuse_to_store(&parts.headers).is_none();
-    if !storable {
+    let stamped = (may_store && !covered_failure)
+        .then(|| {
+            semantics::refuse_to_store(&parts.headers, &cc, plan.rule.http.strip_set_cookie)
+                .is_none()
+                .then_some(())
+        })
+        .flatten()
+        .filter(|()| !plan.authorized || cc.allows_authorized())
+        .and_then(|()| {
+            stamp(
+                &plan.rule,
+                parts.status,
+                &parts.headers,
+                &cc,
+                request_ms,
+                response_ms,
+            )
+        });
+    let Some((lifetimes, mut extra)) = stamped else {
         mark(
             core.settings.status_header.as_ref(),
             &mut parts.headers,
             outcome,
         );
-        return Ok((Response::from_parts(parts, CacheBody::inner(body)), None));
-    }
+        let body = match (body, known) {
+            (Some(body), _) => CacheBody::inner(body),
+            (None, Some(bytes)) => CacheBody::full(bytes),
+            (None, None) => CacheBody::empty(),
+        };
+        return Ok((Response::from_parts(parts, body), None));
+    };
     // Buffered even when the store failed: requests waiting on this one get
     // the same response instead of calling the service themselves.
+    let collected = match (body, known) {
+        (None, Some(bytes)) => Collected::Complete(bytes),
+        (Some(body), _) => collect_up_to(body, core.settings.max_body_bytes).await,
+        (None, None) => Collected::Complete(Bytes::new()),
+    };
     let mut shared = None;
-    let body = match collect_up_to(body, core.settings.max_body_bytes).await {
+    let body = match collected {
         Collected::Complete(bytes) => {
-            let lifetimes = plan.rule.lifetimes();
-            let encoded = entry::encode(
+            if plan.rule.http.etag && !parts.headers.contains_key(header::ETAG) {
+                parts
+                    .headers
+                    .insert(header::ETAG, semantics::body_etag(&bytes));
+            }
+            let mut writes = Vec::with_capacity(2);
+            let mut entry_key = plan.primary.clone();
+            let status_header = core.settings.status_header.as_ref();
+            let gen = generation.unwrap_or(0);
+            if let Vary::Headers(names) = semantics::vary(&parts.headers) {
+                let marker = match &plan.marker {
+                    Some(m) if m.names == names => Marker::clone(m),
+                    _ => Marker {
+                        names,
+                        nonce: format!("{:08x}", rand::random::<u32>()),
+                    },
+                };
+                entry_key = variant_key(&plan.primary, &marker, &request_headers);
+                extra.variant = Some(semantics::variant_id(&request_headers, &marker.names));
+                let index = Lifetimes {
+                    fresh: lifetimes.store_ttl(),
+                    stale_while_revalidate: Duration::ZERO,
+                    stale_if_error: Duration::ZERO,
+                    revalidate: Duration::ZERO,
+                };
+                let marker_extra = Extra {
+                    marker: Some(marker),
+                    ..Extra::default()
+                };
+                let value = entry::encode_with(
+                    StatusCode::OK,
+                    &HeaderMap::new(),
+                    b"",
+                    &index,
+                    Duration::ZERO,
+                    gen,
+                    None,
+                    &marker_extra,
+                );
+                if let Some(value) = value {
+                    writes.push(Write {
+                        key: plan.primary.clone(),
+                        value,
+                        ttl: lifetimes.store_ttl(),
+                        tags: tags.iter().map(|t| core.keys.tag_key(t)).collect(),
+                    });
+                }
+            }
+            let encoded = entry::encode_with(
                 parts.status,
                 &parts.headers,
                 &bytes,
                 &lifetimes,
                 started.elapsed(),
-                generation.unwrap_or(0),
-                core.settings.status_header.as_ref(),
+                gen,
+                status_header,
+                &extra,
             );
             if let Some(value) = encoded {
                 shared = entry::decode(&value).map(|entry| Shared { entry, outcome });
+                writes.push(Write {
+                    key: entry_key,
+                    value,
+                    ttl: lifetimes.store_ttl(),
+                    tags: tags.iter().map(|t| core.keys.tag_key(t)).collect(),
+                });
                 if generation.is_some() {
-                    let write = Write {
-                        key: plan.key.clone(),
-                        value,
-                        ttl: lifetimes.store_ttl(),
-                        tags: tags.iter().map(|t| core.keys.tag_key(t)).collect(),
-                    };
                     // Awaited (under the budget) so the client's next request
                     // can already hit.
-                    let _ = core.write(&[write]).await;
+                    let _ = core.write(&writes).await;
                 }
+            }
+            if !conditionals.is_empty()
+                && parts.status == StatusCode::OK
+                && semantics::not_modified(&conditionals, &parts.headers, response_ms)
+            {
+                bump(&core.counters.not_modified);
+                let mut response = not_modified_response(&parts.headers);
+                mark(status_header, response.headers_mut(), outcome);
+                return Ok((response, shared));
             }
             CacheBody::full(bytes)
         }
@@ -518,6 +1011,46 @@ fn cached_response<B: Body>(
     // `content-length` comes with the decoded entry.
     headers.insert(AGE, age_value(age));
     mark(core.settings.status_header.as_ref(), headers, outcome);
+    response
+}
+
+/// Serves a stored entry, as a `304 Not Modified` when the request's
+/// conditional headers match it (RFC 9111 §4.3.2).
+fn answer<B: Body>(
+    core: &CacheCore,
+    entry: Entry,
+    request: &HeaderMap,
+    head: bool,
+    outcome: &'static str,
+) -> Response<CacheBody<B>> {
+    if entry.status == StatusCode::OK
+        && semantics::is_conditional(request)
+        && semantics::not_modified(request, &entry.headers, entry.stored_at_ms)
+    {
+        bump(&core.counters.not_modified);
+        let age = entry.age_secs(entry::now_ms());
+        let mut response = not_modified_response(&entry.headers);
+        let headers = response.headers_mut();
+        headers.insert(AGE, age_value(age));
+        mark(core.settings.status_header.as_ref(), headers, outcome);
+        return response;
+    }
+    cached_response(core, entry, head, outcome)
+}
+
+/// A `304` with the headers RFC 9110 §15.4.5 asks for, from `stored`.
+fn not_modified_response<B: Body>(stored: &HeaderMap) -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::empty());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    let headers = response.headers_mut();
+    for name in semantics::NOT_MODIFIED_HEADERS
+        .iter()
+        .chain([&header::LAST_MODIFIED])
+    {
+        for value in stored.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
     response
 }
 

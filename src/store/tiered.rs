@@ -354,7 +354,7 @@ impl Shared {
     /// windows), capped by `max_ttl`. `None` for a value that does not decode.
     fn decode_for_tier(value: &Bytes, max: Duration) -> Option<(crate::entry::Entry, Duration)> {
         let entry = crate::entry::decode(value)?;
-        let lives = entry.ttl_ms + entry.swr_ms.max(entry.sie_ms);
+        let lives = entry.lives_ms();
         let left = (entry.stored_at_ms + lives).checked_sub(crate::entry::now_ms())?;
         Some((entry, Duration::from_millis(left).min(max)))
     }
