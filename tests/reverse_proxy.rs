@@ -1,0 +1,274 @@
+//! The reverse-proxy example over real sockets: a small origin server started
+//! here, the proxy (origin-driven cache on a Redis of the test's own) in
+//! front of it, and a hyper client.
+
+mod support;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/reverse_proxy.rs"]
+mod reverse_proxy;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc, Mutex,
+    },
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use support::RedisServer;
+use tower_redis_cache::RedisCacheLayer;
+
+/// What the origin saw: method, path and query, headers, body.
+type Seen = Arc<Mutex<Vec<(String, String, HeaderMap, Bytes)>>>;
+
+/// Starts the test origin; returns its address, its call counter and what it saw.
+async fn origin() -> (SocketAddr, Arc<AtomicUsize>, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen: Seen = Arc::default();
+    let (c, s) = (calls.clone(), seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (c, s) = (c.clone(), s.clone());
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (c, s) = (c.clone(), s.clone());
+                async move {
+                    let n = c.fetch_add(1, SeqCst) + 1;
+                    let (parts, body) = req.into_parts();
+                    let body = body.collect().await.unwrap().to_bytes();
+                    let target = parts.uri.path_and_query().unwrap().as_str().to_owned();
+                    s.lock().unwrap().push((
+                        parts.method.to_string(),
+                        target.clone(),
+                        parts.headers.clone(),
+                        body.clone(),
+                    ));
+                    Ok::<_, Infallible>(respond(&parts, &target, n, body))
+                }
+            });
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, calls, seen)
+}
+
+fn respond(
+    parts: &http::request::Parts,
+    target: &str,
+    n: usize,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
+    let b = Response::builder();
+    let path = parts.uri.path();
+    let res = match path {
+        "/fresh" => b
+            .header("cache-control", "max-age=60")
+            .body(format!("fresh {n} {target}").into()),
+        "/etag" => {
+            if parts
+                .headers
+                .get("if-none-match")
+                .is_some_and(|v| v == "\"e1\"")
+            {
+                b.status(304)
+                    .header("etag", "\"e1\"")
+                    .body(Bytes::new().into())
+            } else {
+                b.header("cache-control", "max-age=0")
+                    .header("etag", "\"e1\"")
+                    .body(format!("etag {n}").into())
+            }
+        }
+        "/vary" => {
+            let lang = parts
+                .headers
+                .get("accept-language")
+                .map_or("-", |v| v.to_str().unwrap());
+            b.header("cache-control", "max-age=60")
+                .header("vary", "accept-language")
+                .body(format!("{lang} {n}").into())
+        }
+        "/echo" => b
+            .header("cache-control", "no-store")
+            .header("connection", "x-origin-hop")
+            .header("x-origin-hop", "secret")
+            .body(Full::new(body)),
+        _ => b.status(404).body("missing".into()),
+    };
+    res.unwrap()
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Proxy {
+    async fn start(redis: &RedisServer, upstream: SocketAddr) -> Self {
+        let cache =
+            reverse_proxy::cache_layer(RedisCacheLayer::builder().store(redis.store().await))
+                .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream: http::Uri = format!("http://{upstream}").parse().unwrap();
+        tokio::spawn(reverse_proxy::serve(listener, upstream, cache));
+        Self {
+            addr,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, HeaderMap, String) {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        let res = self
+            .client
+            .request(b.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+        let (s, h, b) = self.send("GET", path, headers, "").await;
+        let x = h
+            .get("x-cache")
+            .map_or("", |v| v.to_str().unwrap())
+            .to_owned();
+        (s, x, b)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_2_a_fresh_response_is_served_from_redis_with_the_query_forwarded() {
+    let redis = RedisServer::start();
+    let (upstream, calls, seen) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    let (s, x, first) = proxy.get("/fresh?b=2&a=1", &[]).await;
+    assert_eq!(
+        (s, x.as_str(), first.as_str()),
+        (200, "MISS", "fresh 1 /fresh?b=2&a=1")
+    );
+    let (_, x, again) = proxy.get("/fresh?a=1&b=2", &[]).await;
+    assert_eq!((x.as_str(), again.as_str()), ("HIT", first.as_str()));
+    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(seen.lock().unwrap()[0].0, "GET");
+    let (s, _, _) = proxy.get("/nothing", &[]).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_3_stale_responses_are_revalidated_with_the_origin() {
+    let redis = RedisServer::start();
+    let (upstream, calls, seen) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    let (_, x, first) = proxy.get("/etag", &[]).await;
+    assert_eq!((x.as_str(), first.as_str()), ("MISS", "etag 1"));
+    let (s, x, second) = proxy.get("/etag", &[]).await;
+    assert_eq!(
+        (s, x.as_str(), second.as_str()),
+        (200, "REVALIDATED", "etag 1")
+    );
+    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!(seen.lock().unwrap()[1].2["if-none-match"], "\"e1\"");
+    // The client's own validator: a 304 from the proxy.
+    let (s, _, body) = proxy.get("/etag", &[("if-none-match", "\"e1\"")]).await;
+    assert_eq!((s, body.as_str()), (304, ""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_1_variants_through_the_proxy() {
+    let redis = RedisServer::start();
+    let (upstream, calls, _) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    assert_eq!(
+        proxy.get("/vary", &[("accept-language", "en")]).await.2,
+        "en 1"
+    );
+    assert_eq!(
+        proxy.get("/vary", &[("accept-language", "de")]).await.2,
+        "de 2"
+    );
+    let (_, x, en) = proxy.get("/vary", &[("accept-language", "en")]).await;
+    assert_eq!((x.as_str(), en.as_str()), ("HIT", "en 1"));
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_4_a_post_through_the_proxy_invalidates_the_target() {
+    let redis = RedisServer::start();
+    let (upstream, calls, _) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    proxy.get("/fresh", &[]).await;
+    assert_eq!(proxy.get("/fresh", &[]).await.1, "HIT");
+    let (s, _, _) = proxy.send("POST", "/fresh", &[], "update").await;
+    assert_eq!(s, 200);
+    let (_, x, body) = proxy.get("/fresh", &[]).await;
+    assert_eq!((x.as_str(), body.as_str()), ("MISS", "fresh 3 /fresh"));
+    assert_eq!(calls.load(SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_headers_and_bodies_are_forwarded_faithfully_minus_hop_by_hop() {
+    let redis = RedisServer::start();
+    let (upstream, _, seen) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    let big = "x".repeat(300_000);
+    let (s, headers, body) = proxy
+        .send(
+            "PUT",
+            "/echo?q=1",
+            &[
+                ("x-custom", "kept"),
+                ("connection", "x-client-hop"),
+                ("x-client-hop", "dropped"),
+                ("content-type", "text/plain"),
+            ],
+            &big,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(body.len(), big.len(), "the body comes back whole");
+    assert_eq!(
+        headers.get("x-origin-hop"),
+        None,
+        "the origin's hop-by-hop headers stay behind"
+    );
+    let seen = seen.lock().unwrap();
+    let (method, target, h, received) = &seen[0];
+    assert_eq!((method.as_str(), target.as_str()), ("PUT", "/echo?q=1"));
+    assert_eq!(h["x-custom"], "kept");
+    assert_eq!(h["content-type"], "text/plain");
+    assert!(h.get("x-client-hop").is_none());
+    assert_eq!(received.len(), big.len());
+}
