@@ -237,7 +237,8 @@ impl CachePolicy {
         self
     }
 
-    /// A successful `POST`, `PUT`, `PATCH` or `DELETE` removes the stored
+    /// A successful request with an unsafe method (`POST`, `PUT`, `PATCH`,
+    /// `DELETE`, or any other not defined as safe) removes the stored
     /// response for its URI, and for its same-origin `Location` and
     /// `Content-Location` (RFC 9111 §4.4). Default: on in origin-driven mode,
     /// off in policy-driven mode (use the [`CacheHandle`](crate::CacheHandle)

@@ -33,6 +33,9 @@ pub(crate) struct CacheControl {
     pub(crate) min_fresh: Option<u64>,
     pub(crate) stale_while_revalidate: Option<u64>,
     pub(crate) stale_if_error: Option<u64>,
+    /// Header fields named by `no-cache="..."` or `private="..."`: not
+    /// stored.
+    pub(crate) omit: Vec<String>,
 }
 
 impl CacheControl {
@@ -74,11 +77,20 @@ impl CacheControl {
                 *slot = Some(v);
             }
         };
+        let fields = || {
+            value
+                .into_iter()
+                .flat_map(|v| v.split(','))
+                .map(|f| f.trim().to_ascii_lowercase())
+                .filter(|f| !f.is_empty())
+        };
         match name.to_ascii_lowercase().as_str() {
             "no-store" => self.no_store = true,
             // The qualified forms (`no-cache="set-cookie"`, `private="x"`)
-            // are read as the unqualified ones, which RFC 9111 allows and
-            // which never serves more than the origin meant.
+            // name header fields that must not be reused: they are left out
+            // of the stored response, which may be stored and reused.
+            "no-cache" if value.is_some() => self.omit.extend(fields()),
+            "private" if value.is_some() => self.omit.extend(fields()),
             "no-cache" => self.no_cache = true,
             "private" => self.private = true,
             "public" => self.public = true,
@@ -110,17 +122,20 @@ impl CacheControl {
 }
 
 /// Splits a `Cache-Control` line into `(name, value)` pairs; quoted values
-/// may hold commas and are unquoted.
+/// may hold commas and are unquoted. A directive with whitespace around its
+/// `=` is malformed and skipped.
 fn directives(line: &str) -> Vec<(&str, Option<&str>)> {
     let mut out = Vec::new();
     let mut rest = line;
     while !rest.is_empty() {
         let end = rest.find([',', '=']).unwrap_or(rest.len());
-        let name = rest[..end].trim();
+        let raw_name = &rest[..end];
+        let name = raw_name.trim();
         rest = &rest[end..];
         let mut value = None;
+        let mut malformed = false;
         if let Some(after) = rest.strip_prefix('=') {
-            let after = after.trim_start();
+            malformed = raw_name.ends_with([' ', '\t']) || after.starts_with([' ', '\t']);
             if let Some(quoted) = after.strip_prefix('"') {
                 let close = quoted.find('"').unwrap_or(quoted.len());
                 value = Some(&quoted[..close]);
@@ -133,20 +148,24 @@ fn directives(line: &str) -> Vec<(&str, Option<&str>)> {
             }
         }
         rest = rest.strip_prefix(',').unwrap_or(rest);
-        if !name.is_empty() {
+        if !name.is_empty() && !malformed {
             out.push((name, value));
         }
     }
     out
 }
 
-/// delta-seconds: digits only; anything else is `0`, a value too large is
-/// capped at 2^31.
+/// delta-seconds: the leading digits (`3600.5` is 3600); no digits is `0`,
+/// a value too large is capped at 2^31.
 fn parse_seconds(v: &str) -> u64 {
-    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+    let digits = v.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
         return 0;
     }
-    v.parse::<u64>().unwrap_or(MAX_DELTA).min(MAX_DELTA)
+    v[..digits]
+        .parse::<u64>()
+        .unwrap_or(MAX_DELTA)
+        .min(MAX_DELTA)
 }
 
 /// Why a response is never stored, whatever the route says: `Set-Cookie`
@@ -428,11 +447,21 @@ mod tests {
         let c = cc("Max-Age=60, s-maxage=\"30\", No-Store, no-cache=\"set-cookie, x\", private");
         assert_eq!(c.max_age, Some(60));
         assert_eq!(c.s_maxage, Some(30));
-        assert!(c.no_store && c.no_cache && c.private);
+        assert!(c.no_store && c.private);
+        assert!(!c.no_cache, "a qualified no-cache only omits fields");
+        assert_eq!(c.omit, ["set-cookie", "x"]);
         assert!(!c.public);
         assert_eq!(cc("max-age=1, max-age=99").max_age, Some(1));
         assert_eq!(cc("max-age=-1").max_age, Some(0));
-        assert_eq!(cc("max-age=1.5").max_age, Some(0));
+        assert_eq!(cc("max-age=1.5").max_age, Some(1));
+        assert_eq!(cc("max-age=003600").max_age, Some(3600));
+        assert_eq!(cc("max-age='3600'").max_age, Some(0));
+        assert_eq!(cc("max-age =3600").max_age, None);
+        assert_eq!(cc("max-age= 3600").max_age, None);
+        assert_eq!(cc("ext=\"max-age=3600\", max-age=1").max_age, Some(1));
+        let q = cc("no-cache=\"A, b\", private=\"c\", max-age=9");
+        assert!(!q.no_cache && !q.private);
+        assert_eq!(q.omit, ["a", "b", "c"]);
         assert_eq!(cc("max-age=99999999999999999999").max_age, Some(MAX_DELTA));
         assert_eq!(cc("max-stale").max_stale, Some(u64::MAX));
         assert_eq!(cc("max-stale=5").max_stale, Some(5));

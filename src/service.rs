@@ -148,10 +148,9 @@ struct UnsafeTargets {
 }
 
 fn unsafe_targets<B>(core: &CacheCore, req: &Request<B>) -> Option<UnsafeTargets> {
-    if !matches!(
-        *req.method(),
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    ) {
+    // Any method not defined as safe (RFC 9110 §9.2.1), extension
+    // methods included.
+    if req.method().is_safe() {
         return None;
     }
     let uri = req.uri();
@@ -896,9 +895,22 @@ where
                     });
                 }
             }
+            // `no-cache="field"` and `private="field"`: those fields are
+            // not stored.
+            let omitted;
+            let stored_headers = if cc.omit.is_empty() {
+                &parts.headers
+            } else {
+                let mut h = parts.headers.clone();
+                for name in &cc.omit {
+                    h.remove(name.as_str());
+                }
+                omitted = h;
+                &omitted
+            };
             let encoded = entry::encode_with(
                 parts.status,
-                &parts.headers,
+                stored_headers,
                 &bytes,
                 &lifetimes,
                 started.elapsed(),

@@ -355,6 +355,34 @@ async fn rfc9111_5_2_2_4_no_cache_response_is_revalidated_every_time(b: Backend)
     );
 }
 
+async fn rfc9111_5_2_2_4_qualified_no_cache_leaves_the_named_fields_out(b: Backend) {
+    let c = cache(&b, origin_driven(), |_, n| {
+        reply(
+            &[
+                (
+                    "cache-control",
+                    "max-age=60, no-cache=\"x-user\", private=\"x-secret\"",
+                ),
+                ("x-user", "alice"),
+                ("x-secret", "s"),
+                ("x-shared", "yes"),
+            ],
+            format!("call {n}"),
+        )
+    })
+    .await;
+    let miss = c.get("/q", &[]).await;
+    assert_eq!(
+        miss.header("x-user"),
+        Some("alice"),
+        "the client that caused it gets them"
+    );
+    let hit = c.get("/q", &[]).await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert_eq!((hit.header("x-user"), hit.header("x-secret")), (None, None));
+    assert_eq!(hit.header("x-shared"), Some("yes"));
+}
+
 async fn rfc9111_5_2_2_2_must_revalidate_forbids_serving_stale(b: Backend) {
     let policy = origin_driven()
         .stale_while_revalidate(Duration::from_secs(60))
@@ -810,7 +838,7 @@ async fn rfc9111_4_4_unsafe_methods_invalidate_target_and_same_origin_locations(
         }
     })
     .await;
-    for path in ["/items", "/items/1", "/other", "/fail"] {
+    for path in ["/items", "/items/1", "/other", "/fail", "/ext"] {
         c.get(path, &[]).await;
         assert_eq!(c.get(path, &[]).await.x_cache(), "HIT");
     }
@@ -828,6 +856,12 @@ async fn rfc9111_4_4_unsafe_methods_invalidate_target_and_same_origin_locations(
         c.get("/other", &[]).await.x_cache(),
         "HIT",
         "another origin is not ours"
+    );
+    c.send(req("M-SEARCH", "/ext", &[])).await;
+    assert_eq!(
+        c.get("/ext", &[]).await.x_cache(),
+        "MISS",
+        "any unsafe method"
     );
     c.send(req("DELETE", "/fail", &[])).await;
     assert_eq!(
@@ -1013,6 +1047,7 @@ on_both_stores!(
     rfc9110_6_6_1_date_is_kept_and_added_when_missing,
     rfc9111_3_policy_driven_ttl_may_be_shortened_by_max_age,
     rfc9111_5_2_2_4_no_cache_response_is_revalidated_every_time,
+    rfc9111_5_2_2_4_qualified_no_cache_leaves_the_named_fields_out,
     rfc9111_5_2_2_2_must_revalidate_forbids_serving_stale,
     rfc5861_stale_while_revalidate_from_the_response,
     rfc9111_3_no_store_private_and_set_cookie_are_never_stored,
