@@ -111,13 +111,25 @@ impl CacheHandle {
         Self { core }
     }
 
+    /// The origin part of the key for `uri` (with `key_host`/`key_scheme`,
+    /// from the URI itself: pass absolute URIs then).
+    fn origin(&self, uri: &Uri) -> String {
+        self.core
+            .settings
+            .origin_key
+            .of(uri, &http::HeaderMap::new())
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> CacheStats {
         self.core.stats()
     }
 
     /// The key under which a GET of `uri` is stored, as the layer derives it
-    /// (useful with `redis-cli`). `None` when the route is not cached.
+    /// (useful with `redis-cli`). `None` when the route is not cached. With
+    /// [`key_host`](crate::RedisCacheLayerBuilder::key_host) on, pass an
+    /// absolute URI (`http://shop.example/products/7`): the host is part of
+    /// the key.
     pub fn key_for(&self, method: &Method, uri: &Uri) -> Option<String> {
         let rule = self.core.policies.lookup(None, uri.path()).as_ref()?;
         let method = if method == Method::HEAD {
@@ -125,11 +137,13 @@ impl CacheHandle {
         } else {
             method
         };
-        Some(
-            self.core
-                .keys
-                .entry_key(&rule.namespace, method, uri.path(), uri.query()),
-        )
+        Some(self.core.keys.entry_key_at(
+            &rule.namespace,
+            method,
+            &self.origin(uri),
+            uri.path(),
+            uri.query(),
+        ))
     }
 
     /// Removes the one entry for `method` and `uri` (query order does not
@@ -237,10 +251,13 @@ impl CacheHandle {
                     "response for {uri} has a header value that is not text"
                 ))
             })?;
-            let key =
-                self.core
-                    .keys
-                    .entry_key(&rule.namespace, &Method::GET, uri.path(), uri.query());
+            let key = self.core.keys.entry_key_at(
+                &rule.namespace,
+                &Method::GET,
+                &self.origin(&uri),
+                uri.path(),
+                uri.query(),
+            );
             writes.push(Write {
                 key,
                 value,

@@ -11,6 +11,14 @@
 //! the request goes to your service (fail-open, behind a circuit breaker): the
 //! cache never turns into an error page.
 //!
+//! HTTP semantics follow RFC 9111: `no-store`, `private` and `Set-Cookie`
+//! responses are never stored, `Vary` selects variants, `ETag` and
+//! `Last-Modified` answer conditional requests with `304`, stale entries are
+//! revalidated, and request directives are honoured. Freshness comes from
+//! each route's TTL ([`FreshnessMode::PolicyDriven`], the default) or from the
+//! response as a shared cache computes it ([`FreshnessMode::OriginDriven`],
+//! for a cache in front of any origin; see `examples/reverse_proxy.rs`).
+//!
 //! Stores: [`store::RedisStore`] (standalone or Cluster),
 //! [`store::TieredStore`] (an in-process tier in front of Redis, coherent
 //! through client tracking) and [`store::MemoryStore`] (the default when no
@@ -44,7 +52,7 @@
 //! ```
 //!
 //! The guide in the repository's `docs/` folder covers keys, policies,
-//! invalidation, failure behaviour and operations.
+//! HTTP semantics, security, invalidation, failure behaviour and operations.
 //!
 //! # Features
 //!
@@ -82,7 +90,7 @@ pub use {
     future::ResponseFuture,
     handle::{CacheHandle, CacheStats, NamespaceBump},
     layer::{RedisCacheLayer, RedisCacheLayerBuilder},
-    policy::CachePolicy,
+    policy::{CachePolicy, FreshnessMode},
     service::CacheService,
     tags::CacheTags,
 };

@@ -296,9 +296,8 @@ struct Plan {
     rule: Arc<Resolved>,
     /// The key of the URI: where the response, or its `Vary` marker, lives.
     primary: String,
-    /// The key of this request's entry: `primary`, or a variant key once a
-    /// `Vary` marker was found.
-    key: String,
+    /// The variant key, once a `Vary` marker was found at `primary`.
+    variant: Option<String>,
     /// The `Vary` marker found at `primary`.
     marker: Option<Arc<Marker>>,
     head: bool,
@@ -353,14 +352,22 @@ fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
         uri.query(),
     );
     Some(Plan {
-        primary: key.clone(),
-        key,
+        primary: key,
+        variant: None,
         marker: None,
         rule: rule.clone(),
         head,
         cc,
         authorized: !rule.allow_authorization && headers.contains_key(AUTHORIZATION),
     })
+}
+
+impl Plan {
+    /// The key of this request's entry: the variant key once a `Vary`
+    /// marker was found, else the URI's key.
+    fn key(&self) -> &str {
+        self.variant.as_deref().unwrap_or(&self.primary)
+    }
 }
 
 /// What a stored entry is good for, for this request.
@@ -437,13 +444,13 @@ where
     ResBody::Error: Send + 'static,
 {
     let gen_key = &plan.rule.generation_key;
-    let mut found = core.lookup(&plan.key, gen_key).await;
+    let mut found = core.lookup(plan.key(), gen_key).await;
     if let Lookup::Found { entry, .. } = &found {
         if let Some(marker) = entry.marker.clone() {
             // A response with `Vary`: one more round trip for the variant.
-            plan.key = variant_key(&plan.primary, &marker, req.headers());
+            plan.variant = Some(variant_key(&plan.primary, &marker, req.headers()));
             plan.marker = Some(marker);
-            found = core.lookup(&plan.key, gen_key).await;
+            found = core.lookup(plan.key(), gen_key).await;
         }
     }
     let (stale, generation) = match found {
@@ -513,7 +520,7 @@ where
     // shared, or is another variant) goes straight to the service.
     let mut released = false;
     let guard = if core.settings.single_flight {
-        match core.flights.join(&plan.key) {
+        match core.flights.join(plan.key()) {
             Join::Leader(guard) => Some(guard),
             Join::Follower(slot) => {
                 match Flights::wait(slot, core.settings.coalesce_timeout).await {
@@ -535,13 +542,13 @@ where
     // One instance per key goes on; the others wait for its entry.
     let mut lock = None;
     if generation.is_some() && !released && core.settings.distributed_lock {
-        let lock_key = core.keys.lock_key(&plan.rule.namespace, &plan.key);
+        let lock_key = core.keys.lock_key(&plan.rule.namespace, plan.key());
         // A request revalidating what it found counts only an entry stored
         // after that one.
         let replaces = stale.as_ref().map(|e| e.stored_at_ms);
         match core
             .coalesce(
-                &plan.key,
+                plan.key(),
                 &lock_key,
                 &plan.rule.generation_key,
                 true,
@@ -645,7 +652,7 @@ where
         return Ok(answer);
     }
     bump(&core.counters.stale);
-    tracing::debug!(key = %plan.key, "service failed; serving the stale entry");
+    tracing::debug!(key = %plan.key(), "service failed; serving the stale entry");
     let response = cached_response(core, stale.clone(), plan.head, STALE);
     let shared = Shared {
         entry: stale,
@@ -969,16 +976,16 @@ fn refresh_in_background<S, ReqBody, ResBody>(
     ReqBody: Send + 'static,
     ResBody: CachedBody,
 {
-    let Join::Leader(guard) = core.flights.join(&plan.key) else {
+    let Join::Leader(guard) = core.flights.join(plan.key()) else {
         return; // already being refreshed here
     };
     tokio::spawn(async move {
         let mut lock = None;
         if core.settings.distributed_lock {
-            let lock_key = core.keys.lock_key(&plan.rule.namespace, &plan.key);
+            let lock_key = core.keys.lock_key(&plan.rule.namespace, plan.key());
             match core
                 .coalesce(
-                    &plan.key,
+                    plan.key(),
                     &lock_key,
                     &plan.rule.generation_key,
                     false,

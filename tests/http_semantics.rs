@@ -931,6 +931,17 @@ async fn the_host_is_in_the_key_only_when_configured_and_forwarding_headers_are_
         (poisoned.x_cache(), poisoned.body.as_str()),
         ("HIT", "a.example")
     );
+    // The handle takes absolute URIs when the host is keyed.
+    let uri: http::Uri = "http://a.example/k".parse().unwrap();
+    assert_eq!(
+        c.handle.invalidate(&http::Method::GET, &uri).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        c.get("/k", &[("host", "a.example")]).await.x_cache(),
+        "MISS"
+    );
+    assert_eq!(c.get("/k", &[("host", "b.example")]).await.x_cache(), "HIT");
 }
 
 // ---------------------------------------------------------------- bodies
