@@ -89,6 +89,7 @@ impl Breaker {
                 if probe {
                     self.since_ms.store(now, Relaxed);
                     self.probes.fetch_add(1, Relaxed);
+                    crate::metrics::breaker(BreakerState::HalfOpen, false);
                     tracing::info!("cache store circuit half-open: probing the store");
                 }
                 probe
@@ -109,6 +110,7 @@ impl Breaker {
         self.failures.store(0, Relaxed);
         if self.state.load(Relaxed) != CLOSED && self.state.swap(CLOSED, Relaxed) != CLOSED {
             self.recoveries.fetch_add(1, Relaxed);
+            crate::metrics::breaker(BreakerState::Closed, false);
             tracing::info!("cache store circuit closed: the store answers again");
         }
     }
@@ -125,6 +127,7 @@ impl Breaker {
             {
                 self.since_ms.store(self.now_ms(), Relaxed);
                 self.trips.fetch_add(1, Relaxed);
+                crate::metrics::breaker(BreakerState::Open, true);
                 tracing::warn!("cache store probe failed: circuit open again");
             }
             return;
@@ -138,6 +141,7 @@ impl Breaker {
         {
             self.since_ms.store(self.now_ms(), Relaxed);
             self.trips.fetch_add(1, Relaxed);
+            crate::metrics::breaker(BreakerState::Open, true);
             tracing::warn!(
                 failures,
                 cooldown_ms = self.cooldown_ms,

@@ -160,6 +160,11 @@ impl CacheCore {
             return Err(StoreError::CircuitOpen);
         }
         let budget = self.settings.budget;
+        let clock = if tracing::enabled!(tracing::Level::TRACE) {
+            Some(Instant::now())
+        } else {
+            crate::metrics::start()
+        };
         let mut call = call;
         // A store that answers at once (the in-process tier, the memory
         // store) needs no timer.
@@ -169,6 +174,16 @@ impl CacheCore {
                 .await
                 .unwrap_or(Err(StoreError::Timeout(budget))),
         };
+        if let Some(clock) = clock {
+            let took = clock.elapsed();
+            crate::metrics::store_call(op, took, result.is_ok());
+            tracing::trace!(
+                op,
+                took_us = took.as_micros() as u64,
+                ok = result.is_ok(),
+                "store call"
+            );
+        }
         match &result {
             Ok(_) => {
                 self.breaker.record_success();
@@ -304,5 +319,6 @@ impl CacheCore {
         let bytes: usize = writes.iter().map(|w| w.value.len()).sum();
         self.counters.stores.fetch_add(writes.len() as u64, Relaxed);
         self.counters.bytes_stored.fetch_add(bytes as u64, Relaxed);
+        crate::metrics::stored(writes.len(), bytes);
     }
 }

@@ -59,6 +59,13 @@
 //! - `axum` (default): per-route policies through axum's `MatchedPath`, and
 //!   [`CacheHandle`] as an extractor.
 //! - `tls`: `rediss://` URLs (rustls).
+//! - `l1` (default): [`store::TieredStore`], the in-process tier in front of
+//!   Redis, kept coherent across instances by Redis client tracking.
+//! - `metrics`: counters, a gauge and histograms through the
+//!   [`metrics`](https://docs.rs/metrics) facade (`http_cache_requests_total`
+//!   by outcome, store latency and errors by operation, bytes stored, breaker
+//!   state); install any `metrics` exporter (Prometheus, StatsD...) to read
+//!   them. [`CacheHandle::stats`] has the same numbers without the feature.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 #![deny(unsafe_code)]
@@ -74,6 +81,7 @@ mod handle;
 mod jitter;
 mod key;
 mod layer;
+mod metrics;
 mod policy;
 mod semantics;
 mod service;

@@ -132,7 +132,13 @@ where
         // (not yet ready) stays for the next poll_ready.
         let clone = self.inner.clone();
         let inner = mem::replace(&mut self.inner, clone);
-        ResponseFuture::cache(Box::pin(serve(self.core.clone(), inner, req, plan)))
+        let span = tracing::debug_span!(
+            "http_cache",
+            method = %req.method(),
+            key = %plan.key(),
+        );
+        let serve = serve(self.core.clone(), inner, req, plan);
+        ResponseFuture::cache(Box::pin(tracing::Instrument::instrument(serve, span)))
     }
 }
 
@@ -944,6 +950,7 @@ where
                 && semantics::not_modified(&conditionals, &parts.headers, response_ms)
             {
                 bump(&core.counters.not_modified);
+                crate::metrics::not_modified();
                 let mut response = not_modified_response(&parts.headers);
                 mark(status_header, response.headers_mut(), outcome);
                 return Ok((response, shared));
@@ -1047,6 +1054,7 @@ fn answer<B: Body>(
         && semantics::not_modified(request, &entry.headers, entry.stored_at_ms)
     {
         bump(&core.counters.not_modified);
+        crate::metrics::not_modified();
         let age = entry.age_secs(entry::now_ms());
         let mut response = not_modified_response(&entry.headers);
         let headers = response.headers_mut();
@@ -1087,6 +1095,8 @@ fn age_value(age: u64) -> HeaderValue {
 
 /// Sets the cache-status header (when enabled).
 pub(crate) fn mark(name: Option<&HeaderName>, headers: &mut HeaderMap, outcome: &'static str) {
+    crate::metrics::request(outcome);
+    tracing::debug!(outcome, "cache outcome");
     if let Some(name) = name {
         headers.insert(name.clone(), HeaderValue::from_static(outcome));
     }

@@ -1,4 +1,5 @@
 //! The products example's routes end to end, on a real Redis.
+#![cfg(all(feature = "axum", feature = "l1"))]
 
 mod support;
 

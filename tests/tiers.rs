@@ -1,5 +1,6 @@
 //! The in-process L1 tier, kept coherent by Redis client tracking, with two
 //! instances sharing one Redis (standalone and cluster).
+#![cfg(feature = "l1")]
 
 mod support;
 

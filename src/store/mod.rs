@@ -12,12 +12,15 @@ use crate::{entry::Entry, error::StoreError};
 
 mod memory;
 mod redis;
+#[cfg(feature = "l1")]
 mod tiered;
 
+#[cfg(feature = "l1")]
+#[cfg_attr(docsrs, doc(cfg(feature = "l1")))]
+pub use self::tiered::{LocalTier, TieredStore};
 pub use self::{
     memory::MemoryStore,
     redis::{RedisStore, RedisStoreBuilder},
-    tiered::{LocalTier, TieredStore},
 };
 
 /// A boxed, `Send` future, as returned by [`Store`] methods.

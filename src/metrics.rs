@@ -1,0 +1,88 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (feature
+//! `metrics`); without the feature every function here is empty and
+//! compiles away.
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `http_cache_requests_total` | counter | `outcome`: `HIT`, `MISS`, `STALE`, `REVALIDATED`, `BYPASS` |
+//! | `http_cache_not_modified_total` | counter | |
+//! | `http_cache_store_duration_seconds` | histogram | `op`: `fetch`, `lock`, `put`, `delete`, `unlock` |
+//! | `http_cache_store_errors_total` | counter | `op` |
+//! | `http_cache_stored_entries_total` | counter | |
+//! | `http_cache_stored_bytes_total` | counter | |
+//! | `http_cache_breaker_state` | gauge | 0 closed, 1 half-open, 2 open |
+//! | `http_cache_breaker_trips_total` | counter | |
+
+#[cfg(feature = "metrics")]
+mod enabled {
+    use std::time::Duration;
+
+    use crate::BreakerState;
+
+    pub(crate) fn request(outcome: &'static str) {
+        metrics::counter!("http_cache_requests_total", "outcome" => outcome).increment(1);
+    }
+
+    pub(crate) fn not_modified() {
+        metrics::counter!("http_cache_not_modified_total").increment(1);
+    }
+
+    pub(crate) fn store_call(op: &'static str, took: Duration, ok: bool) {
+        metrics::histogram!("http_cache_store_duration_seconds", "op" => op)
+            .record(took.as_secs_f64());
+        if !ok {
+            metrics::counter!("http_cache_store_errors_total", "op" => op).increment(1);
+        }
+    }
+
+    pub(crate) fn stored(entries: usize, bytes: usize) {
+        metrics::counter!("http_cache_stored_entries_total").increment(entries as u64);
+        metrics::counter!("http_cache_stored_bytes_total").increment(bytes as u64);
+    }
+
+    pub(crate) fn breaker(state: BreakerState, tripped: bool) {
+        let value = match state {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
+        };
+        metrics::gauge!("http_cache_breaker_state").set(value);
+        if tripped {
+            metrics::counter!("http_cache_breaker_trips_total").increment(1);
+        }
+    }
+
+    /// A clock for store latency, read only when metrics are on.
+    pub(crate) fn start() -> Option<std::time::Instant> {
+        Some(std::time::Instant::now())
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+mod enabled {
+    use std::time::Duration;
+
+    use crate::BreakerState;
+
+    #[inline(always)]
+    pub(crate) fn request(_: &'static str) {}
+
+    #[inline(always)]
+    pub(crate) fn not_modified() {}
+
+    #[inline(always)]
+    pub(crate) fn store_call(_: &'static str, _: Duration, _: bool) {}
+
+    #[inline(always)]
+    pub(crate) fn stored(_: usize, _: usize) {}
+
+    #[inline(always)]
+    pub(crate) fn breaker(_: BreakerState, _: bool) {}
+
+    #[inline(always)]
+    pub(crate) fn start() -> Option<std::time::Instant> {
+        None
+    }
+}
+
+pub(crate) use enabled::*;
