@@ -142,6 +142,17 @@ where
     }
 }
 
+/// The key of the stored response for `GET uri` under `rule`.
+fn uri_key(core: &CacheCore, rule: &Resolved, origin: &str, uri: &http::Uri) -> String {
+    core.keys.entry_key_at(
+        &rule.namespace,
+        &Method::GET,
+        origin,
+        uri.path(),
+        uri.query(),
+    )
+}
+
 /// What a request with an unsafe method may invalidate (RFC 9111 §4.4): its
 /// target's key, and the origin and base path to resolve `Location` and
 /// `Content-Location` against. `None` when the method is safe or the route
@@ -166,13 +177,7 @@ fn unsafe_targets<B>(core: &CacheCore, req: &Request<B>) -> Option<UnsafeTargets
         .as_ref()
         .filter(|r| r.http.invalidate_on_unsafe)?;
     let origin = core.settings.origin_key.of(uri, req.headers());
-    let key = core.keys.entry_key_at(
-        &rule.namespace,
-        &Method::GET,
-        &origin,
-        uri.path(),
-        uri.query(),
-    );
+    let key = uri_key(core, rule, &origin, uri);
     let authority = uri
         .authority()
         .map(|a| a.as_str().to_ascii_lowercase())
@@ -218,13 +223,9 @@ where
                 continue;
             };
             if let Some(rule) = core.policies.lookup(None, uri.path()).as_ref() {
-                targets.keys.push(core.keys.entry_key_at(
-                    &rule.namespace,
-                    &Method::GET,
-                    &targets.origin,
-                    uri.path(),
-                    uri.query(),
-                ));
+                targets
+                    .keys
+                    .push(uri_key(&core, rule, &targets.origin, &uri));
             }
         }
         targets.keys.dedup();
@@ -349,14 +350,7 @@ fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
             ..CacheControl::default()
         }
     };
-    let origin = core.settings.origin_key.of(uri, headers);
-    let key = core.keys.entry_key_at(
-        &rule.namespace,
-        &Method::GET,
-        &origin,
-        uri.path(),
-        uri.query(),
-    );
+    let key = uri_key(core, rule, &core.settings.origin_key.of(uri, headers), uri);
     Some(Plan {
         primary: key,
         variant: None,
