@@ -1,0 +1,97 @@
+//! The in-process hit path, for instruction counts: `N` requests through one
+//! service on a current-thread runtime, with no network and no clock in the
+//! loop, so `valgrind --tool=callgrind` counts the same instructions on every
+//! run whatever else the machine is doing.
+//!
+//! ```text
+//! cargo bench --bench hitpath --no-run
+//! HITPATH=floor valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/deps/hitpath-*
+//! HITPATH=layer valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/deps/hitpath-*
+//! ```
+//!
+//! `floor` is a plain handler returning the 200 B body; `layer` is the same
+//! handler behind the layer on the in-memory store, every request a hit.
+//! Subtract a run with `HITPATH_N=0` from each to leave out start-up, and
+//! divide by `N` (default 20 000). Without valgrind it prints the time per
+//! request, which is only a rough guide.
+
+use std::{convert::Infallible, time::Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceExt};
+use tower_redis_cache::RedisCacheLayer;
+
+const BODY: &[u8] = br#"{"id":"42","name":"Product 42","category":"electronics","price":299.99,"in_stock":true,"created_at":"2025-01-01T00:00:00Z","tags":["a","b","c"],"rating":4.5,"reviews":1234,"sku":"SKU-000042-XYZ"}"#;
+
+async fn handler(_: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(BODY)))
+        .expect("a valid response"))
+}
+
+async fn drive<S, B>(mut svc: S, n: usize) -> usize
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let mut bytes = 0;
+    for _ in 0..n {
+        let req = Request::get("/products/42")
+            .body(Full::default())
+            .expect("a request");
+        let res = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(req)
+            .await
+            .expect("a response");
+        bytes += res
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes()
+            .len();
+    }
+    bytes
+}
+
+fn main() {
+    let mode = std::env::var("HITPATH").unwrap_or_else(|_| "layer".into());
+    let n: usize = std::env::var("HITPATH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let started = Instant::now();
+        let bytes = match mode.as_str() {
+            "floor" => drive(tower::service_fn(handler), n).await,
+            _ => {
+                let layer = RedisCacheLayer::builder()
+                    .prefix("hitpath")
+                    .build()
+                    .expect("a layer");
+                let svc = tower::ServiceBuilder::new()
+                    .layer(layer)
+                    .service(tower::service_fn(handler));
+                // The first request stores the entry; the rest are hits.
+                drive(svc.clone(), 1).await + drive(svc, n).await
+            }
+        };
+        let took = started.elapsed();
+        println!(
+            "{mode}: {n} requests, {bytes} body bytes, {:.0} ns per request",
+            took.as_nanos() as f64 / n.max(1) as f64
+        );
+    });
+}
