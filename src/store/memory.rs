@@ -36,6 +36,8 @@ pub struct MemoryStore {
 #[derive(Clone)]
 struct Value {
     bytes: Bytes,
+    /// Decoded once when written, so a hit does not parse the entry again.
+    decoded: Option<Arc<crate::entry::Entry>>,
     ttl: Duration,
 }
 
@@ -103,10 +105,12 @@ impl Store for MemoryStore {
         key: &'a str,
         generation_key: &'a str,
     ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
-        let fetched = Fetched::new(
-            self.entries.get(key).map(|v| v.bytes),
-            self.generation_now(generation_key),
-        );
+        let (value, decoded) = match self.entries.get(key) {
+            Some(v) => (Some(v.bytes), v.decoded),
+            None => (None, None),
+        };
+        let mut fetched = Fetched::new(value, self.generation_now(generation_key));
+        fetched.decoded = decoded;
         Box::pin(std::future::ready(Ok(fetched)))
     }
 
@@ -114,6 +118,7 @@ impl Store for MemoryStore {
         for w in writes {
             let value = Value {
                 bytes: w.value.clone(),
+                decoded: crate::entry::decode(&w.value).map(Arc::new),
                 ttl: w.ttl,
             };
             self.entries.insert(w.key.clone(), value);
