@@ -138,7 +138,13 @@ where
             key = %plan.key(),
         );
         let serve = serve(self.core.clone(), inner, req, plan);
-        ResponseFuture::cache(Box::pin(tracing::Instrument::instrument(serve, span)))
+        // Wrapping the future in a span moves it; skip that when nobody
+        // listens at debug level.
+        if span.is_disabled() {
+            ResponseFuture::cache(Box::pin(serve))
+        } else {
+            ResponseFuture::cache(Box::pin(tracing::Instrument::instrument(serve, span)))
+        }
     }
 }
 
@@ -480,10 +486,9 @@ where
                             (STALE, false)
                         }
                     };
-                    let response = answer(&core, entry.clone(), req.headers(), plan.head, outcome);
+                    let replaces = entry.stored_at_ms;
+                    let response = answer(&core, entry, req.headers(), plan.head, outcome);
                     if refresh {
-                        let replaces = entry.stored_at_ms;
-                        let plan = plan.clone();
                         refresh_in_background(core, inner, req, plan, generation, replaces);
                     }
                     return Ok(response);
@@ -493,6 +498,27 @@ where
         Lookup::Found { generation, .. } | Lookup::Miss { generation } => (None, Some(generation)),
         Lookup::Failed => (None, None),
     };
+    // Boxed on its own: the hit path above stays a small future that is
+    // cheap to create and move.
+    Box::pin(miss(core, inner, req, plan, stale, generation)).await
+}
+
+/// The rest of a request that found nothing it may serve: single-flight in
+/// this process, the cross-instance lock, and the service (revalidating
+/// `stale` when it has validators).
+async fn miss<S, ReqBody, ResBody>(
+    core: Arc<CacheCore>,
+    inner: S,
+    req: Request<ReqBody>,
+    plan: Plan,
+    stale: Option<Entry>,
+    generation: Option<u64>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Inner<ReqBody, ResBody>,
+    ReqBody: Send + 'static,
+    ResBody: CachedBody,
+{
     if plan.cc.only_if_cached {
         // RFC 9111 §5.2.1.7: nothing usable is stored, and the client does
         // not want the origin asked.
