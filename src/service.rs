@@ -487,7 +487,7 @@ where
                         }
                     };
                     let replaces = entry.stored_at_ms;
-                    let response = answer(&core, entry, req.headers(), plan.head, outcome);
+                    let response = answer(&core, entry, req.headers(), plan.head, outcome, now);
                     if refresh {
                         refresh_in_background(core, inner, req, plan, generation, replaces);
                     }
@@ -553,7 +553,15 @@ where
                     Some(shared) if answers(&shared.entry, req.headers(), &plan) => {
                         bump(&core.counters.coalesced);
                         let entry = shared.entry.clone();
-                        return Ok(answer(&core, entry, req.headers(), false, shared.outcome));
+                        let now = entry::now_ms();
+                        return Ok(answer(
+                            &core,
+                            entry,
+                            req.headers(),
+                            false,
+                            shared.outcome,
+                            now,
+                        ));
                     }
                     _ => {}
                 }
@@ -584,7 +592,8 @@ where
         {
             Coalesced::Entry(entry) if answers(&entry, req.headers(), &plan) => {
                 bump(&core.counters.coalesced);
-                let response = answer(&core, entry.clone(), req.headers(), false, HIT);
+                let now = entry::now_ms();
+                let response = answer(&core, entry.clone(), req.headers(), false, HIT, now);
                 if let Some(guard) = guard {
                     guard.publish(Shared {
                         entry,
@@ -679,7 +688,7 @@ where
     }
     bump(&core.counters.stale);
     tracing::debug!(key = %plan.key(), "service failed; serving the stale entry");
-    let response = cached_response(core, stale.clone(), plan.head, STALE);
+    let response = cached_response(core, stale.clone(), plan.head, STALE, now);
     let shared = Shared {
         entry: stale,
         outcome: STALE,
@@ -1038,13 +1047,16 @@ fn refresh_in_background<S, ReqBody, ResBody>(
     });
 }
 
+/// A stored entry as a response; `now` (milliseconds since the epoch) gives
+/// its `age`.
 fn cached_response<B: Body>(
     core: &CacheCore,
     entry: Entry,
     head: bool,
     outcome: &'static str,
+    now: u64,
 ) -> Response<CacheBody<B>> {
-    let age = entry.age_secs(entry::now_ms());
+    let age = entry.age_secs(now);
     let body = if head {
         CacheBody::empty()
     } else {
@@ -1068,6 +1080,7 @@ fn answer<B: Body>(
     request: &HeaderMap,
     head: bool,
     outcome: &'static str,
+    now: u64,
 ) -> Response<CacheBody<B>> {
     if entry.status == StatusCode::OK
         && semantics::is_conditional(request)
@@ -1075,14 +1088,14 @@ fn answer<B: Body>(
     {
         bump(&core.counters.not_modified);
         crate::metrics::not_modified();
-        let age = entry.age_secs(entry::now_ms());
+        let age = entry.age_secs(now);
         let mut response = not_modified_response(&entry.headers);
         let headers = response.headers_mut();
         headers.insert(AGE, age_value(age));
         mark(core.settings.status_header.as_ref(), headers, outcome);
         return response;
     }
-    cached_response(core, entry, head, outcome)
+    cached_response(core, entry, head, outcome, now)
 }
 
 /// A `304` with the headers RFC 9110 §15.4.5 asks for, from `stored`.

@@ -79,6 +79,9 @@ impl MemoryStore {
 
     fn generation_now(&self, key: &str) -> u64 {
         let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        if generations.is_empty() {
+            return 0; // no namespace was ever bumped: skip hashing the key
+        }
         generations.get(key).copied().unwrap_or(0)
     }
 }
