@@ -54,11 +54,21 @@ impl Node {
             dir,
             cluster,
         };
-        node.spawn();
-        node
+        // A port found free can be taken before redis-server binds it (by
+        // an outgoing connection's ephemeral port, or another test): then
+        // the server exits at once, and the next free port is tried.
+        for _ in 0..5 {
+            if node.spawn() {
+                return node;
+            }
+            node.port = free_port();
+        }
+        panic!("redis-server could not bind a free loopback port in 5 tries");
     }
 
-    fn spawn(&mut self) {
+    /// Starts redis-server on `self.port` and waits until it answers.
+    /// `false` when it exited first (the port was taken).
+    fn spawn(&mut self) -> bool {
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -93,11 +103,22 @@ impl Node {
             ),
             Err(e) => panic!("cannot start redis-server: {e}"),
         };
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.command("PING").starts_with("+PONG") {
-                return;
+            if let Some(child) = self.child.as_mut() {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    self.child = None;
+                    return false;
+                }
+            }
+            // Ours, not another server that holds the port.
+            if self
+                .command("INFO server")
+                .contains(&format!("process_id:{pid}\r"))
+            {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -224,7 +245,11 @@ impl RedisServer {
     /// Starts the standalone server again on the same port (empty).
     pub fn restart(&mut self) {
         self.stop();
-        self.nodes[0].spawn();
+        assert!(
+            self.nodes[0].spawn(),
+            "redis-server could not bind port {} again",
+            self.nodes[0].port
+        );
     }
 
     /// A store connected to this server.
