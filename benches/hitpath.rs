@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `floor` is a plain handler returning the 200 B body; `layer` is the same
-//! handler behind the layer on the in-memory store, every request a hit.
+//! handler behind the layer on the in-memory store, every request a hit;
+//! `decode` decodes a stored 200 B entry (what a hit on Redis adds).
 //! Subtract a run with `HITPATH_N=0` from each to leave out start-up, and
 //! divide by `N` (default 20 000). Without valgrind it prints the time per
 //! request, which is only a rough guide.
@@ -76,6 +77,20 @@ fn main() {
         let started = Instant::now();
         let bytes = match mode.as_str() {
             "floor" => drive(tower::service_fn(handler), n).await,
+            "decode" => {
+                use tower_redis_cache::__bench::{decode, encode};
+                let mut headers = http::HeaderMap::new();
+                headers.insert("content-type", "application/json".parse().expect("a value"));
+                headers.insert(
+                    "date",
+                    "Wed, 25 Nov 2026 20:00:00 GMT".parse().expect("a value"),
+                );
+                headers.insert("etag", "\"8a4f0c2e\"".parse().expect("a value"));
+                let value = encode(&headers, BODY);
+                (0..n)
+                    .map(|_| decode(std::hint::black_box(&value)).unwrap_or(0))
+                    .sum()
+            }
             _ => {
                 let layer = RedisCacheLayer::builder()
                     .prefix("hitpath")

@@ -1,22 +1,31 @@
 //! The stored form of a response.
 //!
-//! Layout: the 4-byte magic `TRC` + format version, a big-endian `u32` length,
-//! that many bytes of JSON metadata (status, headers, stored-at, TTL, namespace
-//! generation), then the raw body bytes (no base64). Decoding checks every part
-//! and returns `None` for anything unexpected: a value that does not decode is a
-//! miss, never a panic.
+//! Layout (format 2): the 4-byte magic `TRC` + format version, a big-endian
+//! `u32` length, that many bytes of metadata, then the raw body bytes (no
+//! base64). The metadata is binary:
+//!
+//! - the status as a big-endian `u16`;
+//! - stored-at, fresh-for, stale-while-revalidate, stale-if-error, kept-for,
+//!   origin time, namespace generation and initial age, as LEB128 varints
+//!   (milliseconds, or a plain number);
+//! - a flags byte: must-revalidate, shared, has a variant id, is a `Vary`
+//!   marker;
+//! - the variant id, then the marker (names, nonce), each string a `u16`
+//!   length and its bytes;
+//! - a `u16` header count, then each header as a `u16` name length, the name,
+//!   a `u32` value length and the value.
+//!
+//! Format 1 (JSON metadata) entries are misses, as any value of another format
+//! is. Decoding checks every part and returns `None` for anything unexpected:
+//! a value that does not decode is a miss, never a panic.
 
-use std::{
-    borrow::Cow,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 3] = b"TRC";
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 const HEAD_LEN: usize = MAGIC.len() + 1 + 4;
 
 /// Headers recomputed when served, or never shared; not stored. Hop-by-hop
@@ -27,11 +36,9 @@ const NOT_STORED: [HeaderName; 3] = [header::CONTENT_LENGTH, header::AGE, header
 /// that select a variant, and the nonce that names this set of variants (a
 /// new nonce on every change of `Vary` or after an invalidation, so variants
 /// written before can never be selected again).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Marker {
-    #[serde(rename = "n")]
     pub(crate) names: Vec<String>,
-    #[serde(rename = "i")]
     pub(crate) nonce: String,
 }
 
@@ -49,86 +56,6 @@ pub(crate) struct Extra {
     pub(crate) variant: Option<String>,
     /// Set on the marker stored at the primary key of a varying response.
     pub(crate) marker: Option<Marker>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Meta<'a> {
-    /// Status code.
-    s: u16,
-    /// Headers as name/value pairs, in order.
-    #[serde(borrow)]
-    h: Vec<(Text<'a>, Text<'a>)>,
-    /// Stored at, milliseconds since the Unix epoch.
-    t: u64,
-    /// Fresh for this many milliseconds (the jittered TTL).
-    l: u64,
-    /// Stale-while-revalidate window after that, in milliseconds.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    w: u64,
-    /// Stale-if-error window after freshness, in milliseconds.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    e: u64,
-    /// Kept for revalidation after freshness, in milliseconds.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    r: u64,
-    /// How long the origin took to produce it, in milliseconds (for early
-    /// refresh).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    d: u64,
-    /// The namespace generation the entry was written under.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    g: u64,
-    /// The age the response had when it was received, in milliseconds.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    a: u64,
-    /// Must be revalidated once stale.
-    #[serde(default, skip_serializing_if = "is_false")]
-    m: bool,
-    /// May be served to requests carrying `Authorization`.
-    #[serde(default, skip_serializing_if = "is_false")]
-    p: bool,
-    /// The variant id (responses with `Vary`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    x: Option<String>,
-    /// A `Vary` marker instead of a response.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    v: Option<Marker>,
-}
-
-fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
-
-fn is_false(v: &bool) -> bool {
-    !*v
-}
-
-/// A string that borrows from the stored value when it has no escapes (a
-/// `Cow<str>` inside a tuple would always be copied).
-#[derive(Serialize)]
-#[serde(transparent)]
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Text<'de>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-
-            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(Visitor)
-    }
 }
 
 /// How long an entry is fresh, and how long it may be served stale after.
@@ -275,7 +202,38 @@ pub(crate) fn encode_with(
     skip: Option<&HeaderName>,
     extra: &Extra,
 ) -> Option<Bytes> {
-    let mut h = Vec::with_capacity(headers.len());
+    let mut meta = BytesMut::with_capacity(64 + 48 * headers.len());
+    meta.put_u16(status.as_u16());
+    for n in [
+        now_ms(),
+        lifetimes.fresh.as_millis() as u64,
+        lifetimes.stale_while_revalidate.as_millis() as u64,
+        lifetimes.stale_if_error.as_millis() as u64,
+        lifetimes.revalidate.as_millis() as u64,
+        origin_time.as_millis() as u64,
+        generation,
+        extra.initial_age_ms,
+    ] {
+        put_varint(&mut meta, n);
+    }
+    let flags = u8::from(extra.must_revalidate)
+        | u8::from(extra.shared) << 1
+        | u8::from(extra.variant.is_some()) << 2
+        | u8::from(extra.marker.is_some()) << 3;
+    meta.put_u8(flags);
+    if let Some(variant) = &extra.variant {
+        put_str(&mut meta, variant.as_bytes())?;
+    }
+    if let Some(marker) = &extra.marker {
+        meta.put_u16(u16::try_from(marker.names.len()).ok()?);
+        for name in &marker.names {
+            put_str(&mut meta, name.as_bytes())?;
+        }
+        put_str(&mut meta, marker.nonce.as_bytes())?;
+    }
+    let count_at = meta.len();
+    meta.put_u16(0);
+    let mut count: u16 = 0;
     for (name, value) in headers {
         if NOT_STORED.contains(name)
             || skip == Some(name)
@@ -283,76 +241,154 @@ pub(crate) fn encode_with(
         {
             continue;
         }
-        h.push((
-            Text(Cow::Borrowed(name.as_str())),
-            Text(Cow::Borrowed(value.to_str().ok()?)),
-        ));
+        // Only text values are stored (a response with another is not).
+        let value = value.to_str().ok()?;
+        put_str(&mut meta, name.as_str().as_bytes())?;
+        meta.put_u32(u32::try_from(value.len()).ok()?);
+        meta.put_slice(value.as_bytes());
+        count = count.checked_add(1)?;
     }
-    let meta = Meta {
-        s: status.as_u16(),
-        h,
-        t: now_ms(),
-        l: lifetimes.fresh.as_millis() as u64,
-        w: lifetimes.stale_while_revalidate.as_millis() as u64,
-        e: lifetimes.stale_if_error.as_millis() as u64,
-        r: lifetimes.revalidate.as_millis() as u64,
-        d: origin_time.as_millis() as u64,
-        g: generation,
-        a: extra.initial_age_ms,
-        m: extra.must_revalidate,
-        p: extra.shared,
-        x: extra.variant.clone(),
-        v: extra.marker.clone(),
-    };
-    let json = serde_json::to_vec(&meta).ok()?;
-    let mut out = BytesMut::with_capacity(HEAD_LEN + json.len() + body.len());
+    meta[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
+    let mut out = BytesMut::with_capacity(HEAD_LEN + meta.len() + body.len());
     out.put_slice(MAGIC);
     out.put_u8(FORMAT);
-    out.put_u32(u32::try_from(json.len()).ok()?);
-    out.put_slice(&json);
+    out.put_u32(u32::try_from(meta.len()).ok()?);
+    out.put_slice(&meta);
     out.put_slice(body);
     Some(out.freeze())
 }
 
+fn put_varint(out: &mut BytesMut, mut n: u64) {
+    while n >= 0x80 {
+        out.put_u8((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.put_u8(n as u8);
+}
+
+fn put_str(out: &mut BytesMut, s: &[u8]) -> Option<()> {
+    out.put_u16(u16::try_from(s.len()).ok()?);
+    out.put_slice(s);
+    Some(())
+}
+
+/// Reads the metadata; every read checks its bounds.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.buf.split_at_checked(n)?;
+        self.buf = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            n |= u64::from(b & 0x7f).checked_shl(shift)?;
+            if b & 0x80 == 0 {
+                return Some(n);
+            }
+        }
+        None
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let len = usize::from(self.u16()?);
+        std::str::from_utf8(self.take(len)?).ok()
+    }
+}
+
 /// Decodes a stored value; `None` for anything that is not an entry of this
-/// format. The body shares `value`'s memory.
+/// format. The body and the header values share `value`'s memory.
 pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
     let head = value.get(..HEAD_LEN)?;
     if &head[..3] != MAGIC || head[3] != FORMAT {
         return None;
     }
     let len = u32::from_be_bytes(head[4..8].try_into().ok()?) as usize;
-    let json_end = HEAD_LEN.checked_add(len)?;
-    let meta: Meta<'_> = serde_json::from_slice(value.get(HEAD_LEN..json_end)?).ok()?;
-    let status = StatusCode::from_u16(meta.s).ok()?;
-    let mut headers = HeaderMap::with_capacity(meta.h.len() + 1);
-    for (Text(name), Text(v)) in meta.h {
-        let value = match v {
-            // Points into `value`: share its memory instead of copying.
-            Cow::Borrowed(v) => HeaderValue::from_maybe_shared(value.slice_ref(v.as_bytes())),
-            Cow::Owned(v) => HeaderValue::from_str(&v),
-        };
-        headers.append(HeaderName::from_bytes(name.as_bytes()).ok()?, value.ok()?);
+    let meta_end = HEAD_LEN.checked_add(len)?;
+    let mut r = Reader {
+        buf: value.get(HEAD_LEN..meta_end)?,
+    };
+    let status = StatusCode::from_u16(r.u16()?).ok()?;
+    let mut n = [0u64; 8];
+    for slot in &mut n {
+        *slot = r.varint()?;
+    }
+    let [stored_at_ms, ttl_ms, swr_ms, sie_ms, keep_ms, delta_ms, generation, initial_age_ms] = n;
+    let flags = r.u8()?;
+    if flags >> 4 != 0 {
+        return None;
+    }
+    let variant = if flags & 4 != 0 {
+        Some(Box::from(r.str()?))
+    } else {
+        None
+    };
+    let marker = if flags & 8 != 0 {
+        let count = r.u16()?;
+        let names = (0..count)
+            .map(|_| r.str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()?;
+        let nonce = r.str()?.to_owned();
+        Some(std::sync::Arc::new(Marker { names, nonce }))
+    } else {
+        None
+    };
+    let count = usize::from(r.u16()?);
+    // Each header takes at least 6 bytes: a count the metadata cannot hold
+    // is corrupt (and must not size the map).
+    if count > r.buf.len() / 6 {
+        return None;
+    }
+    // Room for `content-length`, `age` and the cache-status header, so
+    // serving the entry does not grow the map.
+    let mut headers = HeaderMap::try_with_capacity(count + 3).ok()?;
+    for _ in 0..count {
+        let name = HeaderName::from_bytes(r.str()?.as_bytes()).ok()?;
+        let len = r.u32()? as usize;
+        // Points into `value`: share its memory instead of copying.
+        let v = HeaderValue::from_maybe_shared(value.slice_ref(r.take(len)?)).ok()?;
+        headers.append(name, v);
+    }
+    if !r.buf.is_empty() {
+        return None;
     }
     // Set here, once per decode, so serving the entry (again and again from
     // the in-process tier) formats nothing.
-    let body = value.slice(json_end..);
+    let body = value.slice(meta_end..);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     Some(Entry {
         status,
         headers,
-        stored_at_ms: meta.t,
-        ttl_ms: meta.l,
-        swr_ms: meta.w,
-        sie_ms: meta.e,
-        keep_ms: meta.r,
-        delta_ms: meta.d,
-        generation: meta.g,
-        initial_age_ms: meta.a,
-        must_revalidate: meta.m,
-        shared: meta.p,
-        variant: meta.x.map(String::into_boxed_str),
-        marker: meta.v.map(std::sync::Arc::new),
+        stored_at_ms,
+        ttl_ms,
+        swr_ms,
+        sie_ms,
+        keep_ms,
+        delta_ms,
+        generation,
+        initial_age_ms,
+        must_revalidate: flags & 1 != 0,
+        shared: flags & 2 != 0,
+        variant,
+        marker,
         body,
     })
 }
@@ -456,6 +492,73 @@ mod tests {
         assert_eq!(e.headers.get_all(header::CONTENT_LENGTH).iter().count(), 1);
     }
 
+    /// How many bytes the eight varints after the status take in `v`.
+    fn meta_varints_len(v: &[u8]) -> usize {
+        let mut at = HEAD_LEN + 2;
+        for _ in 0..8 {
+            while v[at] & 0x80 != 0 {
+                at += 1;
+            }
+            at += 1;
+        }
+        at - HEAD_LEN - 2
+    }
+
+    #[test]
+    fn varints_round_trip_at_every_width() {
+        for n in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = BytesMut::new();
+            put_varint(&mut out, n);
+            let mut r = Reader { buf: &out };
+            assert_eq!(r.varint(), Some(n));
+            assert!(r.buf.is_empty());
+        }
+        // Eleven continuation bytes never decode.
+        let mut r = Reader { buf: &[0xff; 11] };
+        assert_eq!(r.varint(), None);
+    }
+
+    #[test]
+    fn markers_and_variants_round_trip() {
+        let extra = Extra {
+            initial_age_ms: 30_000,
+            must_revalidate: true,
+            shared: true,
+            variant: Some("abc123".into()),
+            marker: Some(Marker {
+                names: vec!["accept".into(), "accept-language".into()],
+                nonce: "0badf00d".into(),
+            }),
+        };
+        let v = encode_with(
+            StatusCode::NOT_FOUND,
+            &HeaderMap::new(),
+            b"",
+            &lifetimes(5, 6, 7),
+            Duration::from_millis(8),
+            9,
+            None,
+            &extra,
+        )
+        .unwrap();
+        let e = decode(&v).unwrap();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert_eq!((e.ttl_ms, e.swr_ms, e.sie_ms, e.delta_ms), (5, 6, 7, 8));
+        assert_eq!((e.generation, e.initial_age_ms), (9, 30_000));
+        assert!(e.must_revalidate && e.shared);
+        assert_eq!(e.variant.as_deref(), Some("abc123"));
+        assert_eq!(e.marker.as_deref(), extra.marker.as_ref());
+    }
+
     #[test]
     fn body_is_raw_not_base64() {
         let v = sample();
@@ -472,15 +575,23 @@ mod tests {
             assert!(decode(&good.slice(..cut)).is_none(), "truncated at {cut}");
         }
         let mut future = good.to_vec();
-        future[3] = 2;
+        future[3] = FORMAT + 1;
         assert!(decode(&Bytes::from(future)).is_none());
         let mut huge_len = good.to_vec();
         huge_len[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode(&Bytes::from(huge_len)).is_none());
+        // The status right after the length: 99 is not a status.
         let mut bad_status = good.to_vec();
-        let pos = bad_status.windows(5).position(|w| w == b"\"s\":2").unwrap();
-        bad_status[pos + 4..pos + 7].copy_from_slice(b" 99");
+        bad_status[HEAD_LEN..HEAD_LEN + 2].copy_from_slice(&99u16.to_be_bytes());
         assert!(decode(&Bytes::from(bad_status)).is_none());
+        // Unknown flags, and bytes left over in the metadata, are refused.
+        let mut flags = good.to_vec();
+        let at = HEAD_LEN + 2 + meta_varints_len(&good);
+        flags[at] |= 0x80;
+        assert!(decode(&Bytes::from(flags)).is_none());
+        // An entry of format 1 (JSON metadata) is a miss.
+        let json = b"TRC\x01\x00\x00\x00\x0b{\"s\":200,\"h\":[]}";
+        assert!(decode(&Bytes::from_static(json)).is_none());
     }
 
     #[test]
@@ -495,7 +606,7 @@ mod tests {
                 v.push(state as u8);
             }
             if len > 8 {
-                v[..4].copy_from_slice(b"TRC\x01");
+                v[..4].copy_from_slice(b"TRC\x02");
                 v[4..8].copy_from_slice(&((len as u32) % 64).to_be_bytes());
             }
             let _ = decode(&Bytes::from(v));
@@ -557,7 +668,7 @@ mod fuzz {
 
         #[test]
         fn random_bytes_behind_our_magic_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..512), len in any::<u32>()) {
-            let mut v = b"TRC\x01".to_vec();
+            let mut v = b"TRC\x02".to_vec();
             v.extend_from_slice(&len.to_be_bytes());
             v.extend_from_slice(&tail);
             let _ = decode(&Bytes::from(v));
@@ -578,7 +689,7 @@ mod fuzz {
         }
 
         #[test]
-        fn future_format_versions_are_misses(version in 2u8..=255) {
+        fn other_format_versions_are_misses(version in (0u8..=255).prop_filter("not ours", |v| *v != FORMAT)) {
             let mut v = valid().to_vec();
             v[3] = version;
             prop_assert!(decode(&Bytes::from(v)).is_none());
