@@ -287,9 +287,15 @@ fn push_digest(key: &mut String, parts: &[&[u8]]) {
     for p in parts {
         hasher.update(p);
     }
-    for b in &hasher.finalize()[..16] {
-        key.push(char::from(HEX[usize::from(b >> 4)]));
-        key.push(char::from(HEX[usize::from(b & 0xf)]));
+    push_hex(key, &hasher.finalize()[..16]);
+}
+
+/// Appends `bytes` as lower-case hex.
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
 }
 

@@ -318,7 +318,9 @@ pub(crate) fn variant_id(request: &HeaderMap, names: &[String]) -> String {
         hash.update(b"\x00");
     }
     let digest = hash.finalize();
-    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+    let mut id = String::with_capacity(24);
+    crate::key::push_hex(&mut id, &digest[..12]);
+    id
 }
 
 /// The result of evaluating a request's `If-None-Match` /
@@ -422,8 +424,11 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
 /// tag on every process and machine.
 pub(crate) fn body_etag(body: &[u8]) -> HeaderValue {
     let digest = Sha256::digest(body);
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    HeaderValue::try_from(format!("\"{hex}\"")).expect("hex is a valid header value")
+    let mut tag = String::with_capacity(34);
+    tag.push('"');
+    crate::key::push_hex(&mut tag, &digest[..16]);
+    tag.push('"');
+    HeaderValue::try_from(tag).expect("hex is a valid header value")
 }
 
 #[cfg(test)]

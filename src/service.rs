@@ -848,24 +848,17 @@ where
     let cc = CacheControl::parse(&parts.headers);
     // A failure a stale entry will stand in for is not stored.
     let covered_failure = has_fallback && parts.status.is_server_error();
-    let stamped = (may_store && !covered_failure)
-        .then(|| {
-            semantics::refuse_to_store(&parts.headers, &cc, plan.rule.http.strip_set_cookie)
-                .is_none()
-                .then_some(())
-        })
-        .flatten()
-        .filter(|()| !plan.authorized || cc.allows_authorized())
-        .and_then(|()| {
-            stamp(
-                &plan.rule,
-                parts.status,
-                &parts.headers,
-                &cc,
-                request_ms,
-                response_ms,
-            )
-        });
+    let storable = may_store
+        && !covered_failure
+        && (!plan.authorized || cc.allows_authorized())
+        && semantics::refuse_to_store(&parts.headers, &cc, plan.rule.http.strip_set_cookie)
+            .is_none();
+    let stamped = if storable {
+        let (status, headers) = (parts.status, &parts.headers);
+        stamp(&plan.rule, status, headers, &cc, request_ms, response_ms)
+    } else {
+        None
+    };
     let Some((lifetimes, mut extra)) = stamped else {
         mark(
             core.settings.status_header.as_ref(),
