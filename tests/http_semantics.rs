@@ -427,6 +427,28 @@ async fn rfc5861_stale_while_revalidate_from_the_response(b: Backend) {
     assert_eq!((fresh.x_cache(), fresh.body.as_str()), ("HIT", "call 2"));
 }
 
+async fn rfc5861_stale_if_error_from_the_response(b: Backend) {
+    let c = cache(&b, origin_driven(), |p, n| {
+        if n > 1 {
+            return status(503, &[], "down");
+        }
+        let cc = if p.uri.path() == "/covered" {
+            "max-age=1, stale-if-error=60"
+        } else {
+            "max-age=1"
+        };
+        reply(&[("cache-control", cc)], format!("call {n}"))
+    })
+    .await;
+    c.get("/covered", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stale = c.get("/covered", &[]).await;
+    assert_eq!(
+        (stale.status, stale.x_cache(), stale.body.as_str()),
+        (200, "STALE", "call 1")
+    );
+}
+
 async fn rfc9111_3_no_store_private_and_set_cookie_are_never_stored(b: Backend) {
     let c = cache(&b, origin_driven(), |p, n| {
         let h: &[(&str, &str)] = match p.uri.path() {
@@ -1061,6 +1083,7 @@ on_both_stores!(
     rfc9111_5_2_2_4_qualified_no_cache_leaves_the_named_fields_out,
     rfc9111_5_2_2_2_must_revalidate_forbids_serving_stale,
     rfc5861_stale_while_revalidate_from_the_response,
+    rfc5861_stale_if_error_from_the_response,
     rfc9111_3_no_store_private_and_set_cookie_are_never_stored,
     rfc9110_7_6_1_hop_by_hop_headers_are_not_stored,
     rfc9111_5_2_1_4_request_no_cache_and_max_age_0_revalidate,
