@@ -52,13 +52,16 @@ pub(crate) struct CacheCore {
 }
 
 /// The outcome of a lookup.
-// Boxing the entry would cost an allocation on every hit; a lookup result
-// lives on the stack for a moment only.
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Lookup {
     /// An entry of the current generation, fresh or not: the caller decides
     /// whether it may be served, revalidated, or only stand in for a failure.
-    Found { entry: Entry, generation: u64 },
+    Found {
+        entry: Arc<Entry>,
+        generation: u64,
+        /// When it was judged (milliseconds since the epoch): the clock
+        /// reading its freshness and `age` are computed from.
+        now: u64,
+    },
     /// Not there (or unusable); the namespace generation to write under.
     Miss { generation: u64 },
     /// The store failed, timed out, or the breaker is open: pass through,
@@ -69,7 +72,7 @@ pub(crate) enum Lookup {
 /// What waiting for another instance's computation gave.
 pub(crate) enum Coalesced {
     /// Another instance stored the entry meanwhile.
-    Entry(Entry),
+    Entry(Arc<Entry>),
     /// This request holds the lock: it computes the entry.
     Locked(String),
     /// No lock (timed out, store failed): go to the service anyway.
@@ -221,15 +224,20 @@ impl CacheCore {
             return Lookup::Miss { generation };
         };
         let decoded = match fetched.decoded {
-            Some(entry) => Some(Arc::unwrap_or_clone(entry)),
-            None => entry::decode(&value),
+            Some(entry) => Some(entry),
+            None => entry::decode(&value).map(Arc::new),
         };
+        let now = entry::now_ms();
         match decoded {
             Some(entry)
                 if entry.generation == generation
-                    && entry::now_ms().saturating_sub(entry.stored_at_ms) < entry.lives_ms() =>
+                    && now.saturating_sub(entry.stored_at_ms) < entry.lives_ms() =>
             {
-                Lookup::Found { entry, generation }
+                Lookup::Found {
+                    entry,
+                    generation,
+                    now,
+                }
             }
             // Written before the last namespace bump, or past its life (a
             // store that expires lazily).
@@ -278,8 +286,8 @@ impl CacheCore {
             let Ok((locked, fetched)) = self.timed("lock", call).await else {
                 return Coalesced::Proceed;
             };
-            if let Lookup::Found { entry, .. } = self.judge(key, fetched).await {
-                if entry.freshness(entry::now_ms()) == Freshness::Fresh
+            if let Lookup::Found { entry, now, .. } = self.judge(key, fetched).await {
+                if entry.freshness(now) == Freshness::Fresh
                     && replaces.is_none_or(|old| entry.stored_at_ms > old)
                 {
                     if locked {

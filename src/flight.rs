@@ -15,7 +15,7 @@ use crate::entry::Entry;
 /// What a leader hands its followers: the entry to serve and the cache
 /// status to serve it with (`HIT`, or `STALE` when the service failed).
 pub(crate) struct Shared {
-    pub(crate) entry: Entry,
+    pub(crate) entry: Arc<Entry>,
     pub(crate) outcome: &'static str,
 }
 
@@ -120,7 +120,7 @@ mod tests {
         };
         let waiter = tokio::spawn(Flights::wait(slot, Duration::from_secs(5)));
         guard.publish(Shared {
-            entry: entry(),
+            entry: Arc::new(entry()),
             outcome: "HIT",
         });
         let got = waiter.await.unwrap().expect("a result");

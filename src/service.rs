@@ -460,41 +460,42 @@ where
         }
     }
     let (stale, generation) = match found {
-        Lookup::Found { entry, generation } if answers(&entry, req.headers(), &plan) => {
-            let now = entry::now_ms();
-            match judge(&entry, now, &plan.cc) {
-                Use::Revalidate => (Some(entry), Some(generation)),
-                usable => {
-                    let (outcome, refresh) = match usable {
-                        Use::Fresh => {
-                            bump(&core.counters.hits);
-                            let beta = plan.rule.early_refresh;
-                            let due = beta > 0.0
-                                && !plan.head
-                                && entry.early_refresh_due(now, beta, 1.0 - rand::random::<f64>());
-                            if due {
-                                bump(&core.counters.early_refreshes);
-                            }
-                            (HIT, due)
+        Lookup::Found {
+            entry,
+            generation,
+            now,
+        } if answers(&entry, req.headers(), &plan) => match judge(&entry, now, &plan.cc) {
+            Use::Revalidate => (Some(entry), Some(generation)),
+            usable => {
+                let (outcome, refresh) = match usable {
+                    Use::Fresh => {
+                        bump(&core.counters.hits);
+                        let beta = plan.rule.early_refresh;
+                        let due = beta > 0.0
+                            && !plan.head
+                            && entry.early_refresh_due(now, beta, 1.0 - rand::random::<f64>());
+                        if due {
+                            bump(&core.counters.early_refreshes);
                         }
-                        Use::StaleWhileRevalidate => {
-                            bump(&core.counters.stale);
-                            (STALE, !plan.head)
-                        }
-                        _ => {
-                            bump(&core.counters.stale);
-                            (STALE, false)
-                        }
-                    };
-                    let replaces = entry.stored_at_ms;
-                    let response = answer(&core, entry, req.headers(), plan.head, outcome, now);
-                    if refresh {
-                        refresh_in_background(core, inner, req, plan, generation, replaces);
+                        (HIT, due)
                     }
-                    return Ok(response);
+                    Use::StaleWhileRevalidate => {
+                        bump(&core.counters.stale);
+                        (STALE, !plan.head)
+                    }
+                    _ => {
+                        bump(&core.counters.stale);
+                        (STALE, false)
+                    }
+                };
+                let replaces = entry.stored_at_ms;
+                let response = answer(&core, entry, req.headers(), plan.head, outcome, now);
+                if refresh {
+                    refresh_in_background(core, inner, req, plan, generation, replaces);
                 }
+                return Ok(response);
             }
-        }
+        },
         Lookup::Found { generation, .. } | Lookup::Miss { generation } => (None, Some(generation)),
         Lookup::Failed => (None, None),
     };
@@ -511,7 +512,7 @@ async fn miss<S, ReqBody, ResBody>(
     inner: S,
     req: Request<ReqBody>,
     plan: Plan,
-    stale: Option<Entry>,
+    stale: Option<Arc<Entry>>,
     generation: Option<u64>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
@@ -635,7 +636,7 @@ async fn fetch<S, ReqBody, ResBody>(
     req: Request<ReqBody>,
     plan: &Plan,
     generation: Option<u64>,
-    stored: Option<Entry>,
+    stored: Option<Arc<Entry>>,
 ) -> Result<(Response<CacheBody<ResBody>>, Option<Shared>), S::Error>
 where
     S: Inner<ReqBody, ResBody>,
@@ -781,7 +782,7 @@ async fn call_and_store<S, ReqBody, ResBody>(
     mut req: Request<ReqBody>,
     plan: Plan,
     generation: Option<u64>,
-    stored: Option<Entry>,
+    stored: Option<Arc<Entry>>,
     has_fallback: bool,
 ) -> Result<(Response<CacheBody<ResBody>>, Option<Shared>), S::Error>
 where
@@ -954,7 +955,10 @@ where
                 &extra,
             );
             if let Some(value) = encoded {
-                shared = entry::decode(&value).map(|entry| Shared { entry, outcome });
+                shared = entry::decode(&value).map(|entry| Shared {
+                    entry: Arc::new(entry),
+                    outcome,
+                });
                 writes.push(Write {
                     key: entry_key,
                     value,
@@ -1044,20 +1048,30 @@ fn refresh_in_background<S, ReqBody, ResBody>(
 /// its `age`.
 fn cached_response<B: Body>(
     core: &CacheCore,
-    entry: Entry,
+    entry: Arc<Entry>,
     head: bool,
     outcome: &'static str,
     now: u64,
 ) -> Response<CacheBody<B>> {
     let age = entry.age_secs(now);
+    // An entry only this request holds (decoded from the store's bytes) is
+    // taken apart; one the in-process store or a flight shares is copied.
+    let (status, headers, body) = match Arc::try_unwrap(entry) {
+        Ok(entry) => (entry.status, entry.headers, entry.body),
+        Err(shared) => (
+            shared.status,
+            copy_headers(&shared.headers),
+            shared.body.clone(),
+        ),
+    };
     let body = if head {
         CacheBody::empty()
     } else {
-        CacheBody::full(entry.body)
+        CacheBody::full(body)
     };
     let mut response = Response::new(body);
-    *response.status_mut() = entry.status;
-    *response.headers_mut() = entry.headers;
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
     let headers = response.headers_mut();
     // `content-length` comes with the decoded entry.
     headers.insert(AGE, age_value(age));
@@ -1065,11 +1079,22 @@ fn cached_response<B: Body>(
     response
 }
 
+/// A copy of stored headers with room for the `age` and cache-status fields
+/// a served entry gets. A clone would be exactly full, and the first insert
+/// would move every field to a larger allocation.
+fn copy_headers(stored: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(stored.len() + 2);
+    for (name, value) in stored {
+        headers.append(name.clone(), value.clone());
+    }
+    headers
+}
+
 /// Serves a stored entry, as a `304 Not Modified` when the request's
 /// conditional headers match it (RFC 9111 §4.3.2).
 fn answer<B: Body>(
     core: &CacheCore,
-    entry: Entry,
+    entry: Arc<Entry>,
     request: &HeaderMap,
     head: bool,
     outcome: &'static str,
