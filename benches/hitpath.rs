@@ -11,7 +11,10 @@
 //!
 //! `floor` is a plain handler returning the 200 B body; `layer` is the same
 //! handler behind the layer on the in-memory store, every request a hit;
-//! `decode` decodes a stored 200 B entry (what a hit on Redis adds).
+//! `decode` decodes a stored 200 B entry (what a hit on Redis adds);
+//! `tiered` is the layer on `TieredStore` (the L1 tier in front of a Redis
+//! the harness starts), every request an L1 hit, as target D of the load
+//! benchmark.
 //! Subtract a run with `HITPATH_N=0` from each to leave out start-up, and
 //! divide by `N` (default 20 000). Without valgrind it prints the time per
 //! request, which is only a rough guide.
@@ -23,6 +26,10 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
 use tower_redis_cache::RedisCacheLayer;
+
+#[allow(unused_macros)]
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 const BODY: &[u8] = br#"{"id":"42","name":"Product 42","category":"electronics","price":299.99,"in_stock":true,"created_at":"2025-01-01T00:00:00Z","tags":["a","b","c"],"rating":4.5,"reviews":1234,"sku":"SKU-000042-XYZ"}"#;
 
@@ -90,6 +97,29 @@ fn main() {
                 (0..n)
                     .map(|_| decode(std::hint::black_box(&value)).unwrap_or(0))
                     .sum()
+            }
+            #[cfg(feature = "l1")]
+            "tiered" => {
+                use tower_redis_cache::store::{LocalTier, TieredStore};
+                let redis = support::RedisServer::start();
+                let store = TieredStore::connect(
+                    redis.store().await,
+                    LocalTier::new().track_prefix("hitpath:"),
+                )
+                .await
+                .expect("a tiered store");
+                let layer = RedisCacheLayer::builder()
+                    .prefix("hitpath")
+                    .store(store)
+                    .build()
+                    .expect("a layer");
+                let svc = tower::ServiceBuilder::new()
+                    .layer(layer)
+                    .service(tower::service_fn(handler));
+                // Stored, then read once from Redis into the tier; the rest
+                // are L1 hits.
+                let warm = drive(svc.clone(), 2).await;
+                warm + drive(svc, n).await
             }
             _ => {
                 let layer = RedisCacheLayer::builder()

@@ -10,7 +10,7 @@ use std::{
 use bytes::Bytes;
 use moka::{sync::Cache, Expiry};
 
-use super::{BoxFuture, Fetched, Store, Write};
+use super::{BoxFuture, Fetched, KeyHasher, Store, Write};
 use crate::error::StoreError;
 
 /// An in-process [`Store`] (built on `moka`): bounded by total bytes, each entry
@@ -27,7 +27,7 @@ use crate::error::StoreError;
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    entries: Cache<String, Value>,
+    entries: Cache<String, Value, KeyHasher>,
     generations: Arc<Mutex<HashMap<String, u64>>>,
     /// Tag key → entry keys; pruned of evicted or expired keys on each write.
     tags: Arc<Mutex<HashMap<String, HashSet<String>>>>,
@@ -69,7 +69,7 @@ impl MemoryStore {
                 u32::try_from(k.len() + v.bytes.len()).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
-            .build();
+            .build_with_hasher(KeyHasher::default());
         Self {
             entries,
             generations: Arc::default(),

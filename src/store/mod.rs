@@ -23,6 +23,11 @@ pub use self::{
     redis::{RedisStore, RedisStoreBuilder},
 };
 
+/// The hasher of the in-process caches' keys. Keys are request paths a
+/// client chooses, so it is seeded per cache (foldhash's `RandomState`); it
+/// costs a fraction of the standard library's SipHash on every lookup.
+pub(crate) type KeyHasher = foldhash::quality::RandomState;
+
 /// A boxed, `Send` future, as returned by [`Store`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

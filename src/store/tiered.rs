@@ -11,6 +11,7 @@
 //! invalidated value.
 
 use std::{
+    collections::HashMap,
     hash::{Hash, Hasher},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
@@ -19,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use fred::{
     clients::Client,
@@ -28,7 +30,7 @@ use fred::{
 };
 use moka::{sync::Cache, Expiry};
 
-use super::{BoxFuture, Fetched, RedisStore, Store, Write};
+use super::{BoxFuture, Fetched, KeyHasher, RedisStore, Store, Write};
 use crate::error::{Error, StoreError};
 
 /// The size and scope of the in-process tier.
@@ -118,8 +120,8 @@ pub struct TieredStore {
 
 struct Shared {
     redis: RedisStore,
-    entries: Cache<String, Local>,
-    generations: Cache<String, u64>,
+    entries: Cache<String, Local, KeyHasher>,
+    generations: Generations,
     /// How many tracking connections are down; the tier is used only at 0.
     down: AtomicU64,
     /// Whether tracking was switched on everywhere at least once.
@@ -151,6 +153,63 @@ impl Expiry<String, Local> for LocalExpiry {
     }
 }
 
+/// The namespace generations the tier has read, each kept for at most the
+/// tier's max TTL. Every hit reads one and they change only on a namespace
+/// bump, so readers take no lock and share no counter (`ArcSwap`); a change
+/// copies the map, which holds one value per namespace.
+struct Generations {
+    map: ArcSwap<HashMap<String, (u64, Instant), KeyHasher>>,
+    ttl: Duration,
+}
+
+impl Generations {
+    /// A bound for a pathological number of namespaces: past it the map
+    /// starts over (a cleared generation is only read from Redis again).
+    const MAX: usize = 10_000;
+
+    fn new(ttl: Duration) -> Self {
+        Self {
+            map: ArcSwap::from_pointee(HashMap::default()),
+            ttl,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<u64> {
+        let map = self.map.load();
+        let &(generation, at) = map.get(key)?;
+        (at.elapsed() < self.ttl).then_some(generation)
+    }
+
+    fn insert(&self, key: &str, generation: u64) {
+        let at = Instant::now();
+        self.map.rcu(|map| {
+            let mut map = if map.len() >= Self::MAX {
+                HashMap::default()
+            } else {
+                HashMap::clone(map)
+            };
+            map.insert(key.to_owned(), (generation, at));
+            map
+        });
+    }
+
+    fn remove(&self, key: &str) {
+        // Called for every key written or dropped; most are entry keys.
+        if !self.map.load().contains_key(key) {
+            return;
+        }
+        self.map.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.remove(key);
+            map
+        });
+    }
+
+    fn clear(&self) {
+        self.map.store(Arc::default());
+    }
+}
+
 fn stripe(key: &str) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
@@ -179,11 +238,8 @@ impl TieredStore {
                     .max(floor)
             })
             .expire_after(LocalExpiry)
-            .build();
-        let generations = Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(max_ttl)
-            .build();
+            .build_with_hasher(KeyHasher::default());
+        let generations = Generations::new(max_ttl);
         let shared = Arc::new(Shared {
             redis,
             entries,
@@ -226,13 +282,13 @@ impl Shared {
             e.fetch_add(1, SeqCst);
         }
         self.entries.invalidate_all();
-        self.generations.invalidate_all();
+        self.generations.clear();
     }
 
     fn drop_key(&self, key: &str) {
         self.epochs[stripe(key)].fetch_add(1, SeqCst);
         self.entries.invalidate(key);
-        self.generations.invalidate(key);
+        self.generations.remove(key);
     }
 
     async fn start_tracking(shared: &Arc<Self>) -> Result<(), Error> {
@@ -398,8 +454,7 @@ impl Store for TieredStore {
                 s.epochs[gen_stripe].load(SeqCst),
             );
             if s.coherent() && before == after {
-                s.generations
-                    .insert(generation_key.to_owned(), fetched.generation);
+                s.generations.insert(generation_key, fetched.generation);
                 if let Some(value) = &fetched.value {
                     if let Some((entry, ttl)) = Shared::decode_for_tier(value, s.max_ttl) {
                         let local = Local {
