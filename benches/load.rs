@@ -1,8 +1,9 @@
 //! The side-by-side load benchmark: `cargo bench --bench load`.
 //!
-//! Starts its own `redis-server` on a free loopback port, serves five targets
-//! on loopback and drives each, one after the other, with the same HTTP/1.1
-//! load generator (persistent connections, fixed concurrency and duration):
+//! Starts its own `redis-server` on a free loopback port, serves seven targets
+//! on loopback and drives each in turn with the same HTTP/1.1 load generator
+//! (persistent connections, fixed concurrency and duration), for several
+//! rounds; the ratios are taken within each round and their median reported:
 //!
 //! - A: a plain axum handler returning a ~200 B JSON body from memory (the floor);
 //! - B: an axum handler doing exactly one fred GET of the stored body (the
@@ -14,8 +15,8 @@
 //!
 //! Server and generator each get one runtime thread, so on a 2-core machine
 //! they do not fight over one core. The ratios matter, not the absolute
-//! numbers. `BENCH_SECONDS`, `BENCH_CONCURRENCY` and `BENCH_BODY` (bytes)
-//! change the run.
+//! numbers. `BENCH_SECONDS` (per target and round), `BENCH_ROUNDS`,
+//! `BENCH_CONCURRENCY` and `BENCH_BODY` (bytes) change the run.
 
 #[allow(unused_macros)]
 #[path = "../tests/support/mod.rs"]
@@ -154,10 +155,11 @@ fn json(body: Bytes) -> ([(http::HeaderName, &'static str); 1], Bytes) {
 }
 
 fn main() {
-    let seconds = env("BENCH_SECONDS", 4);
+    let seconds = env("BENCH_SECONDS", 2);
+    let rounds = env("BENCH_ROUNDS", 3).max(1);
     let concurrency = env("BENCH_CONCURRENCY", 32);
     let body_len = env("BENCH_BODY", 200) as usize;
-    let warmup = Duration::from_secs(1);
+    let warmup = Duration::from_millis(500);
     let duration = Duration::from_secs(seconds);
 
     let redis = RedisServer::start();
@@ -309,8 +311,8 @@ fn main() {
 
     println!("tower-redis-cache load benchmark");
     println!(
-        "body {} B, concurrency {concurrency}, {seconds} s per target after 1 s warm-up, \
-         server and generator on one thread each",
+        "body {} B, concurrency {concurrency}, {rounds} rounds of {seconds} s per target \
+         (after {warmup:?} warm-up each), server and generator on one thread each",
         payload.len()
     );
     let item: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(|_| "/item".to_owned());
@@ -324,62 +326,89 @@ fn main() {
         "E origin 20 ms, layer (misses)",
         "F layer, Redis down (bypass)",
     ];
-    let mut results = Vec::new();
+    // Every round drives each target once, in turn: a machine that slows
+    // down or speeds up during the run moves all targets of a round alike,
+    // and the ratios are taken within each round.
+    let mut rounds_results: Vec<Vec<Measured>> = Vec::new();
+    let mut offset = 0u64;
+    for round in 1..=rounds {
+        println!();
+        println!(
+            "round {round}: {:<23} {:>10} {:>10} {:>10}",
+            "target", "req/s", "p50 ms", "p99 ms"
+        );
+        let mut results = Vec::new();
+        for (i, addr) in targets.iter().enumerate() {
+            let path = if i == 4 || i == 5 {
+                // E gets new URLs in every round.
+                let (base, miss) = (offset, miss.clone());
+                offset += 10_000_000;
+                Arc::new(move |n| miss(base + n)) as Arc<dyn Fn(u64) -> String + Send + Sync>
+            } else {
+                item.clone()
+            };
+            let m = client_rt.block_on(drive(*addr, path, concurrency, warmup, duration));
+            println!(
+                "         {:<32} {:>10.0} {:>10.3} {:>10.3}",
+                names[i],
+                m.rps(),
+                m.p50_us / 1000.0,
+                m.p99_us / 1000.0
+            );
+            results.push(m);
+        }
+        rounds_results.push(results);
+    }
+    let ratios: Vec<Ratios> = rounds_results.iter().map(|r| Ratios::of(r)).collect();
+    println!();
+    println!("median of {rounds} rounds:");
     println!(
         "{:<32} {:>10} {:>10} {:>10}",
         "target", "req/s", "p50 ms", "p99 ms"
     );
-    for (i, addr) in targets.iter().enumerate() {
-        let path = if i == 4 || i == 5 {
-            miss.clone()
-        } else {
-            item.clone()
-        };
-        let m = client_rt.block_on(drive(*addr, path, concurrency, warmup, duration));
+    for (i, name) in names.iter().enumerate() {
+        let at = |f: &dyn Fn(&Measured) -> f64| median(rounds_results.iter().map(|r| f(&r[i])));
         println!(
             "{:<32} {:>10.0} {:>10.3} {:>10.3}",
-            names[i],
-            m.rps(),
-            m.p50_us / 1000.0,
-            m.p99_us / 1000.0
+            name,
+            at(&|m| m.rps()),
+            at(&|m| m.p50_us / 1000.0),
+            at(&|m| m.p99_us / 1000.0)
         );
-        results.push(m);
     }
-    let (a, b, c, d, e0, e1, f) = (
-        &results[0],
-        &results[1],
-        &results[2],
-        &results[3],
-        &results[4],
-        &results[5],
-        &results[6],
-    );
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let summary = |f: &dyn Fn(&Ratios) -> f64| {
+        let values: Vec<f64> = ratios.iter().map(f).collect();
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (median(values.into_iter()), lo, hi)
+    };
     println!();
-    let cb = c.rps() / b.rps();
-    let cb99 = c.p99_us / b.p99_us;
+    println!("ratios within each round: median (lowest .. highest)");
+    let (cb, lo, hi) = summary(&|r| r.cb);
     println!(
-        "C/B requests/s  {cb:.3}  (target >= 0.90: {})",
+        "C/B requests/s  {cb:.3} ({lo:.3} .. {hi:.3})  (target >= 0.90: {})",
         verdict(cb >= 0.90)
     );
+    let (cb99, lo, hi) = summary(&|r| r.cb99);
     println!(
-        "C/B p99         {cb99:.3}  (target <= 1.20: {})",
+        "C/B p99         {cb99:.3} ({lo:.3} .. {hi:.3})  (target <= 1.20: {})",
         verdict(cb99 <= 1.20)
     );
-    let da = d.rps() / a.rps();
+    let (da, lo, hi) = summary(&|r| r.da);
     println!(
-        "D/A requests/s  {da:.3}  (target >= 0.90: {})",
+        "D/A requests/s  {da:.3} ({lo:.3} .. {hi:.3})  (target >= 0.90: {})",
         verdict(da >= 0.90)
     );
-    let added = (e1.p50_us - e0.p50_us) / 1000.0;
+    let (added, lo, hi) = summary(&|r| r.e_added_ms);
     println!(
-        "E added p50     {added:.3} ms  (target <= 0.300 ms: {})",
+        "E added p50     {added:.3} ms ({lo:.3} .. {hi:.3})  (target <= 0.300 ms: {})",
         verdict(added <= 0.3)
     );
+    let (fa, _, _) = summary(&|r| r.fa);
+    let (f_added, _, _) = summary(&|r| r.f_added_ms);
     println!(
-        "F/A requests/s  {:.3}, added p50 {:.3} ms  (Redis down: the layer's cost on a pass-through)",
-        f.rps() / a.rps(),
-        (f.p50_us - a.p50_us) / 1000.0
+        "F/A requests/s  {fa:.3}, added p50 {f_added:.3} ms  (Redis down: the layer's cost on a pass-through)"
     );
     let overhead = memory as i64 - payload.len() as i64;
     println!(
@@ -388,6 +417,40 @@ fn main() {
         verdict(overhead <= 256)
     );
     drop(redis);
+}
+
+/// The ratios of one round.
+struct Ratios {
+    cb: f64,
+    cb99: f64,
+    da: f64,
+    e_added_ms: f64,
+    fa: f64,
+    f_added_ms: f64,
+}
+
+impl Ratios {
+    fn of(r: &[Measured]) -> Self {
+        let (a, b, c, d, e0, e1, f) = (&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]);
+        Self {
+            cb: c.rps() / b.rps(),
+            cb99: c.p99_us / b.p99_us,
+            da: d.rps() / a.rps(),
+            e_added_ms: (e1.p50_us - e0.p50_us) / 1000.0,
+            fa: f.rps() / a.rps(),
+            f_added_ms: (f.p50_us - a.p50_us) / 1000.0,
+        }
+    }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 async fn client_get(addr: SocketAddr, path: &str) -> Bytes {
