@@ -69,6 +69,24 @@ pub(crate) enum Lookup {
     Failed,
 }
 
+/// The cross-instance lock of one key, as its holder keeps it.
+pub(crate) struct HeldLock {
+    pub(crate) key: String,
+    pub(crate) token: String,
+    /// Set once the entry's write released it in the same round trip.
+    pub(crate) released: AtomicBool,
+}
+
+impl HeldLock {
+    pub(crate) fn new(key: String, token: String) -> Arc<Self> {
+        Arc::new(Self {
+            key,
+            token,
+            released: AtomicBool::new(false),
+        })
+    }
+}
+
 /// What waiting for another instance's computation gave.
 pub(crate) enum Coalesced {
     /// Another instance stored the entry meanwhile.
@@ -321,6 +339,29 @@ impl CacheCore {
         self.timed("put", self.store.put(writes)).await?;
         self.count_writes(writes);
         Ok(())
+    }
+
+    /// Writes and releases the lock `held`, in one round trip where the
+    /// store allows it; marks the lock released when it was.
+    pub(crate) async fn write_and_unlock(
+        &self,
+        writes: &[Write],
+        held: &HeldLock,
+    ) -> Result<(), StoreError> {
+        let call = self.store.put_and_unlock(writes, &held.key, &held.token);
+        let released = self.timed("put", call).await?;
+        held.released.store(released, Relaxed);
+        self.count_writes(writes);
+        Ok(())
+    }
+
+    /// Releases `held` unless a write already did.
+    pub(crate) async fn unlock(&self, held: &HeldLock) {
+        if !held.released.load(Relaxed) {
+            let _ = self
+                .timed("unlock", self.store.unlock(&held.key, &held.token))
+                .await;
+        }
     }
 
     pub(crate) fn count_writes(&self, writes: &[Write]) {

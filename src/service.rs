@@ -12,7 +12,7 @@
 
 use std::{
     mem,
-    sync::Arc,
+    sync::{atomic::Ordering::Relaxed, Arc},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -27,7 +27,7 @@ use tower_service::Service;
 
 use crate::{
     body::{collect_up_to, CacheBody, Collected},
-    core::{bump, CacheCore, Coalesced, Lookup},
+    core::{bump, CacheCore, Coalesced, HeldLock, Lookup},
     entry::{self, Entry, Extra, Freshness, Lifetimes, Marker},
     flight::{Flights, Join, Shared},
     future::ResponseFuture,
@@ -320,6 +320,8 @@ struct Plan {
     /// The request carries `Authorization` and the route does not open
     /// itself to it: only responses that allow it are served and stored.
     authorized: bool,
+    /// The cross-instance lock of the key, once this request holds it.
+    lock: Option<Arc<HeldLock>>,
 }
 
 #[cfg(feature = "axum")]
@@ -365,6 +367,7 @@ fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
         head,
         cc,
         authorized: !rule.allow_authorization && headers.contains_key(AUTHORIZATION),
+        lock: None,
     })
 }
 
@@ -511,7 +514,7 @@ async fn miss<S, ReqBody, ResBody>(
     core: Arc<CacheCore>,
     inner: S,
     req: Request<ReqBody>,
-    plan: Plan,
+    mut plan: Plan,
     stale: Option<Arc<Entry>>,
     generation: Option<u64>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
@@ -575,7 +578,6 @@ where
     };
 
     // One instance per key goes on; the others wait for its entry.
-    let mut lock = None;
     if generation.is_some() && !released && core.settings.distributed_lock {
         let lock_key = core.keys.lock_key(&plan.rule.namespace, plan.key());
         // A request revalidating what it found counts only an entry stored
@@ -603,19 +605,17 @@ where
                 }
                 return Ok(response);
             }
-            Coalesced::Locked(token) => lock = Some((lock_key, token)),
+            Coalesced::Locked(token) => plan.lock = Some(HeldLock::new(lock_key, token)),
             Coalesced::Entry(_) | Coalesced::Proceed => {}
         }
     }
 
     let result = fetch(&core, inner, req, &plan, generation, stale).await;
-    if let Some((lock_key, token)) = lock {
+    // Released by the entry's write when there was one; else now, off the
+    // response's path.
+    if let Some(held) = plan.lock.filter(|h| !h.released.load(Relaxed)) {
         let core = core.clone();
-        tokio::spawn(async move {
-            let _ = core
-                .timed("unlock", core.store.unlock(&lock_key, &token))
-                .await;
-        });
+        tokio::spawn(async move { core.unlock(&held).await });
     }
     let (response, shared) = result?;
     if let (Some(guard), Some(shared)) = (guard, shared) {
@@ -967,8 +967,12 @@ where
                 });
                 if generation.is_some() {
                     // Awaited (under the budget) so the client's next request
-                    // can already hit.
-                    let _ = core.write(&writes).await;
+                    // can already hit. The lock, if held, is released in the
+                    // same round trip.
+                    let _ = match &plan.lock {
+                        Some(held) => core.write_and_unlock(&writes, held).await,
+                        None => core.write(&writes).await,
+                    };
                 }
             }
             if !conditionals.is_empty()
@@ -1013,7 +1017,7 @@ fn refresh_in_background<S, ReqBody, ResBody>(
         return; // already being refreshed here
     };
     tokio::spawn(async move {
-        let mut lock = None;
+        let mut plan = plan;
         if core.settings.distributed_lock {
             let lock_key = core.keys.lock_key(&plan.rule.namespace, plan.key());
             match core
@@ -1026,7 +1030,7 @@ fn refresh_in_background<S, ReqBody, ResBody>(
                 )
                 .await
             {
-                Coalesced::Locked(token) => lock = Some((lock_key, token)),
+                Coalesced::Locked(token) => plan.lock = Some(HeldLock::new(lock_key, token)),
                 // Fresh again, or another instance is refreshing it.
                 _ => return,
             }
@@ -1036,10 +1040,8 @@ fn refresh_in_background<S, ReqBody, ResBody>(
         {
             guard.publish(shared);
         }
-        if let Some((lock_key, token)) = lock {
-            let _ = core
-                .timed("unlock", core.store.unlock(&lock_key, &token))
-                .await;
+        if let Some(held) = &plan.lock {
+            core.unlock(held).await;
         }
     });
 }

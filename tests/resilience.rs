@@ -19,8 +19,11 @@ use support::{req_get, send, RedisServer};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_redis_cache::{
     fred::prelude::{Expiration, KeysInterface, SetOptions},
-    CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder,
+    store::{BoxFuture, Fetched, RedisStore, Store, Write},
+    CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder, StoreError,
 };
+
+type StoreResult<T> = Result<T, StoreError>;
 
 /// A slow origin whose answers can be switched to 503.
 #[derive(Clone)]
@@ -157,6 +160,97 @@ async fn a_crashed_leader_costs_at_most_its_lock_ttl(redis: RedisServer) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let exists: u64 = client.exists("t:v1:default:LOCK:/items/1").await.unwrap();
     assert_eq!(exists, 0);
+}
+
+/// A `RedisStore` that counts the `unlock` calls made to it.
+#[derive(Debug)]
+struct CountingUnlocks {
+    redis: RedisStore,
+    unlocks: Arc<AtomicUsize>,
+}
+
+impl Store for CountingUnlocks {
+    fn fetch<'a>(&'a self, key: &'a str, gen: &'a str) -> BoxFuture<'a, StoreResult<Fetched>> {
+        self.redis.fetch(key, gen)
+    }
+    fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, StoreResult<()>> {
+        self.redis.put(writes)
+    }
+    fn put_and_unlock<'a>(
+        &'a self,
+        writes: &'a [Write],
+        lock_key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        self.redis.put_and_unlock(writes, lock_key, token)
+    }
+    fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, StoreResult<u64>> {
+        self.redis.delete(keys)
+    }
+    fn delete_matching<'a>(
+        &'a self,
+        pattern: &'a str,
+        filter: &'a (dyn Fn(&str) -> bool + Send + Sync),
+    ) -> BoxFuture<'a, StoreResult<u64>> {
+        self.redis.delete_matching(pattern, filter)
+    }
+    fn generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<u64>> {
+        self.redis.generation(key)
+    }
+    fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<u64>> {
+        self.redis.bump_generation(key)
+    }
+    fn lock_and_fetch<'a>(
+        &'a self,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        key: &'a str,
+        gen: &'a str,
+    ) -> BoxFuture<'a, StoreResult<(bool, Fetched)>> {
+        self.redis.lock_and_fetch(lock_key, token, ttl, key, gen)
+    }
+    fn unlock<'a>(&'a self, lock_key: &'a str, token: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        self.unlocks.fetch_add(1, SeqCst);
+        self.redis.unlock(lock_key, token)
+    }
+}
+
+async fn the_lock_is_released_with_the_write_and_after_an_unstored_answer(redis: RedisServer) {
+    let origin = Origin::new(0);
+    let unlocks = Arc::new(AtomicUsize::new(0));
+    let store = CountingUnlocks {
+        redis: redis.store().await,
+        unlocks: unlocks.clone(),
+    };
+    let cache = RedisCacheLayer::builder()
+        .prefix("t")
+        .store(store)
+        .build()
+        .unwrap();
+    let app = origin.router().layer(cache);
+    let client = redis.client().await;
+    // Stored: the write released the lock in the same round trip, before
+    // the response; no separate unlock follows.
+    let (status, x, _) = send(&app, req_get("/items/1")).await;
+    assert_eq!((status, x.as_str()), (200, "MISS"));
+    let held: u64 = client.exists("t:v1:default:LOCK:/items/1").await.unwrap();
+    assert_eq!(held, 0, "the lock outlived the response");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(unlocks.load(SeqCst), 0, "a separate unlock after the write");
+    // Not stored (a 503): released right after the response, on its own.
+    origin.failing.store(true, SeqCst);
+    assert_eq!(send(&app, req_get("/items/2")).await.0, 503);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let held: u64 = client.exists("t:v1:default:LOCK:/items/2").await.unwrap();
+        if held == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lock was never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(unlocks.load(SeqCst), 1);
 }
 
 async fn a_wait_that_runs_out_goes_to_the_origin(redis: RedisServer) {
@@ -514,6 +608,7 @@ async fn a_slow_origin_past_origin_timeout_is_covered_by_the_stale_entry_and_sti
 on_both_topologies!(
     a_thousand_concurrent_misses_through_four_instances_reach_the_origin_once,
     a_crashed_leader_costs_at_most_its_lock_ttl,
+    the_lock_is_released_with_the_write_and_after_an_unstored_answer,
     a_wait_that_runs_out_goes_to_the_origin,
     stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background,
     a_failing_origin_is_covered_by_the_stale_entry,

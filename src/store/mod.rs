@@ -144,6 +144,22 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         ))))
     }
 
+    /// Writes as [`put`](Self::put) does and releases `lock_key` as
+    /// [`unlock`](Self::unlock) does, in one round trip where the backend
+    /// allows it; returns whether the lock was released. A request that
+    /// took the lock and stores what it computed calls this, so the lock
+    /// costs no round trip of its own after the write. The default only
+    /// writes and returns `false`: the caller then releases the lock itself.
+    fn put_and_unlock<'a>(
+        &'a self,
+        writes: &'a [Write],
+        lock_key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let _ = (lock_key, token);
+        Box::pin(async move { self.put(writes).await.map(|()| false) })
+    }
+
     /// Releases `lock_key` if it still holds `token` (a lock that expired and
     /// was taken by someone else is left alone).
     fn unlock<'a>(

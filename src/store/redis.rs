@@ -10,7 +10,7 @@ use fred::{
         Builder, ClientLike, Config, Expiration, KeysInterface, LuaInterface, Pool,
         ReconnectPolicy, SetOptions, SortedSetsInterface,
     },
-    types::{scan::Scanner, ExpireOptions},
+    types::{scan::Scanner, ClusterHash, CustomCommand, ExpireOptions},
 };
 use futures_util::StreamExt;
 
@@ -311,39 +311,33 @@ impl Store for RedisStore {
                 }
             }
             let pipe = client.pipeline();
-            let now = crate::entry::now_ms();
-            for w in writes {
-                let value = w.value.clone();
-                let () = pipe
-                    .set(w.key.as_str(), value, Some(px(w.ttl)), None, false)
-                    .await
-                    .map_err(backend)?;
-                let expires = now.saturating_add(w.ttl.as_millis() as u64) as f64;
-                let ttl_ms = i64::try_from(w.ttl.as_millis()).unwrap_or(i64::MAX);
-                for tag in &w.tags {
-                    // The index: entry keys scored by their expiry, pruned of
-                    // expired keys on every write, itself expiring after its
-                    // longest-lived entry.
-                    let tag = tag.as_str();
-                    let member = (expires, w.key.as_str());
-                    let () = pipe
-                        .zadd(tag, None, None, false, false, member)
-                        .await
-                        .map_err(backend)?;
-                    let () = pipe
-                        .zremrangebyscore(tag, f64::NEG_INFINITY, now as f64)
-                        .await
-                        .map_err(backend)?;
-                    for option in [ExpireOptions::NX, ExpireOptions::GT] {
-                        let () = pipe
-                            .pexpire(tag, ttl_ms, Some(option))
-                            .await
-                            .map_err(backend)?;
-                    }
-                }
-            }
+            queue_writes(&pipe, writes).await?;
             let _: Vec<fred::types::Value> = pipe.all().await.map_err(backend)?;
             Ok(())
+        })
+    }
+
+    fn put_and_unlock<'a>(
+        &'a self,
+        writes: &'a [Write],
+        lock_key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let pipe = self.client()?.pipeline();
+            queue_writes(&pipe, writes).await?;
+            // Pipelines take no script commands; EVAL as a custom command,
+            // routed (on a cluster) by the lock key, its third argument.
+            let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+            let args: Vec<fred::types::Value> = vec![
+                UNLOCK_SCRIPT.into(),
+                1.into(),
+                lock_key.into(),
+                token.into(),
+            ];
+            let () = pipe.custom(eval, args).await.map_err(backend)?;
+            let _: Vec<fred::types::Value> = pipe.all().await.map_err(backend)?;
+            Ok(true)
         })
     }
 
@@ -435,6 +429,46 @@ impl Store for RedisStore {
             Ok(())
         })
     }
+}
+
+/// Queues `writes` on a pipeline: each value with `SET ... PX`, and its tag
+/// indexes.
+async fn queue_writes(
+    pipe: &fred::clients::Pipeline<fred::clients::Client>,
+    writes: &[Write],
+) -> Result<(), StoreError> {
+    let now = crate::entry::now_ms();
+    for w in writes {
+        let value = w.value.clone();
+        let () = pipe
+            .set(w.key.as_str(), value, Some(px(w.ttl)), None, false)
+            .await
+            .map_err(backend)?;
+        let expires = now.saturating_add(w.ttl.as_millis() as u64) as f64;
+        let ttl_ms = i64::try_from(w.ttl.as_millis()).unwrap_or(i64::MAX);
+        for tag in &w.tags {
+            // The index: entry keys scored by their expiry, pruned of
+            // expired keys on every write, itself expiring after its
+            // longest-lived entry.
+            let tag = tag.as_str();
+            let member = (expires, w.key.as_str());
+            let () = pipe
+                .zadd(tag, None, None, false, false, member)
+                .await
+                .map_err(backend)?;
+            let () = pipe
+                .zremrangebyscore(tag, f64::NEG_INFINITY, now as f64)
+                .await
+                .map_err(backend)?;
+            for option in [ExpireOptions::NX, ExpireOptions::GT] {
+                let () = pipe
+                    .pexpire(tag, ttl_ms, Some(option))
+                    .await
+                    .map_err(backend)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Compare-and-delete: only the holder of the token releases the lock.

@@ -481,6 +481,23 @@ impl Store for TieredStore {
         })
     }
 
+    fn put_and_unlock<'a>(
+        &'a self,
+        writes: &'a [Write],
+        lock_key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            for w in writes {
+                self.shared.drop_key(&w.key);
+            }
+            self.shared
+                .redis
+                .put_and_unlock(writes, lock_key, token)
+                .await
+        })
+    }
+
     fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
             let removed = self.shared.redis.delete(keys).await;
