@@ -110,6 +110,19 @@ pub(crate) struct Entry {
     pub(crate) variant: Option<Box<str>>,
     pub(crate) marker: Option<std::sync::Arc<Marker>>,
     pub(crate) body: Bytes,
+    /// The headers as a hit serves them, made on the first hit of an entry
+    /// the in-process store or tier shares; see [`Served`].
+    pub(crate) served: std::sync::OnceLock<Served>,
+}
+
+/// A shared entry's headers with `age` and the cache-status field already
+/// in place (as `HIT`): a hit clones this map and overwrites `age`, instead
+/// of copying every field into a new map.
+#[derive(Debug, Clone)]
+pub(crate) struct Served {
+    /// The cache-status field name the map was made for.
+    pub(crate) status_header: Option<HeaderName>,
+    pub(crate) headers: HeaderMap,
 }
 
 impl Entry {
@@ -390,6 +403,7 @@ pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
         variant,
         marker,
         body,
+        served: std::sync::OnceLock::new(),
     })
 }
 

@@ -28,7 +28,7 @@ use tower_service::Service;
 use crate::{
     body::{collect_up_to, CacheBody, Collected},
     core::{bump, CacheCore, Coalesced, HeldLock, Lookup},
-    entry::{self, Entry, Extra, Freshness, Lifetimes, Marker},
+    entry::{self, Entry, Extra, Freshness, Lifetimes, Marker, Served},
     flight::{Flights, Join, Shared},
     future::ResponseFuture,
     policy::Resolved,
@@ -1056,15 +1056,16 @@ fn cached_response<B: Body>(
     now: u64,
 ) -> Response<CacheBody<B>> {
     let age = entry.age_secs(now);
+    let status_header = core.settings.status_header.as_ref();
     // An entry only this request holds (decoded from the store's bytes) is
-    // taken apart; one the in-process store or a flight shares is copied.
-    let (status, headers, body) = match Arc::try_unwrap(entry) {
-        Ok(entry) => (entry.status, entry.headers, entry.body),
-        Err(shared) => (
-            shared.status,
-            copy_headers(&shared.headers),
-            shared.body.clone(),
-        ),
+    // taken apart; one the in-process store or a flight shares is served
+    // from its prepared headers.
+    let (status, headers, body, marked) = match Arc::try_unwrap(entry) {
+        Ok(entry) => (entry.status, entry.headers, entry.body, false),
+        Err(shared) => {
+            let (headers, marked) = served_headers(&shared, status_header, outcome);
+            (shared.status, headers, shared.body.clone(), marked)
+        }
     };
     let body = if head {
         CacheBody::empty()
@@ -1077,8 +1078,42 @@ fn cached_response<B: Body>(
     let headers = response.headers_mut();
     // `content-length` comes with the decoded entry.
     headers.insert(AGE, age_value(age));
-    mark(core.settings.status_header.as_ref(), headers, outcome);
+    if marked {
+        record(outcome);
+    } else {
+        mark(status_header, headers, outcome);
+    }
     response
+}
+
+/// The headers of a shared entry as a hit serves them, and whether they
+/// already carry `outcome` in the cache-status field: a clone of the map
+/// prepared on the entry's first hit, or a copy with room for the two fields
+/// when the entry was prepared for another layer's status field.
+fn served_headers(
+    entry: &Entry,
+    status_header: Option<&HeaderName>,
+    outcome: &'static str,
+) -> (HeaderMap, bool) {
+    let served = entry.served.get_or_init(|| {
+        let mut headers = copy_headers(&entry.headers);
+        headers.insert(AGE, age_value(0));
+        if let Some(name) = status_header {
+            headers.insert(name.clone(), HeaderValue::from_static(HIT));
+        }
+        Served {
+            status_header: status_header.cloned(),
+            headers,
+        }
+    });
+    if served.status_header.as_ref() == status_header {
+        (
+            served.headers.clone(),
+            outcome == HIT || status_header.is_none(),
+        )
+    } else {
+        (copy_headers(&entry.headers), false)
+    }
 }
 
 /// A copy of stored headers with room for the `age` and cache-status fields
@@ -1146,10 +1181,15 @@ fn age_value(age: u64) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from(age))
 }
 
-/// Sets the cache-status header (when enabled).
-pub(crate) fn mark(name: Option<&HeaderName>, headers: &mut HeaderMap, outcome: &'static str) {
+/// Counts and logs a request's outcome.
+fn record(outcome: &'static str) {
     crate::metrics::request(outcome);
     tracing::debug!(outcome, "cache outcome");
+}
+
+/// Sets the cache-status header (when enabled).
+pub(crate) fn mark(name: Option<&HeaderName>, headers: &mut HeaderMap, outcome: &'static str) {
+    record(outcome);
     if let Some(name) = name {
         headers.insert(name.clone(), HeaderValue::from_static(outcome));
     }
