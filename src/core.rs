@@ -188,10 +188,12 @@ impl CacheCore {
         };
         let mut call = call;
         // A store that answers at once (the in-process tier, the memory
-        // store) needs no timer.
+        // store) needs no timer. The timer is boxed: it would otherwise make
+        // every future that awaits a store call (each request's) larger and
+        // dearer to move, for a call that already allocates its own future.
         let result = match futures_util::FutureExt::now_or_never(&mut call) {
             Some(result) => result,
-            None => tokio::time::timeout(budget, call)
+            None => Box::pin(tokio::time::timeout(budget, call))
                 .await
                 .unwrap_or(Err(StoreError::Timeout(budget))),
         };
