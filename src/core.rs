@@ -269,9 +269,14 @@ impl CacheCore {
                     len = value.len(),
                     "cache entry does not decode; deleting it"
                 );
-                let _ = self
-                    .timed("delete", self.store.delete(&[key.to_owned()]))
-                    .await;
+                // Boxed: this rare path would otherwise make every lookup's
+                // future (part of each request's) larger.
+                let delete = async {
+                    let _ = self
+                        .timed("delete", self.store.delete(&[key.to_owned()]))
+                        .await;
+                };
+                Box::pin(delete).await;
                 Lookup::Miss { generation }
             }
         }

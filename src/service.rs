@@ -132,19 +132,18 @@ where
         // (not yet ready) stays for the next poll_ready.
         let clone = self.inner.clone();
         let inner = mem::replace(&mut self.inner, clone);
+        // Wrapping the future in a span moves it; skip that (and making the
+        // span) when nobody listens at debug level.
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return ResponseFuture::cache(Box::pin(serve(self.core.clone(), inner, req, plan)));
+        }
         let span = tracing::debug_span!(
             "http_cache",
             method = %req.method(),
             key = %plan.key(),
         );
         let serve = serve(self.core.clone(), inner, req, plan);
-        // Wrapping the future in a span moves it; skip that when nobody
-        // listens at debug level.
-        if span.is_disabled() {
-            ResponseFuture::cache(Box::pin(serve))
-        } else {
-            ResponseFuture::cache(Box::pin(tracing::Instrument::instrument(serve, span)))
-        }
+        ResponseFuture::cache(Box::pin(tracing::Instrument::instrument(serve, span)))
     }
 }
 
