@@ -12,6 +12,9 @@
 //! `floor` is a plain handler returning the 200 B body; `layer` is the same
 //! handler behind the layer on the in-memory store, every request a hit;
 //! `decode` decodes a stored 200 B entry (what a hit on Redis adds);
+//! `miss` sends every request to a new URL through the layer on the
+//! in-memory store (the CPU of a miss, without Redis), next to
+//! `floor-paths`, the plain handler with the same URLs;
 //! `tiered` is the layer on `TieredStore` (the L1 tier in front of a Redis
 //! the harness starts), every request an L1 hit, as target D of the load
 //! benchmark.
@@ -40,7 +43,17 @@ async fn handler(_: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infal
         .expect("a valid response"))
 }
 
-async fn drive<S, B>(mut svc: S, n: usize) -> usize
+async fn drive<S, B>(svc: S, n: usize) -> usize
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    drive_paths(svc, n, |_| "/products/42".to_owned()).await
+}
+
+async fn drive_paths<S, B>(mut svc: S, n: usize, path: impl Fn(usize) -> String) -> usize
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>>,
     S::Error: std::fmt::Debug,
@@ -48,8 +61,8 @@ where
     B::Error: std::fmt::Debug,
 {
     let mut bytes = 0;
-    for _ in 0..n {
-        let req = Request::get("/products/42")
+    for i in 0..n {
+        let req = Request::get(path(i))
             .body(Full::default())
             .expect("a request");
         let res = svc
@@ -120,6 +133,19 @@ fn main() {
                 // are L1 hits.
                 let warm = drive(svc.clone(), 2).await;
                 warm + drive(svc, n).await
+            }
+            "miss" => {
+                let layer = RedisCacheLayer::builder()
+                    .prefix("hitpath")
+                    .build()
+                    .expect("a layer");
+                let svc = tower::ServiceBuilder::new()
+                    .layer(layer)
+                    .service(tower::service_fn(handler));
+                drive_paths(svc, n, |i| format!("/products/{i}")).await
+            }
+            "floor-paths" => {
+                drive_paths(tower::service_fn(handler), n, |i| format!("/products/{i}")).await
             }
             _ => {
                 let layer = RedisCacheLayer::builder()
