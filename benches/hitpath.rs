@@ -15,6 +15,7 @@
 //! `miss` sends every request to a new URL through the layer on the
 //! in-memory store (the CPU of a miss, without Redis), next to
 //! `floor-paths`, the plain handler with the same URLs;
+//! `down` is the layer with its Redis unreachable (target F);
 //! `tiered` is the layer on `TieredStore` (the L1 tier in front of a Redis
 //! the harness starts), every request an L1 hit, as target D of the load
 //! benchmark.
@@ -143,6 +144,28 @@ fn main() {
                     .layer(layer)
                     .service(tower::service_fn(handler));
                 drive_paths(svc, n, |i| format!("/products/{i}")).await
+            }
+            "down" => {
+                // Nothing listens on the port: after the first failures the
+                // breaker is open and every request passes through.
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port")
+                    .port();
+                let store = tower_redis_cache::store::RedisStore::builder(format!(
+                    "redis://127.0.0.1:{port}"
+                ))
+                .build()
+                .expect("a store");
+                let layer = RedisCacheLayer::builder()
+                    .prefix("hitpath")
+                    .store(store)
+                    .build()
+                    .expect("a layer");
+                let svc = tower::ServiceBuilder::new()
+                    .layer(layer)
+                    .service(tower::service_fn(handler));
+                drive(svc.clone(), 10).await + drive(svc, n).await
             }
             "floor-paths" => {
                 drive_paths(tower::service_fn(handler), n, |i| format!("/products/{i}")).await

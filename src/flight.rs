@@ -4,7 +4,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -21,9 +24,15 @@ pub(crate) struct Shared {
 
 type Slot = watch::Receiver<Option<Arc<Shared>>>;
 
+/// A flight in the map: where its result will appear, and how many
+/// followers joined it.
+type Flight = (Slot, Arc<AtomicUsize>);
+
+type FlightMap = HashMap<String, Flight, crate::store::KeyHasher>;
+
 #[derive(Default)]
 pub(crate) struct Flights {
-    map: Arc<Mutex<HashMap<String, Slot>>>,
+    map: Arc<Mutex<FlightMap>>,
 }
 
 pub(crate) enum Join {
@@ -35,23 +44,27 @@ pub(crate) enum Join {
 /// [`publish`](FlightGuard::publish) (an uncacheable response, an error, a
 /// dropped request) lets the followers go to the service themselves.
 pub(crate) struct FlightGuard {
-    map: Arc<Mutex<HashMap<String, Slot>>>,
+    map: Arc<Mutex<FlightMap>>,
     key: String,
     tx: watch::Sender<Option<Arc<Shared>>>,
+    followers: Arc<AtomicUsize>,
 }
 
 impl Flights {
     pub(crate) fn join(&self, key: &str) -> Join {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rx) = map.get(key) {
+        if let Some((rx, followers)) = map.get(key) {
+            followers.fetch_add(1, Relaxed);
             return Join::Follower(rx.clone());
         }
         let (tx, rx) = watch::channel(None);
-        map.insert(key.to_owned(), rx);
+        let followers = Arc::new(AtomicUsize::new(0));
+        map.insert(key.to_owned(), (rx, followers.clone()));
         Join::Leader(FlightGuard {
             map: self.map.clone(),
             key: key.to_owned(),
             tx,
+            followers,
         })
     }
 
@@ -67,6 +80,12 @@ impl Flights {
 }
 
 impl FlightGuard {
+    /// How many requests joined this flight so far (a handle the leader's
+    /// work can read without holding the guard).
+    pub(crate) fn followers(&self) -> Arc<AtomicUsize> {
+        self.followers.clone()
+    }
+
     pub(crate) fn publish(self, shared: Shared) {
         let _ = self.tx.send(Some(Arc::new(shared)));
     }
@@ -77,7 +96,7 @@ impl Drop for FlightGuard {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map
             .get(&self.key)
-            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+            .is_some_and(|(rx, _)| rx.same_channel(&self.tx.subscribe()))
         {
             map.remove(&self.key);
         }
@@ -118,6 +137,7 @@ mod tests {
         let Join::Follower(slot) = flights.join("k") else {
             panic!("second follows")
         };
+        assert_eq!(guard.followers().load(Relaxed), 1);
         let waiter = tokio::spawn(Flights::wait(slot, Duration::from_secs(5)));
         guard.publish(Shared {
             entry: Arc::new(entry()),

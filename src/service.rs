@@ -12,7 +12,10 @@
 
 use std::{
     mem,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::{
+        atomic::{AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -321,6 +324,9 @@ struct Plan {
     authorized: bool,
     /// The cross-instance lock of the key, once this request holds it.
     lock: Option<Arc<HeldLock>>,
+    /// How many requests in this process wait for this one's response,
+    /// once it leads a flight.
+    followers: Option<Arc<AtomicUsize>>,
 }
 
 #[cfg(feature = "axum")]
@@ -367,6 +373,7 @@ fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
         cc,
         authorized: !rule.allow_authorization && headers.contains_key(AUTHORIZATION),
         lock: None,
+        followers: None,
     })
 }
 
@@ -550,7 +557,10 @@ where
     let mut released = false;
     let guard = if core.settings.single_flight {
         match core.flights.join(plan.key()) {
-            Join::Leader(guard) => Some(guard),
+            Join::Leader(guard) => {
+                plan.followers = Some(guard.followers());
+                Some(guard)
+            }
             Join::Follower(slot) => {
                 match Flights::wait(slot, core.settings.coalesce_timeout).await {
                     Some(shared) if answers(&shared.entry, req.headers(), &plan) => {
@@ -837,22 +847,28 @@ where
         uri.as_ref(),
         &mut parts,
     );
-    if !parts.headers.contains_key(header::DATE) {
+    let cc = CacheControl::parse(&parts.headers);
+    // A failure a stale entry will stand in for is not stored.
+    let covered_failure = has_fallback && parts.status.is_server_error();
+    // With the store down nothing is written: the response is buffered
+    // only for requests waiting on it, and otherwise passes through as it
+    // streams.
+    let wanted =
+        generation.is_some() || plan.followers.as_ref().is_some_and(|f| f.load(Relaxed) > 0);
+    let storable = may_store
+        && wanted
+        && !covered_failure
+        && (!plan.authorized || cc.allows_authorized())
+        && semantics::refuse_to_store(&parts.headers, &cc, plan.rule.http.strip_set_cookie)
+            .is_none();
+    if storable && !parts.headers.contains_key(header::DATE) {
         // RFC 9110 §6.6.1: a recipient that caches a response without `Date`
-        // adds one.
+        // adds one. (One that only passes through gets it from the server.)
         parts.headers.insert(
             header::DATE,
             semantics::format_http_date(response_ms / 1000),
         );
     }
-    let cc = CacheControl::parse(&parts.headers);
-    // A failure a stale entry will stand in for is not stored.
-    let covered_failure = has_fallback && parts.status.is_server_error();
-    let storable = may_store
-        && !covered_failure
-        && (!plan.authorized || cc.allows_authorized())
-        && semantics::refuse_to_store(&parts.headers, &cc, plan.rule.http.strip_set_cookie)
-            .is_none();
     let stamped = if storable {
         let (status, headers) = (parts.status, &parts.headers);
         stamp(&plan.rule, status, headers, &cc, request_ms, response_ms)

@@ -4,6 +4,7 @@
 mod support;
 
 use std::{
+    convert::Infallible,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
         Arc,
@@ -618,3 +619,81 @@ on_both_topologies!(
     waiters_released_by_an_unshareable_response_call_the_service_themselves,
     a_slow_origin_past_origin_timeout_is_covered_by_the_stale_entry_and_still_refreshes,
 );
+
+/// A store whose Redis never answers: nothing listens on its port.
+fn dead_store() -> RedisStore {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    RedisStore::builder(format!("redis://127.0.0.1:{port}"))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn with_redis_down_concurrent_misses_still_share_one_origin_call() {
+    let origin = Origin::new(300);
+    let cache = RedisCacheLayer::builder()
+        .prefix("t")
+        .store(dead_store())
+        .build()
+        .unwrap();
+    let app = origin.router().layer(cache);
+    let results =
+        futures_util::future::join_all((0..20).map(|_| send(&app, req_get("/items/1")))).await;
+    for (status, _, body) in &results {
+        assert_eq!((*status, body.as_str()), (200, "item 1 v1"));
+    }
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test]
+async fn with_redis_down_a_response_nobody_waits_for_streams_through_unbuffered() {
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio::sync::{mpsc, oneshot};
+    let cache = RedisCacheLayer::builder()
+        .prefix("t")
+        .store(dead_store())
+        .build()
+        .unwrap();
+    let (first_read_tx, first_read_rx) = oneshot::channel::<()>();
+    let gate = Arc::new(std::sync::Mutex::new(Some(first_read_rx)));
+    let inner = service_fn(move |_req: Request<Full<Bytes>>| {
+        let gate = gate.clone();
+        async move {
+            let (tx, mut rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(1);
+            let wait = gate.lock().unwrap().take().unwrap();
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Ok(http_body::Frame::data(Bytes::from("first "))))
+                    .await;
+                // The rest comes only once the client has read the first
+                // chunk: a layer that buffered would wait forever.
+                let _ = wait.await;
+                let _ = tx
+                    .send(Ok(http_body::Frame::data(Bytes::from("second"))))
+                    .await;
+            });
+            let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+            Ok::<_, Infallible>(Response::new(body))
+        }
+    });
+    let svc = cache.layer(inner);
+    let req = Request::get("/items/1").body(Full::default()).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(5), svc.oneshot(req))
+        .await
+        .expect("headers arrive before the body ends")
+        .unwrap();
+    assert_eq!(res.headers()["x-cache"], "BYPASS");
+    let mut body = res.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first chunk arrives before the origin finishes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first ");
+    first_read_tx.send(()).unwrap();
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "second");
+}
