@@ -107,7 +107,11 @@ impl Breaker {
     }
 
     pub(crate) fn record_success(&self) {
-        self.failures.store(0, Relaxed);
+        // Read first: a write on every successful call would bounce this
+        // cache line between the cores serving requests.
+        if self.failures.load(Relaxed) != 0 {
+            self.failures.store(0, Relaxed);
+        }
         if self.state.load(Relaxed) != CLOSED && self.state.swap(CLOSED, Relaxed) != CLOSED {
             self.recoveries.fetch_add(1, Relaxed);
             crate::metrics::breaker(BreakerState::Closed, false);

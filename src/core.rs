@@ -13,7 +13,7 @@ use std::{
 use http::HeaderName;
 
 use crate::{
-    breaker::Breaker,
+    breaker::{Breaker, BreakerState},
     entry::{self, Entry, Freshness},
     error::StoreError,
     flight::Flights,
@@ -239,36 +239,11 @@ impl CacheCore {
 
     /// Decides what a fetched value is worth.
     async fn judge(&self, key: &str, fetched: Fetched) -> Lookup {
-        let generation = fetched.generation;
-        let Some(value) = fetched.value else {
-            return Lookup::Miss { generation };
-        };
-        let decoded = match fetched.decoded {
-            Some(entry) => Some(entry),
-            None => entry::decode(&value).map(Arc::new),
-        };
-        let now = entry::now_ms();
-        match decoded {
-            Some(entry)
-                if entry.generation == generation
-                    && now.saturating_sub(entry.stored_at_ms) < entry.lives_ms() =>
-            {
-                Lookup::Found {
-                    entry,
-                    generation,
-                    now,
-                }
-            }
-            // Written before the last namespace bump, or past its life (a
-            // store that expires lazily).
-            Some(_) => Lookup::Miss { generation },
-            None => {
+        match Self::assess(fetched) {
+            Ok(lookup) => lookup,
+            Err((generation, len)) => {
                 bump(&self.counters.corrupt_entries);
-                tracing::warn!(
-                    key,
-                    len = value.len(),
-                    "cache entry does not decode; deleting it"
-                );
+                tracing::warn!(key, len, "cache entry does not decode; deleting it");
                 // Boxed: this rare path would otherwise make every lookup's
                 // future (part of each request's) larger.
                 let delete = async {
@@ -280,6 +255,64 @@ impl CacheCore {
                 Lookup::Miss { generation }
             }
         }
+    }
+
+    /// What a fetched value is worth; `Err` (its generation and length) for
+    /// a value that does not decode.
+    fn assess(fetched: Fetched) -> Result<Lookup, (u64, usize)> {
+        let generation = fetched.generation;
+        let Some(value) = fetched.value else {
+            return Ok(Lookup::Miss { generation });
+        };
+        let decoded = match fetched.decoded {
+            Some(entry) => Some(entry),
+            None => entry::decode(&value).map(Arc::new),
+        };
+        let now = entry::now_ms();
+        match decoded {
+            Some(entry)
+                if entry.generation == generation
+                    && now.saturating_sub(entry.stored_at_ms) < entry.lives_ms() =>
+            {
+                Ok(Lookup::Found {
+                    entry,
+                    generation,
+                    now,
+                })
+            }
+            // Written before the last namespace bump, or past its life (a
+            // store that expires lazily).
+            Some(_) => Ok(Lookup::Miss { generation }),
+            None => Err((generation, value.len())),
+        }
+    }
+
+    /// The lookup, when the store answers without waiting (see
+    /// [`Store::fetch_now`]); `None` sends the caller to [`lookup`](Self::lookup).
+    pub(crate) fn lookup_now(&self, key: &str, generation_key: &str) -> Option<Lookup> {
+        // Only with the breaker closed: an open or probing one is the
+        // asynchronous path's business.
+        if self.breaker.state() != BreakerState::Closed {
+            return None;
+        }
+        let clock = if tracing::enabled!(tracing::Level::TRACE) {
+            Some(Instant::now())
+        } else {
+            crate::metrics::start()
+        };
+        let fetched = self.store.fetch_now(key, generation_key)?.ok()?;
+        if let Some(clock) = clock {
+            let took = clock.elapsed();
+            crate::metrics::store_call("fetch", took, true);
+            tracing::trace!(
+                op = "fetch",
+                took_us = took.as_micros() as u64,
+                ok = true,
+                "store call"
+            );
+        }
+        self.breaker.record_success();
+        Self::assess(fetched).ok()
     }
 
     /// Takes the cross-instance lock for `key`, or waits (polling with

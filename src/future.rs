@@ -1,8 +1,9 @@
 //! [`ResponseFuture`], the future of [`CacheService`](crate::CacheService).
 //!
 //! A request that bypasses the cache runs the inner future in place (no
-//! allocation); a cacheable one runs a boxed state machine (lookup, inner call,
-//! store).
+//! allocation); a hit the store answers at once (the in-process store, the L1
+//! tier) is ready when the future is made; any other cacheable request runs a
+//! boxed state machine (lookup, inner call, store).
 
 use std::{
     future::Future,
@@ -49,6 +50,9 @@ pin_project! {
         Cache {
             future: BoxFuture<'static, Result<Response<CacheBody<B>>, E>>,
         },
+        Ready {
+            response: Option<Response<CacheBody<B>>>,
+        },
     }
 }
 
@@ -62,6 +66,15 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
     pub(crate) fn cache(future: BoxFuture<'static, Result<Response<CacheBody<B>>, E>>) -> Self {
         Self {
             state: State::Cache { future },
+        }
+    }
+
+    /// A response already made (a hit the store answered at once).
+    pub(crate) fn ready(response: Response<CacheBody<B>>) -> Self {
+        Self {
+            state: State::Ready {
+                response: Some(response),
+            },
         }
     }
 }
@@ -87,6 +100,9 @@ where
                 Poll::Ready(Ok(Response::from_parts(parts, CacheBody::inner(body))))
             }
             StateProj::Cache { future } => future.as_mut().poll(cx),
+            StateProj::Ready { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
         }
     }
 }

@@ -131,21 +131,43 @@ where
                 .insert(CacheHandle::new(self.core.clone()));
             return ResponseFuture::bypass(self.inner.call(req), self.core.clone());
         };
+        // Wrapping the future in a span moves it; skip that (and making the
+        // span) when nobody listens at debug level.
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
+        // A hit the store answers at once (the in-process store, the L1
+        // tier) is served here: no future to allocate, no service to clone.
+        let prefetched = match (!debug)
+            .then(|| self.core.lookup_now(plan.key(), &plan.rule.generation_key))
+            .flatten()
+        {
+            Some(Lookup::Found {
+                entry,
+                generation,
+                now,
+            }) => match serve_now(&self.core, entry, req.headers(), &plan, now) {
+                Ok(response) => return ResponseFuture::ready(response),
+                Err(entry) => Some(Lookup::Found {
+                    entry,
+                    generation,
+                    now,
+                }),
+            },
+            other => other,
+        };
         // The service that was polled ready goes into the future; a clone
         // (not yet ready) stays for the next poll_ready.
         let clone = self.inner.clone();
         let inner = mem::replace(&mut self.inner, clone);
-        // Wrapping the future in a span moves it; skip that (and making the
-        // span) when nobody listens at debug level.
-        if !tracing::enabled!(tracing::Level::DEBUG) {
-            return ResponseFuture::cache(Box::pin(serve(self.core.clone(), inner, req, plan)));
+        if !debug {
+            let serve = serve(self.core.clone(), inner, req, plan, prefetched);
+            return ResponseFuture::cache(Box::pin(serve));
         }
         let span = tracing::debug_span!(
             "http_cache",
             method = %req.method(),
             key = %plan.key(),
         );
-        let serve = serve(self.core.clone(), inner, req, plan);
+        let serve = serve(self.core.clone(), inner, req, plan, None);
         ResponseFuture::cache(Box::pin(tracing::Instrument::instrument(serve, span)))
     }
 }
@@ -442,13 +464,36 @@ fn variant_key(primary: &str, marker: &Marker, headers: &HeaderMap) -> String {
     format!("{primary}#v{}.{id}", marker.nonce)
 }
 
-/// The path of a cacheable request: lookup, then (on a miss) single-flight in
-/// this process, the cross-instance lock, and the service.
+/// A fresh entry the store answered at once, served without a future; the
+/// entry back when it needs more (a `Vary` marker, another variant, a
+/// revalidation, a refresh).
+fn serve_now<B: Body>(
+    core: &CacheCore,
+    entry: Arc<Entry>,
+    request: &HeaderMap,
+    plan: &Plan,
+    now: u64,
+) -> Result<Response<CacheBody<B>>, Arc<Entry>> {
+    let usable = entry.marker.is_none()
+        && plan.rule.early_refresh <= 0.0
+        && answers(&entry, request, plan)
+        && matches!(judge(&entry, now, &plan.cc), Use::Fresh);
+    if !usable {
+        return Err(entry);
+    }
+    bump(&core.counters.hits);
+    Ok(answer(core, entry, request, plan.head, HIT, now))
+}
+
+/// The path of a cacheable request: lookup (unless `prefetched` holds its
+/// result), then (on a miss) single-flight in this process, the
+/// cross-instance lock, and the service.
 async fn serve<S, ReqBody, ResBody>(
     core: Arc<CacheCore>,
     inner: S,
     req: Request<ReqBody>,
     mut plan: Plan,
+    prefetched: Option<Lookup>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -459,7 +504,10 @@ where
     ResBody::Error: Send + 'static,
 {
     let gen_key = &plan.rule.generation_key;
-    let mut found = core.lookup(plan.key(), gen_key).await;
+    let mut found = match prefetched {
+        Some(found) => found,
+        None => core.lookup(plan.key(), gen_key).await,
+    };
     if let Lookup::Found { entry, .. } = &found {
         if let Some(marker) = entry.marker.clone() {
             // A response with `Vary`: one more round trip for the variant.

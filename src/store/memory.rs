@@ -77,6 +77,16 @@ impl MemoryStore {
         }
     }
 
+    fn read(&self, key: &str, generation_key: &str) -> Fetched {
+        let (value, decoded) = match self.entries.get(key) {
+            Some(v) => (Some(v.bytes), v.decoded),
+            None => (None, None),
+        };
+        let mut fetched = Fetched::new(value, self.generation_now(generation_key));
+        fetched.decoded = decoded;
+        fetched
+    }
+
     fn generation_now(&self, key: &str) -> u64 {
         let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
         if generations.is_empty() {
@@ -108,13 +118,11 @@ impl Store for MemoryStore {
         key: &'a str,
         generation_key: &'a str,
     ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
-        let (value, decoded) = match self.entries.get(key) {
-            Some(v) => (Some(v.bytes), v.decoded),
-            None => (None, None),
-        };
-        let mut fetched = Fetched::new(value, self.generation_now(generation_key));
-        fetched.decoded = decoded;
-        Box::pin(std::future::ready(Ok(fetched)))
+        Box::pin(std::future::ready(Ok(self.read(key, generation_key))))
+    }
+
+    fn fetch_now(&self, key: &str, generation_key: &str) -> Option<Result<Fetched, StoreError>> {
+        Some(Ok(self.read(key, generation_key)))
     }
 
     fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {

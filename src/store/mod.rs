@@ -88,6 +88,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         generation_key: &'a str,
     ) -> BoxFuture<'a, Result<Fetched, StoreError>>;
 
+    /// Answers [`fetch`](Self::fetch) at once, without a future, when the
+    /// store can: an in-process store, or a tier that holds the key. `None`
+    /// sends the caller to `fetch`. A hit answered here is served without
+    /// allocating a future for the request. The default is `None`.
+    fn fetch_now(&self, key: &str, generation_key: &str) -> Option<Result<Fetched, StoreError>> {
+        let _ = (key, generation_key);
+        None
+    }
+
     /// Writes every value with its TTL, in one round trip where the backend
     /// allows it (a Redis pipeline).
     fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>>;

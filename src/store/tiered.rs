@@ -432,16 +432,10 @@ impl Store for TieredStore {
         key: &'a str,
         generation_key: &'a str,
     ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
-        let s = &self.shared;
-        if s.coherent() {
-            if let (Some(local), Some(generation)) =
-                (s.entries.get(key), s.generations.get(generation_key))
-            {
-                let mut fetched = Fetched::new(Some(local.bytes), generation);
-                fetched.decoded = Some(local.entry);
-                return Box::pin(std::future::ready(Ok(fetched)));
-            }
+        if let Some(fetched) = self.fetch_now(key, generation_key) {
+            return Box::pin(std::future::ready(fetched));
         }
+        let s = &self.shared;
         Box::pin(async move {
             let (entry_stripe, gen_stripe) = (stripe(key), stripe(generation_key));
             let before = (
@@ -468,6 +462,18 @@ impl Store for TieredStore {
             }
             Ok(fetched)
         })
+    }
+
+    fn fetch_now(&self, key: &str, generation_key: &str) -> Option<Result<Fetched, StoreError>> {
+        let s = &self.shared;
+        if !s.coherent() {
+            return None;
+        }
+        let generation = s.generations.get(generation_key)?;
+        let local = s.entries.get(key)?;
+        let mut fetched = Fetched::new(Some(local.bytes), generation);
+        fetched.decoded = Some(local.entry);
+        Some(Ok(fetched))
     }
 
     fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
