@@ -352,18 +352,42 @@ fn weak_eq(a: &str, b: &str) -> bool {
     a.starts_with('"') && a.len() >= 2 && a == b
 }
 
-/// Whether a request carries a conditional the cache answers itself.
-pub(crate) fn is_conditional(request: &HeaderMap) -> bool {
-    request.contains_key(header::IF_NONE_MATCH) || request.contains_key(header::IF_MODIFIED_SINCE)
+/// The request fields the cache acts on, found in one pass over the
+/// request's field names: cheaper than a hash lookup for each of them, and
+/// nearly free for the few fields most requests carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RequestFields {
+    /// `Range` or a precondition meant for the origin (`If-Match`,
+    /// `If-Unmodified-Since`, `If-Range`): the cache does not answer it.
+    pub(crate) passes_through: bool,
+    /// `Cache-Control` or `Pragma`: request directives to parse.
+    pub(crate) directives: bool,
+    pub(crate) authorization: bool,
+    /// `If-None-Match` or `If-Modified-Since`: a conditional the cache
+    /// answers itself.
+    pub(crate) conditional: bool,
 }
 
-/// Request headers that make a request one the cache does not answer: ranges
-/// and preconditions meant for the origin.
-pub(crate) fn passes_through(request: &HeaderMap) -> bool {
-    request.contains_key(header::RANGE)
-        || request.contains_key(header::IF_MATCH)
-        || request.contains_key(header::IF_UNMODIFIED_SINCE)
-        || request.contains_key(header::IF_RANGE)
+impl RequestFields {
+    pub(crate) fn scan(request: &HeaderMap) -> Self {
+        let mut fields = Self::default();
+        for name in request.keys() {
+            if name == header::CACHE_CONTROL || name == header::PRAGMA {
+                fields.directives = true;
+            } else if name == header::AUTHORIZATION {
+                fields.authorization = true;
+            } else if name == header::IF_NONE_MATCH || name == header::IF_MODIFIED_SINCE {
+                fields.conditional = true;
+            } else if name == header::RANGE
+                || name == header::IF_MATCH
+                || name == header::IF_UNMODIFIED_SINCE
+                || name == header::IF_RANGE
+            {
+                fields.passes_through = true;
+            }
+        }
+        fields
+    }
 }
 
 /// Headers a `304` from the cache carries, taken from the stored response
@@ -445,6 +469,47 @@ mod tests {
 
     fn cc(v: &'static str) -> CacheControl {
         CacheControl::parse(&with(&[("cache-control", v)]))
+    }
+
+    #[test]
+    fn request_fields_are_found_in_one_pass_whatever_their_case() {
+        let scan = |fields: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in fields {
+                h.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            RequestFields::scan(&h)
+        };
+        assert_eq!(
+            scan(&[("host", "a"), ("accept", "*/*")]),
+            RequestFields::default()
+        );
+        let all = scan(&[
+            ("Cache-Control", "no-cache"),
+            ("Authorization", "Bearer x"),
+            ("If-None-Match", "\"a\""),
+            ("Range", "bytes=0-1"),
+        ]);
+        assert_eq!(
+            all,
+            RequestFields {
+                passes_through: true,
+                directives: true,
+                authorization: true,
+                conditional: true,
+            }
+        );
+        assert!(scan(&[("pragma", "no-cache")]).directives);
+        assert!(scan(&[("if-modified-since", "x")]).conditional);
+        for precondition in ["if-match", "if-unmodified-since", "if-range"] {
+            assert!(
+                scan(&[(precondition, "x")]).passes_through,
+                "{precondition}"
+            );
+        }
     }
 
     #[test]

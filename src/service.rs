@@ -22,7 +22,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{
-    header::{self, AGE, AUTHORIZATION},
+    header::{self, AGE},
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode,
 };
 use http_body::Body;
@@ -35,7 +35,7 @@ use crate::{
     flight::{Flights, Join, Shared},
     future::ResponseFuture,
     policy::Resolved,
-    semantics::{self, CacheControl, Vary},
+    semantics::{self, CacheControl, RequestFields, Vary},
     store::Write,
     tags::take_tags,
     CacheHandle,
@@ -344,6 +344,8 @@ struct Plan {
     /// The request carries `Authorization` and the route does not open
     /// itself to it: only responses that allow it are served and stored.
     authorized: bool,
+    /// The request carries `If-None-Match` or `If-Modified-Since`.
+    conditional: bool,
     /// The cross-instance lock of the key, once this request holds it.
     lock: Option<Arc<HeldLock>>,
     /// How many requests in this process wait for this one's response,
@@ -374,10 +376,13 @@ fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
         .lookup(matched_route(req), uri.path())
         .as_ref()?;
     let headers = req.headers();
-    if semantics::passes_through(headers) {
+    let fields = RequestFields::scan(headers);
+    if fields.passes_through {
         return None;
     }
-    let cc = if rule.http.request_directives {
+    let cc = if !fields.directives {
+        CacheControl::default()
+    } else if rule.http.request_directives {
         CacheControl::parse_request(headers)
     } else {
         CacheControl {
@@ -393,7 +398,8 @@ fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
         rule: rule.clone(),
         head,
         cc,
-        authorized: !rule.allow_authorization && headers.contains_key(AUTHORIZATION),
+        authorized: !rule.allow_authorization && fields.authorization,
+        conditional: fields.conditional,
         lock: None,
         followers: None,
     })
@@ -482,7 +488,7 @@ fn serve_now<B: Body>(
         return Err(entry);
     }
     bump(&core.counters.hits);
-    Ok(answer(core, entry, request, plan.head, HIT, now))
+    Ok(answer(core, entry, request, plan, HIT, now))
 }
 
 /// The path of a cacheable request: lookup (unless `prefetched` holds its
@@ -546,7 +552,7 @@ where
                     }
                 };
                 let replaces = entry.stored_at_ms;
-                let response = answer(&core, entry, req.headers(), plan.head, outcome, now);
+                let response = answer(&core, entry, req.headers(), &plan, outcome, now);
                 if refresh {
                     refresh_in_background(core, inner, req, plan, generation, replaces);
                 }
@@ -619,7 +625,7 @@ where
                             &core,
                             entry,
                             req.headers(),
-                            false,
+                            &plan,
                             shared.outcome,
                             now,
                         ));
@@ -653,7 +659,7 @@ where
             Coalesced::Entry(entry) if answers(&entry, req.headers(), &plan) => {
                 bump(&core.counters.coalesced);
                 let now = entry::now_ms();
-                let response = answer(&core, entry.clone(), req.headers(), false, HIT, now);
+                let response = answer(&core, entry.clone(), req.headers(), &plan, HIT, now);
                 if let Some(guard) = guard {
                     guard.publish(Shared {
                         entry,
@@ -1196,12 +1202,12 @@ fn answer<B: Body>(
     core: &CacheCore,
     entry: Arc<Entry>,
     request: &HeaderMap,
-    head: bool,
+    plan: &Plan,
     outcome: &'static str,
     now: u64,
 ) -> Response<CacheBody<B>> {
     if entry.status == StatusCode::OK
-        && semantics::is_conditional(request)
+        && plan.conditional
         && semantics::not_modified(request, &entry.headers, entry.stored_at_ms)
     {
         bump(&core.counters.not_modified);
@@ -1213,7 +1219,7 @@ fn answer<B: Body>(
         mark(core.settings.status_header.as_ref(), headers, outcome);
         return response;
     }
-    cached_response(core, entry, head, outcome, now)
+    cached_response(core, entry, plan.head, outcome, now)
 }
 
 /// A `304` with the headers RFC 9110 §15.4.5 asks for, from `stored`.
