@@ -16,6 +16,10 @@
 //! in-memory store (the CPU of a miss, without Redis), next to
 //! `floor-paths`, the plain handler with the same URLs;
 //! `down` is the layer with its Redis unreachable (target F);
+//! `http-floor` and `http-tiered` serve A and D of the load benchmark with
+//! axum on a loopback socket and send the requests one after the other over
+//! one connection, so the count covers hyper, axum and a client too (not
+//! the kernel);
 //! `tiered` is the layer on `TieredStore` (the L1 tier in front of a Redis
 //! the harness starts), every request an L1 hit, as target D of the load
 //! benchmark.
@@ -167,6 +171,8 @@ fn main() {
                     .service(tower::service_fn(handler));
                 drive(svc.clone(), 10).await + drive(svc, n).await
             }
+            #[cfg(feature = "l1")]
+            "http-floor" | "http-tiered" => http(mode == "http-tiered", n).await,
             "floor-paths" => {
                 drive_paths(tower::service_fn(handler), n, |i| format!("/products/{i}")).await
             }
@@ -188,4 +194,64 @@ fn main() {
             took.as_nanos() as f64 / n.max(1) as f64
         );
     });
+}
+
+/// Targets A (`layered` false) and D of the load benchmark, served by axum
+/// on loopback and driven by a hyper client in the same runtime.
+#[cfg(feature = "l1")]
+async fn http(layered: bool, n: usize) -> usize {
+    use axum::{routing::get, Router};
+    use tower_redis_cache::store::{LocalTier, TieredStore};
+    let redis = support::RedisServer::start();
+    let json = || async {
+        (
+            [(http::header::CONTENT_TYPE, "application/json")],
+            Bytes::from_static(BODY),
+        )
+    };
+    let mut app = Router::new().route("/products/42", get(json));
+    if layered {
+        let store = TieredStore::connect(
+            redis.store().await,
+            LocalTier::new().track_prefix("hitpath:"),
+        )
+        .await
+        .expect("a tiered store");
+        let layer = RedisCacheLayer::builder()
+            .prefix("hitpath")
+            .store(store)
+            .build()
+            .expect("a layer");
+        app = app.layer(layer);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("a connection");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("a handshake");
+    tokio::spawn(conn);
+    let mut bytes = 0;
+    // Two warm-up requests store the entry and fill the tier.
+    for _ in 0..n + 2 {
+        let req = Request::get("/products/42")
+            .header("host", "bench")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("a request");
+        let res = sender.send_request(req).await.expect("a response");
+        bytes += res
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes()
+            .len();
+    }
+    bytes
 }
