@@ -1,6 +1,6 @@
 //! The side-by-side load benchmark: `cargo bench --bench load`.
 //!
-//! Starts its own `redis-server` on a free loopback port, serves seven targets
+//! Starts its own `redis-server` on a free loopback port, serves eight targets
 //! on loopback and drives each in turn with the same HTTP/1.1 load generator
 //! (persistent connections, fixed concurrency and duration), for several
 //! rounds; the ratios are taken within each round and their median reported:
@@ -11,7 +11,9 @@
 //! - C: the layer on Redis, every request a hit;
 //! - D: the layer with the in-process L1 tier, every request a hit;
 //! - E: a miss-only workload over a 20 ms origin, with and without the layer;
-//! - F: the layer with its Redis down (every request passes through), next to A.
+//! - F: the layer with its Redis down (every request passes through), next to A;
+//! - E': E's misses with the cross-instance lock turned off (one round trip
+//!   fewer), to show what the lock costs.
 //!
 //! Server and generator each get one runtime thread, so on a 2-core machine
 //! they do not fight over one core. The ratios matter, not the absolute
@@ -263,7 +265,26 @@ fn main() {
             .store(redis.store().await)
             .build()
             .unwrap();
-        let e_layer = serve(Router::new().route("/miss/{n}", get(slow)).layer(layer_e)).await;
+        let e_layer = serve(
+            Router::new()
+                .route("/miss/{n}", get(slow.clone()))
+                .layer(layer_e),
+        )
+        .await;
+        // E without the cross-instance lock: what its round trip costs.
+        let layer_e_unlocked = RedisCacheLayer::builder()
+            .prefix("benchmissnolock")
+            .ttl(Duration::from_secs(60))
+            .distributed_lock(false)
+            .store(redis.store().await)
+            .build()
+            .unwrap();
+        let e_unlocked = serve(
+            Router::new()
+                .route("/miss/{n}", get(slow))
+                .layer(layer_e_unlocked),
+        )
+        .await;
 
         // F: Redis unreachable (nothing listens on the port).
         let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -306,7 +327,7 @@ fn main() {
             )
             .await
             .unwrap();
-        ([a, b, c, d, e_plain, e_layer, f], usage)
+        ([a, b, c, d, e_plain, e_layer, f, e_unlocked], usage)
     });
 
     println!("tower-redis-cache load benchmark");
@@ -325,6 +346,7 @@ fn main() {
         "E origin 20 ms, no layer",
         "E origin 20 ms, layer (misses)",
         "F layer, Redis down (bypass)",
+        "E' layer, misses, no Redis lock",
     ];
     // Every round drives each target once, in turn: a machine that slows
     // down or speeds up during the run moves all targets of a round alike,
@@ -339,7 +361,7 @@ fn main() {
         );
         let mut results = Vec::new();
         for (i, addr) in targets.iter().enumerate() {
-            let path = if i == 4 || i == 5 {
+            let path = if i == 4 || i == 5 || i == 7 {
                 // E gets new URLs in every round.
                 let (base, miss) = (offset, miss.clone());
                 offset += 10_000_000;
@@ -405,6 +427,10 @@ fn main() {
         "E added p50     {added:.3} ms ({lo:.3} .. {hi:.3})  (target <= 0.300 ms: {})",
         verdict(added <= 0.3)
     );
+    let (unlocked, lo, hi) = summary(&|r| r.e_unlocked_added_ms);
+    println!(
+        "E' added p50    {unlocked:.3} ms ({lo:.3} .. {hi:.3})  (misses without the cross-instance lock: one round trip fewer)"
+    );
     let (fa, _, _) = summary(&|r| r.fa);
     let (f_added, _, _) = summary(&|r| r.f_added_ms);
     println!(
@@ -425,18 +451,20 @@ struct Ratios {
     cb99: f64,
     da: f64,
     e_added_ms: f64,
+    e_unlocked_added_ms: f64,
     fa: f64,
     f_added_ms: f64,
 }
 
 impl Ratios {
     fn of(r: &[Measured]) -> Self {
-        let (a, b, c, d, e0, e1, f) = (&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]);
+        let (a, b, c, d, e0, e1, f, e2) = (&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6], &r[7]);
         Self {
             cb: c.rps() / b.rps(),
             cb99: c.p99_us / b.p99_us,
             da: d.rps() / a.rps(),
             e_added_ms: (e1.p50_us - e0.p50_us) / 1000.0,
+            e_unlocked_added_ms: (e2.p50_us - e0.p50_us) / 1000.0,
             fa: f.rps() / a.rps(),
             f_added_ms: (f.p50_us - a.p50_us) / 1000.0,
         }
