@@ -20,6 +20,9 @@
 //! axum on a loopback socket and send the requests one after the other over
 //! one connection, so the count covers hyper, axum and a client too (not
 //! the kernel);
+//! `redis-get` is a handler doing one fred `GET` of the body and `redis` the
+//! layer on `RedisStore`, every request a hit (B and C of the load
+//! benchmark, in process: the count covers fred but not Redis);
 //! `tiered` is the layer on `TieredStore` (the L1 tier in front of a Redis
 //! the harness starts), every request an L1 hit, as target D of the load
 //! benchmark.
@@ -173,6 +176,7 @@ fn main() {
             }
             #[cfg(feature = "l1")]
             "http-floor" | "http-tiered" => http(mode == "http-tiered", n).await,
+            "redis-get" | "redis" => redis(mode == "redis", n).await,
             "floor-paths" => {
                 drive_paths(tower::service_fn(handler), n, |i| format!("/products/{i}")).await
             }
@@ -254,4 +258,41 @@ async fn http(layered: bool, n: usize) -> usize {
             .len();
     }
     bytes
+}
+
+/// Targets B (`layered` false: one fred `GET` in the handler) and C (the
+/// layer on Redis, every request a hit) of the load benchmark, in process.
+async fn redis(layered: bool, n: usize) -> usize {
+    use tower_redis_cache::fred::prelude::KeysInterface;
+    let redis = support::RedisServer::start();
+    let store = redis.store().await;
+    if layered {
+        let layer = RedisCacheLayer::builder()
+            .prefix("hitpath")
+            .store(store)
+            .build()
+            .expect("a layer");
+        let svc = tower::ServiceBuilder::new()
+            .layer(layer)
+            .service(tower::service_fn(handler));
+        return drive(svc.clone(), 1).await + drive(svc, n).await;
+    }
+    let pool = store.pool().clone();
+    let () = pool
+        .set("hitpath:raw", Bytes::from_static(BODY), None, None, false)
+        .await
+        .expect("a SET");
+    let svc = tower::service_fn(move |_: Request<Full<Bytes>>| {
+        let pool = pool.clone();
+        async move {
+            let body: Bytes = pool.get("hitpath:raw").await.expect("a GET");
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(body))
+                    .expect("a valid response"),
+            )
+        }
+    });
+    drive(svc, n).await
 }
