@@ -969,31 +969,15 @@ async fn the_host_is_in_the_key_only_when_configured_and_forwarding_headers_are_
 // ---------------------------------------------------------------- bodies
 
 async fn a_body_that_is_not_stored_streams_through_unbuffered(b: Backend) {
-    use http_body_util::StreamBody;
-    use tokio::sync::{mpsc, oneshot};
     let layer = b.builder().policy(origin_driven()).build().unwrap();
-    let (first_read_tx, first_read_rx) = oneshot::channel::<()>();
-    let gate = Arc::new(Mutex::new(Some(first_read_rx)));
+    let (open, gate) = tokio::sync::oneshot::channel::<()>();
+    let gate = Arc::new(Mutex::new(Some(gate)));
     let inner = tower::service_fn(move |_req: Request<Full<Bytes>>| {
-        let gate = gate.clone();
+        let gate = gate.lock().unwrap().take().unwrap();
         async move {
-            let (tx, rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(1);
-            let wait = gate.lock().unwrap().take().unwrap();
-            tokio::spawn(async move {
-                tx.send(Ok(http_body::Frame::data(Bytes::from("first "))))
-                    .await
-                    .unwrap();
-                // The rest comes only once the client has read the first
-                // chunk: a cache that buffered would wait forever.
-                wait.await.unwrap();
-                tx.send(Ok(http_body::Frame::data(Bytes::from("second"))))
-                    .await
-                    .unwrap();
-            });
-            let body = StreamBody::new(tokio_stream_from(rx));
             let res = Response::builder()
                 .header("cache-control", "no-store")
-                .body(body)
+                .body(support::gated_body(gate))
                 .unwrap();
             Ok::<_, Infallible>(res)
         }
@@ -1003,22 +987,7 @@ async fn a_body_that_is_not_stored_streams_through_unbuffered(b: Backend) {
         .await
         .expect("headers arrive before the body ends")
         .unwrap();
-    let mut body = res.into_body();
-    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
-        .await
-        .expect("the first chunk arrives before the origin finishes")
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.into_data().unwrap(), "first ");
-    first_read_tx.send(()).unwrap();
-    let rest = body.collect().await.unwrap().to_bytes();
-    assert_eq!(rest, "second");
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    support::assert_streams(res.into_body(), open).await;
 }
 
 async fn trailers_survive_and_such_a_response_is_not_stored(b: Backend) {

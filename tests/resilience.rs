@@ -651,34 +651,16 @@ async fn with_redis_down_concurrent_misses_still_share_one_origin_call() {
 
 #[tokio::test]
 async fn with_redis_down_a_response_nobody_waits_for_streams_through_unbuffered() {
-    use http_body_util::{BodyExt, StreamBody};
-    use tokio::sync::{mpsc, oneshot};
     let cache = RedisCacheLayer::builder()
         .prefix("t")
         .store(dead_store())
         .build()
         .unwrap();
-    let (first_read_tx, first_read_rx) = oneshot::channel::<()>();
-    let gate = Arc::new(std::sync::Mutex::new(Some(first_read_rx)));
+    let (open, gate) = tokio::sync::oneshot::channel::<()>();
+    let gate = Arc::new(std::sync::Mutex::new(Some(gate)));
     let inner = service_fn(move |_req: Request<Full<Bytes>>| {
-        let gate = gate.clone();
-        async move {
-            let (tx, mut rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(1);
-            let wait = gate.lock().unwrap().take().unwrap();
-            tokio::spawn(async move {
-                let _ = tx
-                    .send(Ok(http_body::Frame::data(Bytes::from("first "))))
-                    .await;
-                // The rest comes only once the client has read the first
-                // chunk: a layer that buffered would wait forever.
-                let _ = wait.await;
-                let _ = tx
-                    .send(Ok(http_body::Frame::data(Bytes::from("second"))))
-                    .await;
-            });
-            let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-            Ok::<_, Infallible>(Response::new(body))
-        }
+        let gate = gate.lock().unwrap().take().unwrap();
+        async move { Ok::<_, Infallible>(Response::new(support::gated_body(gate))) }
     });
     let svc = cache.layer(inner);
     let req = Request::get("/items/1").body(Full::default()).unwrap();
@@ -687,13 +669,5 @@ async fn with_redis_down_a_response_nobody_waits_for_streams_through_unbuffered(
         .expect("headers arrive before the body ends")
         .unwrap();
     assert_eq!(res.headers()["x-cache"], "BYPASS");
-    let mut body = res.into_body();
-    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
-        .await
-        .expect("the first chunk arrives before the origin finishes")
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.into_data().unwrap(), "first ");
-    first_read_tx.send(()).unwrap();
-    assert_eq!(body.collect().await.unwrap().to_bytes(), "second");
+    support::assert_streams(res.into_body(), open).await;
 }

@@ -354,3 +354,40 @@ pub async fn send(app: &axum::Router, req: Request<Body>) -> (u16, String, Strin
     use tower::ServiceExt;
     read(app.clone().oneshot(req).await.unwrap()).await
 }
+
+/// A body that yields `first ` at once and `second` only once `gate` fires:
+/// a layer that buffered it before answering would never finish.
+pub fn gated_body(
+    gate: tokio::sync::oneshot::Receiver<()>,
+) -> impl http_body::Body<Data = bytes::Bytes, Error = std::convert::Infallible> + Send + 'static {
+    use bytes::Bytes;
+    use http_body::Frame;
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(Frame::data(Bytes::from("first ")))).await;
+        let _ = gate.await;
+        let _ = tx.send(Ok(Frame::data(Bytes::from("second")))).await;
+    });
+    http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// Reads a [`gated_body`] as a client would: the first chunk must arrive
+/// while the origin is still holding the rest back; then `open` lets the
+/// rest come.
+pub async fn assert_streams<B>(body: B, open: tokio::sync::oneshot::Sender<()>)
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut body = body;
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first chunk arrives before the origin finishes")
+        .expect("a frame")
+        .expect("a chunk");
+    assert_eq!(first.into_data().expect("data"), "first ");
+    open.send(()).expect("the origin waits");
+    let rest = body.collect().await.expect("the rest").to_bytes();
+    assert_eq!(rest, "second");
+}
