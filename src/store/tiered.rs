@@ -181,6 +181,13 @@ impl Generations {
     }
 
     fn insert(&self, key: &str, generation: u64) {
+        // Every fill of the tier reads the generation again: leave the map
+        // alone (no copy, no contended swap) while it holds the same value
+        // for less than half its time, and renew it after that.
+        let known = self.map.load().get(key).copied();
+        if known.is_some_and(|(g, at)| g == generation && at.elapsed() < self.ttl / 2) {
+            return;
+        }
         let at = Instant::now();
         self.map.rcu(|map| {
             let mut map = if map.len() >= Self::MAX {
@@ -573,5 +580,35 @@ impl Store for TieredStore {
         token: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.shared.redis.unlock(lock_key, token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_copy_the_map_only_when_a_value_changes() {
+        let gens = Generations::new(Duration::from_secs(60));
+        assert_eq!(gens.get("g"), None);
+        gens.insert("g", 3);
+        assert_eq!(gens.get("g"), Some(3));
+        let before = gens.map.load_full();
+        gens.insert("g", 3);
+        assert!(
+            Arc::ptr_eq(&before, &gens.map.load_full()),
+            "copied for nothing"
+        );
+        gens.insert("g", 4);
+        assert_eq!(gens.get("g"), Some(4));
+        gens.remove("g");
+        assert_eq!(gens.get("g"), None);
+    }
+
+    #[test]
+    fn a_generation_older_than_the_tier_ttl_is_not_used() {
+        let gens = Generations::new(Duration::ZERO);
+        gens.insert("g", 1);
+        assert_eq!(gens.get("g"), None);
     }
 }
