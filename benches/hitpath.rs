@@ -36,7 +36,10 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
-use tower_redis_cache::RedisCacheLayer;
+use tower_redis_cache::{
+    store::{MemoryStore, RedisStore, Store},
+    CacheBody, RedisCacheLayer,
+};
 
 #[allow(unused_macros)]
 #[path = "../tests/support/mod.rs"]
@@ -49,6 +52,42 @@ async fn handler(_: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infal
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(BODY)))
         .expect("a valid response"))
+}
+
+/// The benchmark's layer, on `store` (the in-memory store when `None`).
+fn layer<S: Store>(store: Option<S>) -> RedisCacheLayer {
+    let builder = RedisCacheLayer::builder().prefix("hitpath");
+    match store {
+        Some(store) => builder.store(store),
+        None => builder,
+    }
+    .build()
+    .expect("a layer")
+}
+
+/// The L1 tier in front of `redis`.
+#[cfg(feature = "l1")]
+async fn tiered(redis: &support::RedisServer) -> tower_redis_cache::store::TieredStore {
+    use tower_redis_cache::store::{LocalTier, TieredStore};
+    TieredStore::connect(
+        redis.store().await,
+        LocalTier::new().track_prefix("hitpath:"),
+    )
+    .await
+    .expect("a tiered store")
+}
+
+/// The handler behind `layer`.
+fn cached(
+    layer: RedisCacheLayer,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<CacheBody<Full<Bytes>>>,
+    Error = Infallible,
+> + Clone {
+    tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(tower::service_fn(handler))
 }
 
 async fn drive<S, B>(svc: S, n: usize) -> usize
@@ -121,35 +160,14 @@ fn main() {
             }
             #[cfg(feature = "l1")]
             "tiered" => {
-                use tower_redis_cache::store::{LocalTier, TieredStore};
                 let redis = support::RedisServer::start();
-                let store = TieredStore::connect(
-                    redis.store().await,
-                    LocalTier::new().track_prefix("hitpath:"),
-                )
-                .await
-                .expect("a tiered store");
-                let layer = RedisCacheLayer::builder()
-                    .prefix("hitpath")
-                    .store(store)
-                    .build()
-                    .expect("a layer");
-                let svc = tower::ServiceBuilder::new()
-                    .layer(layer)
-                    .service(tower::service_fn(handler));
+                let svc = cached(layer(Some(tiered(&redis).await)));
                 // Stored, then read once from Redis into the tier; the rest
                 // are L1 hits.
-                let warm = drive(svc.clone(), 2).await;
-                warm + drive(svc, n).await
+                drive(svc.clone(), 2).await + drive(svc, n).await
             }
             "miss" => {
-                let layer = RedisCacheLayer::builder()
-                    .prefix("hitpath")
-                    .build()
-                    .expect("a layer");
-                let svc = tower::ServiceBuilder::new()
-                    .layer(layer)
-                    .service(tower::service_fn(handler));
+                let svc = cached(layer(None::<MemoryStore>));
                 drive_paths(svc, n, |i| format!("/products/{i}")).await
             }
             "down" => {
@@ -159,19 +177,10 @@ fn main() {
                     .and_then(|l| l.local_addr())
                     .expect("a free port")
                     .port();
-                let store = tower_redis_cache::store::RedisStore::builder(format!(
-                    "redis://127.0.0.1:{port}"
-                ))
-                .build()
-                .expect("a store");
-                let layer = RedisCacheLayer::builder()
-                    .prefix("hitpath")
-                    .store(store)
+                let store = RedisStore::builder(format!("redis://127.0.0.1:{port}"))
                     .build()
-                    .expect("a layer");
-                let svc = tower::ServiceBuilder::new()
-                    .layer(layer)
-                    .service(tower::service_fn(handler));
+                    .expect("a store");
+                let svc = cached(layer(Some(store)));
                 drive(svc.clone(), 10).await + drive(svc, n).await
             }
             #[cfg(feature = "l1")]
@@ -181,13 +190,7 @@ fn main() {
                 drive_paths(tower::service_fn(handler), n, |i| format!("/products/{i}")).await
             }
             _ => {
-                let layer = RedisCacheLayer::builder()
-                    .prefix("hitpath")
-                    .build()
-                    .expect("a layer");
-                let svc = tower::ServiceBuilder::new()
-                    .layer(layer)
-                    .service(tower::service_fn(handler));
+                let svc = cached(layer(None::<MemoryStore>));
                 // The first request stores the entry; the rest are hits.
                 drive(svc.clone(), 1).await + drive(svc, n).await
             }
@@ -205,7 +208,6 @@ fn main() {
 #[cfg(feature = "l1")]
 async fn http(layered: bool, n: usize) -> usize {
     use axum::{routing::get, Router};
-    use tower_redis_cache::store::{LocalTier, TieredStore};
     let redis = support::RedisServer::start();
     let json = || async {
         (
@@ -215,18 +217,7 @@ async fn http(layered: bool, n: usize) -> usize {
     };
     let mut app = Router::new().route("/products/42", get(json));
     if layered {
-        let store = TieredStore::connect(
-            redis.store().await,
-            LocalTier::new().track_prefix("hitpath:"),
-        )
-        .await
-        .expect("a tiered store");
-        let layer = RedisCacheLayer::builder()
-            .prefix("hitpath")
-            .store(store)
-            .build()
-            .expect("a layer");
-        app = app.layer(layer);
+        app = app.layer(layer(Some(tiered(&redis).await)));
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -267,14 +258,7 @@ async fn redis(layered: bool, n: usize) -> usize {
     let redis = support::RedisServer::start();
     let store = redis.store().await;
     if layered {
-        let layer = RedisCacheLayer::builder()
-            .prefix("hitpath")
-            .store(store)
-            .build()
-            .expect("a layer");
-        let svc = tower::ServiceBuilder::new()
-            .layer(layer)
-            .service(tower::service_fn(handler));
+        let svc = cached(layer(Some(store)));
         return drive(svc.clone(), 1).await + drive(svc, n).await;
     }
     let pool = store.pool().clone();
