@@ -177,6 +177,17 @@ impl CacheCore {
         op: &'static str,
         call: BoxFuture<'_, Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.guarded(op, call, true).await
+    }
+
+    /// [`timed`](Self::timed), with the layer's own timer only when `timer`:
+    /// a call the store bounds by the budget itself needs none.
+    async fn guarded<T>(
+        &self,
+        op: &'static str,
+        call: BoxFuture<'_, Result<T, StoreError>>,
+        timer: bool,
+    ) -> Result<T, StoreError> {
         if !self.breaker.allow() {
             return Err(StoreError::CircuitOpen);
         }
@@ -193,6 +204,7 @@ impl CacheCore {
         // dearer to move, for a call that already allocates its own future.
         let result = match futures_util::FutureExt::now_or_never(&mut call) {
             Some(result) => result,
+            None if !timer => call.await,
             None => Box::pin(tokio::time::timeout(budget, call))
                 .await
                 .unwrap_or(Err(StoreError::Timeout(budget))),
@@ -228,10 +240,15 @@ impl CacheCore {
     }
 
     pub(crate) async fn lookup(&self, key: &str, generation_key: &str) -> Lookup {
-        match self
-            .timed("fetch", self.store.fetch(key, generation_key))
-            .await
-        {
+        let budget = self.settings.budget;
+        let result = match self.store.fetch_within(key, generation_key, budget) {
+            Some(call) => self.guarded("fetch", call, false).await,
+            None => {
+                self.guarded("fetch", self.store.fetch(key, generation_key), true)
+                    .await
+            }
+        };
+        match result {
             Ok(fetched) => self.judge(key, fetched).await,
             Err(_) => Lookup::Failed,
         }

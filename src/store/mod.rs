@@ -78,7 +78,8 @@ pub struct Write {
 /// Implement it to put the cache on another backend; the crate's integration
 /// tests show the behaviour each method must have. Futures must be `Send`;
 /// the caller applies the time budget, so implementations need no timeout of
-/// their own.
+/// their own (a store whose client times its calls anyway can take the
+/// lookup's budget over: see [`fetch_within`](Store::fetch_within)).
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Reads `key` and the generation counter at `generation_key`, in one round
     /// trip where the backend allows it.
@@ -94,6 +95,22 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// allocating a future for the request. The default is `None`.
     fn fetch_now(&self, key: &str, generation_key: &str) -> Option<Result<Fetched, StoreError>> {
         let _ = (key, generation_key);
+        None
+    }
+
+    /// [`fetch`](Self::fetch), bounded by `budget`: for a store whose client
+    /// times every call anyway (fred does), so the request's lookup is timed
+    /// once, not twice. Return the call here and make it fail with
+    /// [`StoreError::Timeout`] once `budget` has passed; the layer then sets
+    /// no timer of its own around it. `None` (the default) sends the layer to
+    /// `fetch`, which it times itself.
+    fn fetch_within<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+        budget: Duration,
+    ) -> Option<BoxFuture<'a, Result<Fetched, StoreError>>> {
+        let _ = (key, generation_key, budget);
         None
     }
 

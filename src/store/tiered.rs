@@ -267,6 +267,44 @@ impl TieredStore {
         &self.shared.redis
     }
 
+    /// Reads through to Redis with `call` and keeps what it read in the
+    /// tier, unless an invalidation of the entry or its namespace ran
+    /// meanwhile.
+    fn fill<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+        call: BoxFuture<'a, Result<Fetched, StoreError>>,
+    ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
+        let s = &self.shared;
+        Box::pin(async move {
+            let (entry_stripe, gen_stripe) = (stripe(key), stripe(generation_key));
+            let before = (
+                s.epochs[entry_stripe].load(SeqCst),
+                s.epochs[gen_stripe].load(SeqCst),
+            );
+            let fetched = call.await?;
+            let after = (
+                s.epochs[entry_stripe].load(SeqCst),
+                s.epochs[gen_stripe].load(SeqCst),
+            );
+            if s.coherent() && before == after {
+                s.generations.insert(generation_key, fetched.generation);
+                if let Some(value) = &fetched.value {
+                    if let Some((entry, ttl)) = Shared::decode_for_tier(value, s.max_ttl) {
+                        let local = Local {
+                            bytes: value.clone(),
+                            entry: Arc::new(entry),
+                            ttl,
+                        };
+                        s.entries.insert(key.to_owned(), local);
+                    }
+                }
+            }
+            Ok(fetched)
+        })
+    }
+
     /// Whether the tier is in use now (every tracking connection is up).
     pub fn is_coherent(&self) -> bool {
         self.shared.coherent()
@@ -442,33 +480,27 @@ impl Store for TieredStore {
         if let Some(fetched) = self.fetch_now(key, generation_key) {
             return Box::pin(std::future::ready(fetched));
         }
-        let s = &self.shared;
-        Box::pin(async move {
-            let (entry_stripe, gen_stripe) = (stripe(key), stripe(generation_key));
-            let before = (
-                s.epochs[entry_stripe].load(SeqCst),
-                s.epochs[gen_stripe].load(SeqCst),
-            );
-            let fetched = s.redis.fetch(key, generation_key).await?;
-            let after = (
-                s.epochs[entry_stripe].load(SeqCst),
-                s.epochs[gen_stripe].load(SeqCst),
-            );
-            if s.coherent() && before == after {
-                s.generations.insert(generation_key, fetched.generation);
-                if let Some(value) = &fetched.value {
-                    if let Some((entry, ttl)) = Shared::decode_for_tier(value, s.max_ttl) {
-                        let local = Local {
-                            bytes: value.clone(),
-                            entry: Arc::new(entry),
-                            ttl,
-                        };
-                        s.entries.insert(key.to_owned(), local);
-                    }
-                }
-            }
-            Ok(fetched)
-        })
+        self.fill(
+            key,
+            generation_key,
+            self.shared.redis.fetch(key, generation_key),
+        )
+    }
+
+    fn fetch_within<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+        budget: Duration,
+    ) -> Option<BoxFuture<'a, Result<Fetched, StoreError>>> {
+        if let Some(fetched) = self.fetch_now(key, generation_key) {
+            return Some(Box::pin(std::future::ready(fetched)));
+        }
+        let call = self
+            .shared
+            .redis
+            .fetch_within(key, generation_key, budget)?;
+        Some(self.fill(key, generation_key, call))
     }
 
     fn fetch_now(&self, key: &str, generation_key: &str) -> Option<Result<Fetched, StoreError>> {
