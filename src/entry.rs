@@ -1,6 +1,6 @@
 //! The stored form of a response.
 //!
-//! Layout (format 2): the 4-byte magic `TRC` + format version, a big-endian
+//! Layout (format 3): the 4-byte magic `TRC` + format version, a big-endian
 //! `u32` length, that many bytes of metadata, then the raw body bytes (no
 //! base64). The metadata is binary:
 //!
@@ -12,11 +12,15 @@
 //!   marker;
 //! - the variant id, then the marker (names, nonce), each string a `u16`
 //!   length and its bytes;
-//! - a `u16` header count, then each header as a `u16` name length, the name,
-//!   a `u32` value length and the value.
+//! - a `u16` header count, then each header as a name and a value. The name
+//!   is one byte: the field's place in [`KNOWN`] plus one, or `0` followed by
+//!   a `u16` length and the name. The value is a LEB128 length and the bytes.
+//!   The first header is always `content-length`, the body's length: it is
+//!   checked against the body when decoded, and served without being
+//!   formatted again.
 //!
-//! Format 1 (JSON metadata) entries are misses, as any value of another format
-//! is. Decoding checks every part and returns `None` for anything unexpected:
+//! Entries of formats 1 (JSON metadata) and 2 (every name spelled out, no
+//! `content-length`) are misses, as any value of another format is. Decoding checks every part and returns `None` for anything unexpected:
 //! a value that does not decode is a miss, never a panic.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,8 +29,48 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 const MAGIC: &[u8; 3] = b"TRC";
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
 const HEAD_LEN: usize = MAGIC.len() + 1 + 4;
+
+/// Response fields stored as one byte: their place in this list plus one.
+/// Entries in Redis name fields by these places, so the list only grows at
+/// its end (and a change that reorders it needs a new format).
+const KNOWN: [HeaderName; 31] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::DATE,
+    header::CACHE_CONTROL,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::EXPIRES,
+    header::VARY,
+    header::CONTENT_ENCODING,
+    header::CONTENT_LANGUAGE,
+    header::CONTENT_LOCATION,
+    header::CONTENT_DISPOSITION,
+    header::CONTENT_RANGE,
+    header::ACCEPT_RANGES,
+    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+    header::ACCESS_CONTROL_ALLOW_HEADERS,
+    header::ACCESS_CONTROL_ALLOW_METHODS,
+    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+    header::ACCESS_CONTROL_MAX_AGE,
+    header::X_CONTENT_TYPE_OPTIONS,
+    header::X_FRAME_OPTIONS,
+    header::STRICT_TRANSPORT_SECURITY,
+    header::CONTENT_SECURITY_POLICY,
+    header::REFERRER_POLICY,
+    header::SERVER,
+    header::LINK,
+    header::LOCATION,
+    header::RETRY_AFTER,
+    header::ALLOW,
+    header::PRAGMA,
+];
+
+/// The code of `content-length` in [`KNOWN`].
+const CONTENT_LENGTH_CODE: u8 = 1;
 
 /// Headers recomputed when served, or never shared; not stored. Hop-by-hop
 /// headers (and those `Connection` names) are not stored either.
@@ -246,7 +290,12 @@ pub(crate) fn encode_with(
     }
     let count_at = meta.len();
     meta.put_u16(0);
-    let mut count: u16 = 0;
+    // The body's own length first, whatever the response said.
+    let length = body.len().to_string();
+    meta.put_u8(CONTENT_LENGTH_CODE);
+    put_varint(&mut meta, length.len() as u64);
+    meta.put_slice(length.as_bytes());
+    let mut count: u16 = 1;
     for (name, value) in headers {
         if NOT_STORED.contains(name)
             || skip == Some(name)
@@ -256,8 +305,14 @@ pub(crate) fn encode_with(
         }
         // Only text values are stored (a response with another is not).
         let value = value.to_str().ok()?;
-        put_str(&mut meta, name.as_str().as_bytes())?;
-        meta.put_u32(u32::try_from(value.len()).ok()?);
+        match KNOWN.iter().position(|known| known == name) {
+            Some(at) => meta.put_u8(at as u8 + 1),
+            None => {
+                meta.put_u8(0);
+                put_str(&mut meta, name.as_str().as_bytes())?;
+            }
+        }
+        put_varint(&mut meta, value.len() as u64);
         meta.put_slice(value.as_bytes());
         count = count.checked_add(1)?;
     }
@@ -305,10 +360,6 @@ impl<'a> Reader<'a> {
         Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
     }
 
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-
     fn varint(&mut self) -> Option<u64> {
         let mut n = 0u64;
         for shift in (0..64).step_by(7) {
@@ -321,10 +372,25 @@ impl<'a> Reader<'a> {
         None
     }
 
+    /// A LEB128 length and that many bytes.
+    fn value(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.varint()?).ok()?;
+        self.take(len)
+    }
+
     fn str(&mut self) -> Option<&'a str> {
         let len = usize::from(self.u16()?);
         std::str::from_utf8(self.take(len)?).ok()
     }
+}
+
+/// The number `text` spells in decimal digits; `None` for anything else or
+/// a number past `usize`.
+fn digits(text: &[u8]) -> Option<usize> {
+    text.iter().try_fold(0usize, |n, &d| {
+        let d = d.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(usize::from(d))
+    })
 }
 
 /// Decodes a stored value; `None` for anything that is not an entry of this
@@ -365,28 +431,45 @@ pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
         None
     };
     let count = usize::from(r.u16()?);
-    // Each header takes at least 6 bytes: a count the metadata cannot hold
+    // Each header takes at least 2 bytes: a count the metadata cannot hold
     // is corrupt (and must not size the map).
-    if count > r.buf.len() / 6 {
+    if count == 0 || count > r.buf.len() / 2 {
         return None;
     }
-    // Room for `content-length`, `age` and the cache-status header, so
-    // serving the entry does not grow the map.
-    let mut headers = HeaderMap::try_with_capacity(count + 3).ok()?;
-    for _ in 0..count {
-        let name = HeaderName::from_bytes(r.str()?.as_bytes()).ok()?;
-        let len = r.u32()? as usize;
-        // Points into `value`: share its memory instead of copying.
-        let v = HeaderValue::from_maybe_shared(value.slice_ref(r.take(len)?)).ok()?;
+    let body = value.slice(meta_end..);
+    // The stored `content-length` comes first and must be the body's.
+    if r.u8()? != CONTENT_LENGTH_CODE {
+        return None;
+    }
+    let length = r.value()?;
+    if length.is_empty() || digits(length)? != body.len() {
+        return None;
+    }
+    // Room for `age` and the cache-status header, so serving the entry does
+    // not grow the map.
+    let mut headers = HeaderMap::try_with_capacity(count + 2).ok()?;
+    // Points into `value`: shares its memory, and is served as it is.
+    let length = HeaderValue::from_maybe_shared(value.slice_ref(length)).ok()?;
+    headers.insert(header::CONTENT_LENGTH, length);
+    for _ in 1..count {
+        let name = match r.u8()? {
+            0 => {
+                let len = usize::from(r.u16()?);
+                HeaderName::from_bytes(r.take(len)?).ok()?
+            }
+            // Only one `content-length`, the one checked above.
+            CONTENT_LENGTH_CODE => return None,
+            code => KNOWN.get(usize::from(code) - 1)?.clone(),
+        };
+        if name == header::CONTENT_LENGTH {
+            return None;
+        }
+        let v = HeaderValue::from_maybe_shared(value.slice_ref(r.value()?)).ok()?;
         headers.append(name, v);
     }
     if !r.buf.is_empty() {
         return None;
     }
-    // Set here, once per decode, so serving the entry (again and again from
-    // the in-process tier) formats nothing.
-    let body = value.slice(meta_end..);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     Some(Entry {
         status,
         headers,
@@ -585,9 +668,14 @@ mod tests {
         assert!(decode(&Bytes::new()).is_none());
         assert!(decode(&Bytes::from_static(b"hello world")).is_none());
         assert!(decode(&Bytes::from_static(b"{\"s\":200}")).is_none());
-        for cut in 0..good.len() - 7 {
+        // Cut anywhere, the body included: the stored length no longer
+        // matches.
+        for cut in 0..good.len() {
             assert!(decode(&good.slice(..cut)).is_none(), "truncated at {cut}");
         }
+        let mut longer = good.to_vec();
+        longer.push(b' ');
+        assert!(decode(&Bytes::from(longer)).is_none());
         let mut future = good.to_vec();
         future[3] = FORMAT + 1;
         assert!(decode(&Bytes::from(future)).is_none());
@@ -606,6 +694,26 @@ mod tests {
         // An entry of format 1 (JSON metadata) is a miss.
         let json = b"TRC\x01\x00\x00\x00\x0b{\"s\":200,\"h\":[]}";
         assert!(decode(&Bytes::from_static(json)).is_none());
+        // A field code past the known names, and a second content-length.
+        let fields = HEAD_LEN + 2 + meta_varints_len(&good) + 1 + 2;
+        let first = fields + 1 + 1 + 1; // content-length: code, length 1, "7"
+        assert_eq!(good[fields], CONTENT_LENGTH_CODE);
+        for code in [KNOWN.len() as u8 + 1, 255, CONTENT_LENGTH_CODE] {
+            let mut bad = good.to_vec();
+            bad[first] = code;
+            assert!(decode(&Bytes::from(bad)).is_none(), "code {code}");
+        }
+    }
+
+    #[test]
+    fn known_field_names_take_one_byte_and_others_are_spelled_out() {
+        let v = sample();
+        let has = |needle: &[u8]| v.windows(needle.len()).any(|w| w == needle);
+        assert!(!has(b"content-type") && !has(b"etag") && !has(b"content-length"));
+        assert!(has(b"x-multi"));
+        let e = decode(&v).unwrap();
+        assert_eq!(e.headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(e.headers.get_all("x-multi").iter().count(), 2);
     }
 
     #[test]
