@@ -49,6 +49,64 @@ pub(crate) struct CacheCore {
     pub(crate) flights: Flights,
     breaker: Breaker,
     store_healthy: AtomicBool,
+    /// The lock token of this layer's flight leaders (with single-flight on):
+    /// a lock held with it belongs to this process, and the request leading
+    /// the key here holds it, whichever request took it.
+    token: String,
+    /// Keys recently found stored.
+    pub(crate) seen: Seen,
+}
+
+/// Keys a layer has recently found stored, as bits of a fixed table: a key
+/// not in it (new, or not found lately) is looked up with the lock taken in
+/// the same round trip when nothing is stored ([`Store::fetch_or_lock`]).
+/// A wrong answer only costs speed: a key taken as seen is looked up plainly
+/// and locked after a miss, one taken as unseen runs the lookup script.
+pub(crate) struct Seen {
+    bits: Box<[AtomicU64]>,
+    hasher: crate::store::KeyHasher,
+    /// Bits set since the table was last cleared.
+    set: AtomicU64,
+}
+
+impl Seen {
+    const BITS: usize = 1 << 16;
+
+    fn new() -> Self {
+        Self {
+            bits: (0..Self::BITS / 64).map(|_| AtomicU64::new(0)).collect(),
+            hasher: crate::store::KeyHasher::default(),
+            set: AtomicU64::new(0),
+        }
+    }
+
+    fn slot(&self, key: &str) -> (usize, u64) {
+        use std::hash::BuildHasher;
+        let bit = (self.hasher.hash_one(key) as usize) % Self::BITS;
+        (bit / 64, 1 << (bit % 64))
+    }
+
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        let (word, bit) = self.slot(key);
+        self.bits[word].load(Relaxed) & bit != 0
+    }
+
+    /// Marks `key` seen. Once a quarter of the table has been set the table
+    /// starts over, so that keys seen long ago (and colliding keys) do not
+    /// pass as seen for ever.
+    pub(crate) fn mark(&self, key: &str) {
+        let (word, bit) = self.slot(key);
+        if self.bits[word].load(Relaxed) & bit != 0 {
+            return;
+        }
+        self.bits[word].fetch_or(bit, Relaxed);
+        if self.set.fetch_add(1, Relaxed) + 1 >= (Self::BITS / 4) as u64 {
+            self.set.store(0, Relaxed);
+            for word in self.bits.iter() {
+                word.store(0, Relaxed);
+            }
+        }
+    }
 }
 
 /// The outcome of a lookup.
@@ -141,6 +199,20 @@ impl CacheCore {
             counters: Counters::default(),
             flights: Flights::default(),
             store_healthy: AtomicBool::new(true),
+            token: format!("{:032x}", rand::random::<u128>()),
+            seen: Seen::new(),
+        }
+    }
+
+    /// The token to take a key's cross-instance lock with: this process's
+    /// when one request per key leads here (single-flight), so a lock taken
+    /// by any request of this process is the leader's; a token of the
+    /// request's own otherwise.
+    pub(crate) fn lock_token(&self) -> String {
+        if self.settings.single_flight {
+            self.token.clone()
+        } else {
+            format!("{:032x}", rand::random::<u128>())
         }
     }
 
@@ -254,6 +326,30 @@ impl CacheCore {
         }
     }
 
+    /// The lookup of a key not seen lately: when nothing is stored, the
+    /// lock (`lock_key`, `token`) is taken in the same round trip where the
+    /// store can. Returns the lookup and whether the lock is held.
+    pub(crate) async fn lookup_or_lock(
+        &self,
+        key: &str,
+        generation_key: &str,
+        lock_key: &str,
+        token: &str,
+    ) -> (Lookup, bool) {
+        let budget = self.settings.budget;
+        let ttl = self.settings.lock_ttl;
+        let Some(call) =
+            self.store
+                .fetch_or_lock(key, generation_key, lock_key, token, ttl, budget)
+        else {
+            return (self.lookup(key, generation_key).await, false);
+        };
+        match self.guarded("fetch", call, false).await {
+            Ok((fetched, held)) => (self.judge(key, fetched).await, held),
+            Err(_) => (Lookup::Failed, false),
+        }
+    }
+
     /// Decides what a fetched value is worth.
     async fn judge(&self, key: &str, fetched: Fetched) -> Lookup {
         match Self::assess(fetched) {
@@ -346,7 +442,7 @@ impl CacheCore {
         wait: bool,
         replaces: Option<u64>,
     ) -> Coalesced {
-        let token = format!("{:032x}", rand::random::<u128>());
+        let token = self.lock_token();
         let deadline = Instant::now() + self.settings.coalesce_timeout;
         let mut delay = Duration::from_millis(2);
         let mut waited = false;
@@ -426,5 +522,29 @@ impl CacheCore {
         self.counters.stores.fetch_add(writes.len() as u64, Relaxed);
         self.counters.bytes_stored.fetch_add(bytes as u64, Relaxed);
         crate::metrics::stored(writes.len(), bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Seen;
+
+    #[test]
+    fn seen_keys_are_found_and_the_table_starts_over_when_a_quarter_is_set() {
+        let seen = Seen::new();
+        assert!(!seen.contains("t:v1:default:GET:/items/1"));
+        seen.mark("t:v1:default:GET:/items/1");
+        assert!(seen.contains("t:v1:default:GET:/items/1"));
+        // Marking keys until the table starts over forgets the first one
+        // (collisions only make a key look seen sooner).
+        let mut forgotten = false;
+        for i in 0..Seen::BITS {
+            seen.mark(&format!("t:v1:default:GET:/other/{i}"));
+            if !seen.contains("t:v1:default:GET:/items/1") {
+                forgotten = true;
+                break;
+            }
+        }
+        assert!(forgotten, "a key seen once passes as seen for ever");
     }
 }

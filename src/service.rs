@@ -510,11 +510,37 @@ where
     ResBody::Error: Send + 'static,
 {
     let gen_key = &plan.rule.generation_key;
+    let mut unseen = false;
     let mut found = match prefetched {
         Some(found) => found,
+        // A key not found stored lately is likely a miss: where the store
+        // can, its lookup takes the lock in the same round trip when nothing
+        // is stored, and the miss path needs no round trip of its own for it.
+        // (Only a request that may go on to compute the entry takes it.)
+        None if core.settings.distributed_lock
+            && core.settings.single_flight
+            && !plan.head
+            && !plan.cc.only_if_cached
+            && !core.seen.contains(plan.key()) =>
+        {
+            unseen = true;
+            let lock_key = core.keys.lock_key(&plan.rule.namespace, plan.key());
+            let token = core.lock_token();
+            // Boxed: this path (misses, first hits) would otherwise make
+            // every request's future larger.
+            let (found, held) =
+                Box::pin(core.lookup_or_lock(plan.key(), gen_key, &lock_key, &token)).await;
+            if held {
+                plan.lock = Some(HeldLock::new(lock_key, token));
+            }
+            found
+        }
         None => core.lookup(plan.key(), gen_key).await,
     };
     if let Lookup::Found { entry, .. } = &found {
+        if unseen {
+            core.seen.mark(plan.key());
+        }
         if let Some(marker) = entry.marker.clone() {
             // A response with `Vary`: one more round trip for the variant.
             plan.variant = Some(variant_key(&plan.primary, &marker, req.headers()));
@@ -616,6 +642,9 @@ where
                 Some(guard)
             }
             Join::Follower(slot) => {
+                // A lock this request took in its lookup is this process's:
+                // the leader holds it and releases it.
+                plan.lock = None;
                 match Flights::wait(slot, core.settings.coalesce_timeout).await {
                     Some(shared) if answers(&shared.entry, req.headers(), &plan) => {
                         bump(&core.counters.coalesced);
@@ -640,8 +669,9 @@ where
         None
     };
 
-    // One instance per key goes on; the others wait for its entry.
-    if generation.is_some() && !released && core.settings.distributed_lock {
+    // One instance per key goes on; the others wait for its entry. (A
+    // request whose lookup took the lock already holds it.)
+    if generation.is_some() && !released && core.settings.distributed_lock && plan.lock.is_none() {
         let lock_key = core.keys.lock_key(&plan.rule.namespace, plan.key());
         // A request revalidating what it found counts only an entry stored
         // after that one.

@@ -19,7 +19,7 @@ use http_body_util::Full;
 use support::{req_get, send, RedisServer};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_redis_cache::{
-    fred::prelude::{Expiration, KeysInterface, SetOptions},
+    fred::prelude::{ClientLike, Expiration, KeysInterface, SetOptions},
     store::{BoxFuture, Fetched, RedisStore, Store, Write},
     CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder, StoreError,
 };
@@ -163,16 +163,52 @@ async fn a_crashed_leader_costs_at_most_its_lock_ttl(redis: RedisServer) {
     assert_eq!(exists, 0);
 }
 
-/// A `RedisStore` that counts the `unlock` calls made to it.
+/// A `RedisStore` that counts the lock calls made to it.
 #[derive(Debug)]
 struct CountingUnlocks {
     redis: RedisStore,
     unlocks: Arc<AtomicUsize>,
+    /// `lock_and_fetch` calls: a lock taken after the lookup.
+    locks: Arc<AtomicUsize>,
+    /// Lookups that may take the lock (`fetch_or_lock`), answered or not.
+    locking_lookups: Arc<AtomicUsize>,
+}
+
+impl CountingUnlocks {
+    async fn new(redis: &RedisServer) -> Self {
+        Self {
+            redis: redis.store().await,
+            unlocks: Arc::default(),
+            locks: Arc::default(),
+            locking_lookups: Arc::default(),
+        }
+    }
 }
 
 impl Store for CountingUnlocks {
     fn fetch<'a>(&'a self, key: &'a str, gen: &'a str) -> BoxFuture<'a, StoreResult<Fetched>> {
         self.redis.fetch(key, gen)
+    }
+    fn fetch_within<'a>(
+        &'a self,
+        key: &'a str,
+        gen: &'a str,
+        budget: Duration,
+    ) -> Option<BoxFuture<'a, StoreResult<Fetched>>> {
+        self.redis.fetch_within(key, gen, budget)
+    }
+    fn fetch_or_lock<'a>(
+        &'a self,
+        key: &'a str,
+        gen: &'a str,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        budget: Duration,
+    ) -> Option<BoxFuture<'a, StoreResult<(Fetched, bool)>>> {
+        self.locking_lookups.fetch_add(1, SeqCst);
+        self.redis
+            .fetch_or_lock(key, gen, lock_key, token, ttl, budget)
     }
     fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, StoreResult<()>> {
         self.redis.put(writes)
@@ -209,6 +245,7 @@ impl Store for CountingUnlocks {
         key: &'a str,
         gen: &'a str,
     ) -> BoxFuture<'a, StoreResult<(bool, Fetched)>> {
+        self.locks.fetch_add(1, SeqCst);
         self.redis.lock_and_fetch(lock_key, token, ttl, key, gen)
     }
     fn unlock<'a>(&'a self, lock_key: &'a str, token: &'a str) -> BoxFuture<'a, StoreResult<()>> {
@@ -219,11 +256,8 @@ impl Store for CountingUnlocks {
 
 async fn the_lock_is_released_with_the_write_and_after_an_unstored_answer(redis: RedisServer) {
     let origin = Origin::new(0);
-    let unlocks = Arc::new(AtomicUsize::new(0));
-    let store = CountingUnlocks {
-        redis: redis.store().await,
-        unlocks: unlocks.clone(),
-    };
+    let store = CountingUnlocks::new(&redis).await;
+    let unlocks = store.unlocks.clone();
     let cache = RedisCacheLayer::builder()
         .prefix("t")
         .store(store)
@@ -252,6 +286,46 @@ async fn the_lock_is_released_with_the_write_and_after_an_unstored_answer(redis:
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(unlocks.load(SeqCst), 1);
+}
+
+async fn a_miss_on_a_new_key_takes_the_lock_in_its_lookup(redis: RedisServer) {
+    let origin = Origin::new(300);
+    let store = CountingUnlocks::new(&redis).await;
+    let cluster = store.redis.pool().next().is_clustered();
+    let (locks, locking_lookups) = (store.locks.clone(), store.locking_lookups.clone());
+    let cache = RedisCacheLayer::builder()
+        .prefix("t")
+        .store(store)
+        .build()
+        .unwrap();
+    let app = origin.router().layer(cache);
+    let client = redis.client().await;
+    let miss = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, req_get("/items/1")).await }
+    });
+    // While the origin computes, the key is locked against other instances.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let held: u64 = client.exists("t:v1:default:LOCK:/items/1").await.unwrap();
+    assert_eq!(held, 1, "no lock while the entry is computed");
+    let (status, x, _) = miss.await.unwrap();
+    assert_eq!((status, x.as_str()), (200, "MISS"));
+    // On one Redis the lookup took the lock: no lock round trip of its own.
+    // On a cluster the keys may sit in different slots: lookup, then lock.
+    assert_eq!(locks.load(SeqCst), usize::from(cluster));
+    let held: u64 = client.exists("t:v1:default:LOCK:/items/1").await.unwrap();
+    assert_eq!(held, 0, "the lock outlived the response");
+    // The first hit marks the key as found; later lookups only read.
+    for _ in 0..3 {
+        assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
+    }
+    assert_eq!(
+        locking_lookups.load(SeqCst),
+        2,
+        "the miss and the first hit"
+    );
+    assert_eq!(locks.load(SeqCst), usize::from(cluster));
+    assert_eq!(origin.calls(), 1);
 }
 
 async fn a_wait_that_runs_out_goes_to_the_origin(redis: RedisServer) {
@@ -610,6 +684,7 @@ on_both_topologies!(
     a_thousand_concurrent_misses_through_four_instances_reach_the_origin_once,
     a_crashed_leader_costs_at_most_its_lock_ttl,
     the_lock_is_released_with_the_write_and_after_an_unstored_answer,
+    a_miss_on_a_new_key_takes_the_lock_in_its_lookup,
     a_wait_that_runs_out_goes_to_the_origin,
     stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background,
     a_failing_origin_is_covered_by_the_stale_entry,

@@ -114,6 +114,29 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// [`fetch_within`](Self::fetch_within) that also takes the short lock
+    /// `lock_key` when `key` holds nothing, in the same round trip: as
+    /// [`lock_and_fetch`](Self::lock_and_fetch) would, but only on a miss.
+    /// Returns what was read and whether the caller holds the lock now
+    /// (taken, or already held with `token`).
+    ///
+    /// The layer calls it for keys it has not found stored lately, so that a
+    /// miss costs one round trip less; keys it keeps finding stay on
+    /// `fetch_within`. `None` (the default): the store cannot, and the layer
+    /// reads first and takes the lock after a miss.
+    fn fetch_or_lock<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        budget: Duration,
+    ) -> Option<BoxFuture<'a, Result<(Fetched, bool), StoreError>>> {
+        let _ = (key, generation_key, lock_key, token, ttl, budget);
+        None
+    }
+
     /// Writes every value with its TTL, in one round trip where the backend
     /// allows it (a Redis pipeline).
     fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>>;
@@ -138,8 +161,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Tries to take the short lock `lock_key` (holding `token`, expiring
     /// after `ttl`) and, in the same round trip, reads `key` and its
-    /// generation as [`fetch`](Self::fetch) does. Returns whether the lock was
-    /// taken.
+    /// generation as [`fetch`](Self::fetch) does. Returns whether the caller
+    /// holds the lock: taken now, or already held with `token` (the layer
+    /// uses one token per process for the request that leads a key there).
     ///
     /// The lock keeps several processes from computing one entry at once. The
     /// default takes no lock (always `true`): right for a store that lives in

@@ -331,6 +331,54 @@ impl Store for RedisStore {
         }))
     }
 
+    fn fetch_or_lock<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        budget: Duration,
+    ) -> Option<BoxFuture<'a, Result<(Fetched, bool), StoreError>>> {
+        // A script reads all three keys; on a cluster they may sit in
+        // different slots.
+        if self.clustered {
+            return None;
+        }
+        Some(Box::pin(async move {
+            let options = Options {
+                timeout: Some(budget),
+                ..Options::default()
+            };
+            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+            // A custom command: fred's options (the timeout) reach custom
+            // commands, not its script methods.
+            let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+            let args: Vec<fred::types::Value> = vec![
+                FETCH_OR_LOCK_SCRIPT.into(),
+                3.into(),
+                key.into(),
+                generation_key.into(),
+                lock_key.into(),
+                token.into(),
+                ttl_ms.into(),
+            ];
+            let (value, generation, held): (Option<Bytes>, Option<Bytes>, i64) = self
+                .client()?
+                .with_options(&options)
+                .custom(eval, args)
+                .await
+                .map_err(|e| match e.kind() {
+                    fred::error::ErrorKind::Timeout => StoreError::Timeout(budget),
+                    _ => backend(e),
+                })?;
+            Ok((
+                Fetched::new(value, parse_generation(generation)?),
+                held == 1,
+            ))
+        }))
+    }
+
     fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let client = self.client()?;
@@ -432,12 +480,18 @@ impl Store for RedisStore {
                 .set(lock_key, token, Some(px(ttl)), Some(SetOptions::NX), false)
                 .await
                 .map_err(backend)?;
+            let () = pipe.get(lock_key).await.map_err(backend)?;
             let () = pipe.get(key).await.map_err(backend)?;
             let () = pipe.get(generation_key).await.map_err(backend)?;
-            let (locked, value, generation): (Option<String>, Option<Bytes>, Option<Bytes>) =
-                pipe.all().await.map_err(backend)?;
+            let (taken, holder, value, generation): (
+                Option<String>,
+                Option<Bytes>,
+                Option<Bytes>,
+                Option<Bytes>,
+            ) = pipe.all().await.map_err(backend)?;
             let fetched = Fetched::new(value, parse_generation(generation)?);
-            Ok((locked.is_some(), fetched))
+            let held = taken.is_some() || holder.as_deref() == Some(token.as_bytes());
+            Ok((held, fetched))
         })
     }
 
@@ -503,6 +557,18 @@ async fn queue_writes(
     }
     Ok(())
 }
+
+/// The lookup of a key the layer has not found stored lately: the entry and
+/// its generation, and, when the entry is missing, the lock (taken now, or
+/// already held with this token). Replies `[value, generation, held]`.
+const FETCH_OR_LOCK_SCRIPT: &str = "\
+local v = redis.call('MGET', KEYS[1], KEYS[2]) \
+local held = 0 \
+if not v[1] then \
+  if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then held = 1 \
+  elseif redis.call('GET', KEYS[3]) == ARGV[1] then held = 1 end \
+end \
+return {v[1], v[2], held}";
 
 /// Compare-and-delete: only the holder of the token releases the lock.
 const UNLOCK_SCRIPT: &str =

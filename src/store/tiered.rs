@@ -270,12 +270,13 @@ impl TieredStore {
     /// Reads through to Redis with `call` and keeps what it read in the
     /// tier, unless an invalidation of the entry or its namespace ran
     /// meanwhile.
-    fn fill<'a>(
+    fn fill<'a, T: Send + 'a>(
         &'a self,
         key: &'a str,
         generation_key: &'a str,
-        call: BoxFuture<'a, Result<Fetched, StoreError>>,
-    ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
+        call: BoxFuture<'a, Result<T, StoreError>>,
+        read: fn(&T) -> &Fetched,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
         let s = &self.shared;
         Box::pin(async move {
             let (entry_stripe, gen_stripe) = (stripe(key), stripe(generation_key));
@@ -283,7 +284,8 @@ impl TieredStore {
                 s.epochs[entry_stripe].load(SeqCst),
                 s.epochs[gen_stripe].load(SeqCst),
             );
-            let fetched = call.await?;
+            let answer = call.await?;
+            let fetched = read(&answer);
             let after = (
                 s.epochs[entry_stripe].load(SeqCst),
                 s.epochs[gen_stripe].load(SeqCst),
@@ -301,7 +303,7 @@ impl TieredStore {
                     }
                 }
             }
-            Ok(fetched)
+            Ok(answer)
         })
     }
 
@@ -480,11 +482,8 @@ impl Store for TieredStore {
         if let Some(fetched) = self.fetch_now(key, generation_key) {
             return Box::pin(std::future::ready(fetched));
         }
-        self.fill(
-            key,
-            generation_key,
-            self.shared.redis.fetch(key, generation_key),
-        )
+        let call = self.shared.redis.fetch(key, generation_key);
+        self.fill(key, generation_key, call, |f| f)
     }
 
     fn fetch_within<'a>(
@@ -500,7 +499,26 @@ impl Store for TieredStore {
             .shared
             .redis
             .fetch_within(key, generation_key, budget)?;
-        Some(self.fill(key, generation_key, call))
+        Some(self.fill(key, generation_key, call, |f| f))
+    }
+
+    fn fetch_or_lock<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        budget: Duration,
+    ) -> Option<BoxFuture<'a, Result<(Fetched, bool), StoreError>>> {
+        if let Some(fetched) = self.fetch_now(key, generation_key) {
+            return Some(Box::pin(std::future::ready(fetched.map(|f| (f, false)))));
+        }
+        let call =
+            self.shared
+                .redis
+                .fetch_or_lock(key, generation_key, lock_key, token, ttl, budget)?;
+        Some(self.fill(key, generation_key, call, |(f, _)| f))
     }
 
     fn fetch_now(&self, key: &str, generation_key: &str) -> Option<Result<Fetched, StoreError>> {
