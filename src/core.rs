@@ -131,15 +131,20 @@ pub(crate) enum Lookup {
 pub(crate) struct HeldLock {
     pub(crate) key: String,
     pub(crate) token: String,
+    /// When the call that set (or renewed) it to its full TTL was sent;
+    /// `None` when that moment is not known (a lock found already held
+    /// with this process's token).
+    pub(crate) since: Option<Instant>,
     /// Set once the entry's write released it in the same round trip.
     pub(crate) released: AtomicBool,
 }
 
 impl HeldLock {
-    pub(crate) fn new(key: String, token: String) -> Arc<Self> {
+    pub(crate) fn new(key: String, token: String, since: Option<Instant>) -> Arc<Self> {
         Arc::new(Self {
             key,
             token,
+            since,
             released: AtomicBool::new(false),
         })
     }
@@ -501,7 +506,14 @@ impl CacheCore {
         writes: &[Write],
         held: &HeldLock,
     ) -> Result<(), StoreError> {
-        let call = self.store.put_and_unlock(writes, &held.key, &held.token);
+        // Set or renewed less than half its TTL ago: nobody else can have
+        // taken it since, and it may be deleted without a compare.
+        let owned = held
+            .since
+            .is_some_and(|at| at.elapsed() < self.settings.lock_ttl / 2);
+        let call = self
+            .store
+            .put_and_unlock(writes, &held.key, &held.token, owned);
         let released = self.timed("put", call).await?;
         held.released.store(released, Relaxed);
         self.count_writes(writes);

@@ -526,12 +526,13 @@ where
             unseen = true;
             let lock_key = core.keys.lock_key(&plan.rule.namespace, plan.key());
             let token = core.lock_token();
+            let sent = std::time::Instant::now();
             // Boxed: this path (misses, first hits) would otherwise make
             // every request's future larger.
             let (found, held) =
                 Box::pin(core.lookup_or_lock(plan.key(), gen_key, &lock_key, &token)).await;
             if held {
-                plan.lock = Some(HeldLock::new(lock_key, token));
+                plan.lock = Some(HeldLock::new(lock_key, token, Some(sent)));
             }
             found
         }
@@ -698,7 +699,7 @@ where
                 }
                 return Ok(response);
             }
-            Coalesced::Locked(token) => plan.lock = Some(HeldLock::new(lock_key, token)),
+            Coalesced::Locked(token) => plan.lock = Some(HeldLock::new(lock_key, token, None)),
             Coalesced::Entry(_) | Coalesced::Proceed => {}
         }
     }
@@ -1129,7 +1130,7 @@ fn refresh_in_background<S, ReqBody, ResBody>(
                 )
                 .await
             {
-                Coalesced::Locked(token) => plan.lock = Some(HeldLock::new(lock_key, token)),
+                Coalesced::Locked(token) => plan.lock = Some(HeldLock::new(lock_key, token, None)),
                 // Fresh again, or another instance is refreshing it.
                 _ => return,
             }

@@ -218,8 +218,9 @@ impl Store for CountingUnlocks {
         writes: &'a [Write],
         lock_key: &'a str,
         token: &'a str,
+        owned: bool,
     ) -> BoxFuture<'a, StoreResult<bool>> {
-        self.redis.put_and_unlock(writes, lock_key, token)
+        self.redis.put_and_unlock(writes, lock_key, token, owned)
     }
     fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, StoreResult<u64>> {
         self.redis.delete(keys)
@@ -326,6 +327,35 @@ async fn a_miss_on_a_new_key_takes_the_lock_in_its_lookup(redis: RedisServer) {
     );
     assert_eq!(locks.load(SeqCst), usize::from(cluster));
     assert_eq!(origin.calls(), 1);
+}
+
+async fn a_lock_that_expired_and_was_taken_by_another_instance_is_left_alone(redis: RedisServer) {
+    let origin = Origin::new(700);
+    let cache = layer(&redis, |b| b.lock_ttl(Duration::from_millis(300))).await;
+    let app = origin.router().layer(cache);
+    let client = redis.client().await;
+    let miss = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, req_get("/items/1")).await }
+    });
+    // The origin outlives the lock; another instance takes the key meanwhile.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let taken: Option<String> = client
+        .set(
+            "t:v1:default:LOCK:/items/1",
+            "other-instance",
+            Some(Expiration::EX(30)),
+            Some(SetOptions::NX),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(taken.is_some(), "the lock did not expire");
+    let (status, x, _) = miss.await.unwrap();
+    assert_eq!((status, x.as_str()), (200, "MISS"));
+    // Our write did not release the other instance's lock.
+    let holder: String = client.get("t:v1:default:LOCK:/items/1").await.unwrap();
+    assert_eq!(holder, "other-instance");
 }
 
 async fn a_wait_that_runs_out_goes_to_the_origin(redis: RedisServer) {
@@ -685,6 +715,7 @@ on_both_topologies!(
     a_crashed_leader_costs_at_most_its_lock_ttl,
     the_lock_is_released_with_the_write_and_after_an_unstored_answer,
     a_miss_on_a_new_key_takes_the_lock_in_its_lookup,
+    a_lock_that_expired_and_was_taken_by_another_instance_is_left_alone,
     a_wait_that_runs_out_goes_to_the_origin,
     stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background,
     a_failing_origin_is_covered_by_the_stale_entry,

@@ -117,8 +117,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// [`fetch_within`](Self::fetch_within) that also takes the short lock
     /// `lock_key` when `key` holds nothing, in the same round trip: as
     /// [`lock_and_fetch`](Self::lock_and_fetch) would, but only on a miss.
-    /// Returns what was read and whether the caller holds the lock now
-    /// (taken, or already held with `token`).
+    /// Returns what was read and whether the caller holds the lock now:
+    /// taken, or already held with `token` and renewed to a full `ttl`.
     ///
     /// The layer calls it for keys it has not found stored lately, so that a
     /// miss costs one round trip less; keys it keeps finding stay on
@@ -198,15 +198,19 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// [`unlock`](Self::unlock) does, in one round trip where the backend
     /// allows it; returns whether the lock was released. A request that
     /// took the lock and stores what it computed calls this, so the lock
-    /// costs no round trip of its own after the write. The default only
-    /// writes and returns `false`: the caller then releases the lock itself.
+    /// costs no round trip of its own after the write. `owned` says the
+    /// caller knows the lock is still its own (it set or renewed it with
+    /// `token` less than half its TTL ago), so it may be deleted without
+    /// comparing the token first. The default only writes and returns
+    /// `false`: the caller then releases the lock itself.
     fn put_and_unlock<'a>(
         &'a self,
         writes: &'a [Write],
         lock_key: &'a str,
         token: &'a str,
+        owned: bool,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let _ = (lock_key, token);
+        let _ = (lock_key, token, owned);
         Box::pin(async move { self.put(writes).await.map(|()| false) })
     }
 

@@ -549,6 +549,7 @@ impl Store for TieredStore {
         writes: &'a [Write],
         lock_key: &'a str,
         token: &'a str,
+        owned: bool,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             for w in writes {
@@ -556,7 +557,7 @@ impl Store for TieredStore {
             }
             self.shared
                 .redis
-                .put_and_unlock(writes, lock_key, token)
+                .put_and_unlock(writes, lock_key, token, owned)
                 .await
         })
     }
