@@ -57,11 +57,14 @@ pub(crate) struct CacheCore {
     pub(crate) seen: Seen,
 }
 
-/// Keys a layer has recently found stored, as bits of a fixed table: a key
-/// not in it (new, or not found lately) is looked up with the lock taken in
-/// the same round trip when nothing is stored ([`Store::fetch_or_lock`]).
-/// A wrong answer only costs speed: a key taken as seen is looked up plainly
-/// and locked after a miss, one taken as unseen runs the lookup script.
+/// Keys a layer has recently found stored or stored itself, as bits of a
+/// fixed table (128 KiB): a key not in it (new, or not met lately) is looked
+/// up with the lock taken in the same round trip when nothing is stored
+/// ([`Store::fetch_or_lock`]). A wrong answer only costs speed: a key taken
+/// as seen is looked up plainly and locked after a miss, one taken as unseen
+/// runs the lookup script. A quarter of the table (262 144 keys) fills before
+/// it starts over, so a key space up to about that size settles on plain
+/// lookups; a larger one runs the script on more of its hits.
 pub(crate) struct Seen {
     bits: Box<[AtomicU64]>,
     hasher: crate::store::KeyHasher,
@@ -70,7 +73,7 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
-    const BITS: usize = 1 << 16;
+    const BITS: usize = 1 << 20;
 
     fn new() -> Self {
         Self {
@@ -530,6 +533,10 @@ impl CacheCore {
     }
 
     pub(crate) fn count_writes(&self, writes: &[Write]) {
+        // Stored by this layer: the next lookup is likely a hit.
+        for w in writes {
+            self.seen.mark(&w.key);
+        }
         let bytes: usize = writes.iter().map(|w| w.value.len()).sum();
         self.counters.stores.fetch_add(writes.len() as u64, Relaxed);
         self.counters.bytes_stored.fetch_add(bytes as u64, Relaxed);
