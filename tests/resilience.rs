@@ -126,6 +126,26 @@ async fn a_thousand_concurrent_misses_through_four_instances_reach_the_origin_on
     assert!(handles.iter().map(|h| h.stats().lock_waits).sum::<u64>() >= 1);
 }
 
+/// Takes the lock of `/items/1` as another instance would; whether it was
+/// free.
+async fn take_lock(
+    client: &tower_redis_cache::fred::prelude::Client,
+    holder: &str,
+    expiry: Expiration,
+) -> bool {
+    let taken: Option<String> = client
+        .set(
+            "t:v1:default:LOCK:/items/1",
+            holder,
+            Some(expiry),
+            Some(SetOptions::NX),
+            false,
+        )
+        .await
+        .unwrap();
+    taken.is_some()
+}
+
 async fn a_crashed_leader_costs_at_most_its_lock_ttl(redis: RedisServer) {
     let origin = Origin::new(0);
     let cache = layer(&redis, |b| b.coalesce_timeout(Duration::from_secs(5))).await;
@@ -133,16 +153,7 @@ async fn a_crashed_leader_costs_at_most_its_lock_ttl(redis: RedisServer) {
     let app = origin.router().layer(cache);
     // Another instance took the lock and died: the lock expires in 300 ms.
     let client = redis.client().await;
-    let () = client
-        .set(
-            "t:v1:default:LOCK:/items/1",
-            "dead-instance",
-            Some(Expiration::PX(300)),
-            Some(SetOptions::NX),
-            false,
-        )
-        .await
-        .unwrap();
+    assert!(take_lock(&client, "dead-instance", Expiration::PX(300)).await);
     let started = Instant::now();
     let (status, x, _) = send(&app, req_get("/items/1")).await;
     let waited = started.elapsed();
@@ -336,17 +347,10 @@ async fn a_lock_that_expired_and_was_taken_by_another_instance_is_left_alone(red
     });
     // The origin outlives the lock; another instance takes the key meanwhile.
     tokio::time::sleep(Duration::from_millis(450)).await;
-    let taken: Option<String> = client
-        .set(
-            "t:v1:default:LOCK:/items/1",
-            "other-instance",
-            Some(Expiration::EX(30)),
-            Some(SetOptions::NX),
-            false,
-        )
-        .await
-        .unwrap();
-    assert!(taken.is_some(), "the lock did not expire");
+    assert!(
+        take_lock(&client, "other-instance", Expiration::EX(30)).await,
+        "the lock did not expire"
+    );
     let (status, x, _) = miss.await.unwrap();
     assert_eq!((status, x.as_str()), (200, "MISS"));
     // Our write did not release the other instance's lock.

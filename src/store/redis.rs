@@ -260,6 +260,23 @@ fn backend(e: fred::error::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// fred's options for a command bounded by `budget` (fred's own timeout).
+fn within(budget: Duration) -> Options {
+    Options {
+        timeout: Some(budget),
+        ..Options::default()
+    }
+}
+
+/// The error of a command run [`within`] `budget`: fred's timeout is the
+/// budget running out.
+fn backend_within(e: fred::error::Error, budget: Duration) -> StoreError {
+    match e.kind() {
+        fred::error::ErrorKind::Timeout => StoreError::Timeout(budget),
+        _ => backend(e),
+    }
+}
+
 fn parse_generation(raw: Option<Bytes>) -> Result<u64, StoreError> {
     match raw {
         None => Ok(0),
@@ -314,19 +331,12 @@ impl Store for RedisStore {
             return None;
         }
         Some(Box::pin(async move {
-            let options = Options {
-                timeout: Some(budget),
-                ..Options::default()
-            };
             let (value, generation): (Option<Bytes>, Option<Bytes>) = self
                 .client()?
-                .with_options(&options)
+                .with_options(&within(budget))
                 .mget((key, generation_key))
                 .await
-                .map_err(|e| match e.kind() {
-                    fred::error::ErrorKind::Timeout => StoreError::Timeout(budget),
-                    _ => backend(e),
-                })?;
+                .map_err(|e| backend_within(e, budget))?;
             Ok(Fetched::new(value, parse_generation(generation)?))
         }))
     }
@@ -346,10 +356,6 @@ impl Store for RedisStore {
             return None;
         }
         Some(Box::pin(async move {
-            let options = Options {
-                timeout: Some(budget),
-                ..Options::default()
-            };
             let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
             // A custom command: fred's options (the timeout) reach custom
             // commands, not its script methods.
@@ -365,13 +371,10 @@ impl Store for RedisStore {
             ];
             let (value, generation, held): (Option<Bytes>, Option<Bytes>, i64) = self
                 .client()?
-                .with_options(&options)
+                .with_options(&within(budget))
                 .custom(eval, args)
                 .await
-                .map_err(|e| match e.kind() {
-                    fred::error::ErrorKind::Timeout => StoreError::Timeout(budget),
-                    _ => backend(e),
-                })?;
+                .map_err(|e| backend_within(e, budget))?;
             Ok((
                 Fetched::new(value, parse_generation(generation)?),
                 held == 1,
