@@ -55,6 +55,10 @@ pub(crate) struct CacheCore {
     token: String,
     /// Keys recently found stored.
     pub(crate) seen: Seen,
+    /// Cleared once the store showed it cannot take the lock in a lookup
+    /// (`Store::fetch_or_lock` gave `None`), so the layer stops preparing
+    /// for it.
+    prelocks: AtomicBool,
 }
 
 /// Keys a layer has recently found stored or stored itself, as bits of a
@@ -209,6 +213,7 @@ impl CacheCore {
             store_healthy: AtomicBool::new(true),
             token: format!("{:032x}", rand::random::<u128>()),
             seen: Seen::new(),
+            prelocks: AtomicBool::new(true),
         }
     }
 
@@ -334,6 +339,11 @@ impl CacheCore {
         }
     }
 
+    /// Whether lookups may take the lock (the store has not refused to).
+    pub(crate) fn prelocks(&self) -> bool {
+        self.prelocks.load(Relaxed)
+    }
+
     /// The lookup of a key not seen lately: when nothing is stored, the
     /// lock (`lock_key`, `token`) is taken in the same round trip where the
     /// store can. Returns the lookup and whether the lock is held.
@@ -350,6 +360,9 @@ impl CacheCore {
             self.store
                 .fetch_or_lock(key, generation_key, lock_key, token, ttl, budget)
         else {
+            // A store that cannot (the in-memory store, a Cluster) is not
+            // asked again.
+            self.prelocks.store(false, Relaxed);
             return (self.lookup(key, generation_key).await, false);
         };
         match self.guarded("fetch", call, false).await {

@@ -519,6 +519,7 @@ where
         // (Only a request that may go on to compute the entry takes it.)
         None if core.settings.distributed_lock
             && core.settings.single_flight
+            && core.prelocks()
             && !plan.head
             && !plan.cc.only_if_cached
             && !core.seen.contains(plan.key()) =>

@@ -334,6 +334,11 @@ async fn a_miss_on_a_new_key_takes_the_lock_in_its_lookup(redis: RedisServer) {
     assert_eq!(locking_lookups.load(SeqCst), 1, "only the miss");
     assert_eq!(locks.load(SeqCst), usize::from(cluster));
     assert_eq!(origin.calls(), 1);
+    // Another new key: asked again on one Redis; a cluster, which said it
+    // cannot, is not asked again.
+    assert_eq!(send(&app, req_get("/items/2")).await.1, "MISS");
+    assert_eq!(locking_lookups.load(SeqCst), if cluster { 1 } else { 2 });
+    assert_eq!(locks.load(SeqCst), if cluster { 2 } else { 0 });
 }
 
 async fn a_lock_that_expired_and_was_taken_by_another_instance_is_left_alone(redis: RedisServer) {

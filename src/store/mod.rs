@@ -123,7 +123,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The layer calls it for keys it has not found stored lately, so that a
     /// miss costs one round trip less; keys it keeps finding stay on
     /// `fetch_within`. `None` (the default): the store cannot, and the layer
-    /// reads first and takes the lock after a miss.
+    /// reads first and takes the lock after a miss; a layer that got `None`
+    /// once does not ask again.
     fn fetch_or_lock<'a>(
         &'a self,
         key: &'a str,
