@@ -533,7 +533,14 @@ where
             let (found, held) =
                 Box::pin(core.lookup_or_lock(plan.key(), gen_key, &lock_key, &token)).await;
             if held {
-                plan.lock = Some(HeldLock::new(lock_key, token, Some(sent)));
+                let lock = HeldLock::new(lock_key, token, Some(sent));
+                if matches!(found, Lookup::Found { .. }) {
+                    // Stored after all: the lock is not this request's to use.
+                    let core = core.clone();
+                    tokio::spawn(async move { core.unlock(&lock).await });
+                } else {
+                    plan.lock = Some(lock);
+                }
             }
             found
         }

@@ -114,11 +114,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         None
     }
 
-    /// [`fetch_within`](Self::fetch_within) that also takes the short lock
-    /// `lock_key` when `key` holds nothing, in the same round trip: as
-    /// [`lock_and_fetch`](Self::lock_and_fetch) would, but only on a miss.
-    /// Returns what was read and whether the caller holds the lock now:
-    /// taken, or already held with `token` and renewed to a full `ttl`.
+    /// [`fetch_within`](Self::fetch_within) that also tries to take the short
+    /// lock `lock_key` (holding `token`, expiring after `ttl`) in the same
+    /// round trip, as [`lock_and_fetch`](Self::lock_and_fetch) does. Returns
+    /// what was read and whether this call set the lock. A store may set it
+    /// only when `key` holds nothing; when it sets it anyway and the key
+    /// holds a value, the layer releases it.
     ///
     /// The layer calls it for keys it has not found stored lately, so that a
     /// miss costs one round trip less; keys it keeps finding stay on
