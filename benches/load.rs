@@ -12,8 +12,8 @@
 //! - D: the layer with the in-process L1 tier, every request a hit;
 //! - E: a miss-only workload over a 20 ms origin, with and without the layer;
 //! - F: the layer with its Redis down (every request passes through), next to A;
-//! - E': E's misses with the cross-instance lock turned off (one round trip
-//!   fewer), to show what the lock costs.
+//! - E': E's misses with the cross-instance lock turned off, to show what
+//!   the lock costs (it rides on the lookup's and the write's round trips).
 //!
 //! Server and generator each get one runtime thread, so on a 2-core machine
 //! they do not fight over one core. The ratios matter, not the absolute
@@ -431,7 +431,7 @@ fn main() {
     );
     let (unlocked, lo, hi) = summary(&|r| r.e_unlocked_added_ms);
     println!(
-        "E' added p50    {unlocked:.3} ms ({lo:.3} .. {hi:.3})  (misses without the cross-instance lock: one round trip fewer)"
+        "E' added p50    {unlocked:.3} ms ({lo:.3} .. {hi:.3})  (misses without the cross-instance lock: what the lock costs)"
     );
     let (fa, _, _) = summary(&|r| r.fa);
     let (f_added, _, _) = summary(&|r| r.f_added_ms);
