@@ -126,6 +126,20 @@ async fn a_thousand_concurrent_misses_through_four_instances_reach_the_origin_on
     assert!(handles.iter().map(|h| h.stats().lock_waits).sum::<u64>() >= 1);
 }
 
+/// Waits (up to 2 s) for `lock_key` to be released; fails the test if it
+/// is not.
+async fn released_soon(client: &tower_redis_cache::fred::prelude::Client, lock_key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let held: u64 = client.exists(lock_key).await.unwrap();
+        if held == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the lock was never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Takes the lock of `/items/1` as another instance would; whether it was
 /// free.
 async fn take_lock(
@@ -288,15 +302,7 @@ async fn the_lock_is_released_with_the_write_and_after_an_unstored_answer(redis:
     // Not stored (a 503): released right after the response, on its own.
     origin.failing.store(true, SeqCst);
     assert_eq!(send(&app, req_get("/items/2")).await.0, 503);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let held: u64 = client.exists("t:v1:default:LOCK:/items/2").await.unwrap();
-        if held == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the lock was never released");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    released_soon(&client, "t:v1:default:LOCK:/items/2").await;
     assert_eq!(unlocks.load(SeqCst), 1);
 }
 
@@ -343,15 +349,7 @@ async fn a_first_hit_in_another_instance_leaves_no_lock_behind(redis: RedisServe
     // give it back when the entry is there.
     assert_eq!(send(&second, req_get("/items/1")).await.1, "HIT");
     let client = redis.client().await;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let held: u64 = client.exists("t:v1:default:LOCK:/items/1").await.unwrap();
-        if held == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the lock was never released");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    released_soon(&client, "t:v1:default:LOCK:/items/1").await;
     assert_eq!(origin.calls(), 1);
 }
 
