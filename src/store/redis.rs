@@ -356,16 +356,21 @@ impl Store for RedisStore {
         // the key turns out to hold a value, which the layer then releases.
         Some(Box::pin(async move {
             let pipe = self.client()?.pipeline();
+            // The lock first, then the reads: a holder writes its entry
+            // before it releases the lock, so a lock taken here after that
+            // release comes with reads that see the entry. (Reads first
+            // could miss the entry and then take the released lock: a second
+            // computation.)
+            let () = pipe
+                .set(lock_key, token, Some(px(ttl)), Some(SetOptions::NX), false)
+                .await
+                .map_err(backend)?;
             if self.clustered {
                 let () = pipe.get(key).await.map_err(backend)?;
                 let () = pipe.get(generation_key).await.map_err(backend)?;
             } else {
                 let () = pipe.mget((key, generation_key)).await.map_err(backend)?;
             }
-            let () = pipe
-                .set(lock_key, token, Some(px(ttl)), Some(SetOptions::NX), false)
-                .await
-                .map_err(backend)?;
             // fred's per-command options do not reach a pipeline: its own
             // timer here, so the layer sets none.
             let replies: Vec<Result<fred::types::Value, fred::error::Error>> =
@@ -379,16 +384,16 @@ impl Store for RedisStore {
                     .ok_or_else(|| StoreError::Backend("short pipeline reply".into()))?
                     .map_err(backend)
             };
+            // Taken now, or not: held by another, or refused (say, under
+            // `maxmemory` with `noeviction`), which only costs the layer the
+            // lock round trip after the lookup.
+            let taken = next().is_ok_and(|reply| !reply.is_null());
             let (value, generation): (Option<Bytes>, Option<Bytes>) = if self.clustered {
                 let value = next()?.convert().map_err(backend)?;
                 (value, next()?.convert().map_err(backend)?)
             } else {
                 next()?.convert().map_err(backend)?
             };
-            // Taken now, or not: held by another, or refused (say, under
-            // `maxmemory` with `noeviction`), which only costs the layer the
-            // lock round trip after the lookup.
-            let taken = next().is_ok_and(|reply| !reply.is_null());
             Ok((Fetched::new(value, parse_generation(generation)?), taken))
         }))
     }
