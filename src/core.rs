@@ -63,12 +63,12 @@ pub(crate) struct CacheCore {
 
 /// Keys a layer has recently found stored or stored itself, as bits of a
 /// fixed table (128 KiB): a key not in it (new, or not met lately) is looked
-/// up with the lock taken in the same round trip when nothing is stored
-/// ([`Store::fetch_or_lock`]). A wrong answer only costs speed: a key taken
-/// as seen is looked up plainly and locked after a miss, one taken as unseen
-/// runs the lookup script. A quarter of the table (262 144 keys) fills before
-/// it starts over, so a key space up to about that size settles on plain
-/// lookups; a larger one runs the script on more of its hits.
+/// up with the lock taken in the same round trip ([`Store::fetch_or_lock`]).
+/// A wrong answer only costs speed: a key taken as seen is looked up plainly
+/// and locked after a miss; one taken as unseen and found stored takes a
+/// lock it gives back. A quarter of the table (262 144 keys) fills before it
+/// starts over, so a key space up to about that size settles on plain
+/// lookups; a larger one takes and gives back a lock on more of its hits.
 pub(crate) struct Seen {
     bits: Box<[AtomicU64]>,
     hasher: crate::store::KeyHasher,
@@ -138,9 +138,8 @@ pub(crate) enum Lookup {
 pub(crate) struct HeldLock {
     pub(crate) key: String,
     pub(crate) token: String,
-    /// When the call that set (or renewed) it to its full TTL was sent;
-    /// `None` when that moment is not known (a lock found already held
-    /// with this process's token).
+    /// When the call that set it was sent; `None` when that moment is not
+    /// known (a lock found already held with this process's token).
     pub(crate) since: Option<Instant>,
     /// Set once the entry's write released it in the same round trip.
     pub(crate) released: AtomicBool,
@@ -344,9 +343,9 @@ impl CacheCore {
         self.prelocks.load(Relaxed)
     }
 
-    /// The lookup of a key not seen lately: when nothing is stored, the
-    /// lock (`lock_key`, `token`) is taken in the same round trip where the
-    /// store can. Returns the lookup and whether the lock is held.
+    /// The lookup of a key not met lately, with the lock (`lock_key`,
+    /// `token`) taken in the same round trip where the store can. Returns
+    /// the lookup and whether this call set the lock.
     pub(crate) async fn lookup_or_lock(
         &self,
         key: &str,
@@ -360,8 +359,7 @@ impl CacheCore {
             self.store
                 .fetch_or_lock(key, generation_key, lock_key, token, ttl, budget)
         else {
-            // A store that cannot (the in-memory store, a Cluster) is not
-            // asked again.
+            // A store that cannot (the in-memory store) is not asked again.
             self.prelocks.store(false, Relaxed);
             return (self.lookup(key, generation_key).await, false);
         };
@@ -522,8 +520,8 @@ impl CacheCore {
         writes: &[Write],
         held: &HeldLock,
     ) -> Result<(), StoreError> {
-        // Set or renewed less than half its TTL ago: nobody else can have
-        // taken it since, and it may be deleted without a compare.
+        // Set less than half its TTL ago: nobody else can have taken it
+        // since, and it may be deleted without a compare.
         let owned = held
             .since
             .is_some_and(|at| at.elapsed() < self.settings.lock_ttl / 2);

@@ -513,10 +513,11 @@ where
     let mut unseen = false;
     let mut found = match prefetched {
         Some(found) => found,
-        // A key not found stored lately is likely a miss: where the store
-        // can, its lookup takes the lock in the same round trip when nothing
-        // is stored, and the miss path needs no round trip of its own for it.
-        // (Only a request that may go on to compute the entry takes it.)
+        // A key not met lately is likely a miss: where the store can, its
+        // lookup takes the lock in the same round trip, and the miss path
+        // needs no round trip of its own for it. (Only a request that may go
+        // on to compute the entry takes it; one served from the cache gives
+        // it back.)
         None if core.settings.distributed_lock
             && core.settings.single_flight
             && core.prelocks()
@@ -533,14 +534,7 @@ where
             let (found, held) =
                 Box::pin(core.lookup_or_lock(plan.key(), gen_key, &lock_key, &token)).await;
             if held {
-                let lock = HeldLock::new(lock_key, token, Some(sent));
-                if matches!(found, Lookup::Found { .. }) {
-                    // Stored after all: the lock is not this request's to use.
-                    let core = core.clone();
-                    tokio::spawn(async move { core.unlock(&lock).await });
-                } else {
-                    plan.lock = Some(lock);
-                }
+                plan.lock = Some(HeldLock::new(lock_key, token, Some(sent)));
             }
             found
         }
@@ -551,7 +545,9 @@ where
             core.seen.mark(plan.key());
         }
         if let Some(marker) = entry.marker.clone() {
-            // A response with `Vary`: one more round trip for the variant.
+            // A response with `Vary`: one more round trip for the variant,
+            // whose lock is not the one the URI's lookup took.
+            give_back_lock(&core, &mut plan.lock);
             plan.variant = Some(variant_key(&plan.primary, &marker, req.headers()));
             plan.marker = Some(marker);
             found = core.lookup(plan.key(), gen_key).await;
@@ -586,6 +582,8 @@ where
                         (STALE, false)
                     }
                 };
+                // Served from the cache: a lock the lookup took is not needed.
+                give_back_lock(&core, &mut plan.lock);
                 let replaces = entry.stored_at_ms;
                 let response = answer(&core, entry, req.headers(), &plan, outcome, now);
                 if refresh {
@@ -600,6 +598,15 @@ where
     // Boxed on its own: the hit path above stays a small future that is
     // cheap to create and move.
     Box::pin(miss(core, inner, req, plan, stale, generation)).await
+}
+
+/// Releases, after the response, a lock the lookup took for a request that
+/// will not compute the entry.
+fn give_back_lock(core: &Arc<CacheCore>, lock: &mut Option<Arc<HeldLock>>) {
+    if let Some(lock) = lock.take() {
+        let core = core.clone();
+        tokio::spawn(async move { core.unlock(&lock).await });
+    }
 }
 
 /// The rest of a request that found nothing it may serve: single-flight in

@@ -201,7 +201,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// allows it; returns whether the lock was released. A request that
     /// took the lock and stores what it computed calls this, so the lock
     /// costs no round trip of its own after the write. `owned` says the
-    /// caller knows the lock is still its own (it set or renewed it with
+    /// caller knows the lock is still its own (it set it with
     /// `token` less than half its TTL ago), so it may be deleted without
     /// comparing the token first. The default only writes and returns
     /// `false`: the caller then releases the lock itself.
