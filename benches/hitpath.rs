@@ -30,7 +30,11 @@
 //! divide by `N` (default 20 000). Without valgrind it prints the time per
 //! request, which is only a rough guide.
 
-use std::{convert::Infallible, time::Instant};
+use std::{
+    convert::Infallible,
+    sync::atomic::{AtomicUsize, Ordering::Relaxed},
+    time::Instant,
+};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -90,6 +94,16 @@ fn cached(
         .service(tower::service_fn(handler))
 }
 
+/// Responses the layer marked as hits (`x-cache: HIT`), printed with the
+/// count so that a mode that stopped hitting shows.
+static HITS: AtomicUsize = AtomicUsize::new(0);
+
+fn tally<B>(res: &Response<B>) {
+    if res.headers().get("x-cache").is_some_and(|v| v == "HIT") {
+        HITS.fetch_add(1, Relaxed);
+    }
+}
+
 async fn drive<S, B>(svc: S, n: usize) -> usize
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>>,
@@ -119,6 +133,7 @@ where
             .call(req)
             .await
             .expect("a response");
+        tally(&res);
         bytes += res
             .into_body()
             .collect()
@@ -197,7 +212,8 @@ fn main() {
         };
         let took = started.elapsed();
         println!(
-            "{mode}: {n} requests, {bytes} body bytes, {:.0} ns per request",
+            "{mode}: {n} requests, {bytes} body bytes, {} hits, {:.0} ns per request",
+            HITS.load(Relaxed),
             took.as_nanos() as f64 / n.max(1) as f64
         );
     });
@@ -240,6 +256,7 @@ async fn http(layered: bool, n: usize) -> usize {
             .body(http_body_util::Empty::<Bytes>::new())
             .expect("a request");
         let res = sender.send_request(req).await.expect("a response");
+        tally(&res);
         bytes += res
             .into_body()
             .collect()
