@@ -11,6 +11,7 @@
 //!    (`MISS`). A store failure sends the request through (`BYPASS`).
 
 use std::{
+    future::Future,
     mem,
     sync::{
         atomic::{AtomicUsize, Ordering::Relaxed},
@@ -494,13 +495,18 @@ fn serve_now<B: Body>(
 /// The path of a cacheable request: lookup (unless `prefetched` holds its
 /// result), then (on a miss) single-flight in this process, the
 /// cross-instance lock, and the service.
-async fn serve<S, ReqBody, ResBody>(
+// A plain function around an `async move` block, not an `async fn`: an
+// `async fn` moves its arguments into locals, and its future would hold the
+// request and the plan twice (1 432 bytes against 920, past the size glibc
+// hands out from its per-thread cache).
+#[allow(clippy::manual_async_fn)]
+fn serve<S, ReqBody, ResBody>(
     core: Arc<CacheCore>,
     inner: S,
     req: Request<ReqBody>,
     mut plan: Plan,
     prefetched: Option<Lookup>,
-) -> Result<Response<CacheBody<ResBody>>, S::Error>
+) -> impl Future<Output = Result<Response<CacheBody<ResBody>>, S::Error>>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -509,95 +515,99 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Send + 'static,
 {
-    let gen_key = &plan.rule.generation_key;
-    let mut unseen = false;
-    let mut found = match prefetched {
-        Some(found) => found,
-        // A key not met lately is likely a miss: where the store can, its
-        // lookup takes the lock in the same round trip, and the miss path
-        // needs no round trip of its own for it. (Only a request that may go
-        // on to compute the entry takes it; one served from the cache gives
-        // it back.)
-        None if core.settings.distributed_lock
-            && core.settings.single_flight
-            && core.prelocks()
-            && !plan.head
-            && !plan.cc.only_if_cached
-            && !core.seen.contains(plan.key()) =>
-        {
-            unseen = true;
-            let lock_key = core.keys.lock_key(&plan.rule.namespace, plan.key());
-            let token = core.lock_token();
-            let sent = std::time::Instant::now();
-            // Boxed: this path (misses, first hits) would otherwise make
-            // every request's future larger.
-            let (found, held) =
-                Box::pin(core.lookup_or_lock(plan.key(), gen_key, &lock_key, &token)).await;
-            if held {
-                plan.lock = Some(HeldLock::new(lock_key, token, Some(sent)));
-            }
-            found
-        }
-        None => core.lookup(plan.key(), gen_key).await,
-    };
-    if let Lookup::Found { entry, .. } = &found {
-        if unseen {
-            core.seen.mark(plan.key());
-        }
-        if let Some(marker) = entry.marker.clone() {
-            // A response with `Vary`: one more round trip for the variant,
-            // whose lock is not the one the URI's lookup took.
-            give_back_lock(&core, &mut plan.lock);
-            plan.variant = Some(variant_key(&plan.primary, &marker, req.headers()));
-            plan.marker = Some(marker);
-            found = core.lookup(plan.key(), gen_key).await;
-        }
-    }
-    let (stale, generation) = match found {
-        Lookup::Found {
-            entry,
-            generation,
-            now,
-        } if answers(&entry, req.headers(), &plan) => match judge(&entry, now, &plan.cc) {
-            Use::Revalidate => (Some(entry), Some(generation)),
-            usable => {
-                let (outcome, refresh) = match usable {
-                    Use::Fresh => {
-                        bump(&core.counters.hits);
-                        let beta = plan.rule.early_refresh;
-                        let due = beta > 0.0
-                            && !plan.head
-                            && entry.early_refresh_due(now, beta, 1.0 - rand::random::<f64>());
-                        if due {
-                            bump(&core.counters.early_refreshes);
-                        }
-                        (HIT, due)
-                    }
-                    Use::StaleWhileRevalidate => {
-                        bump(&core.counters.stale);
-                        (STALE, !plan.head)
-                    }
-                    _ => {
-                        bump(&core.counters.stale);
-                        (STALE, false)
-                    }
-                };
-                // Served from the cache: a lock the lookup took is not needed.
-                give_back_lock(&core, &mut plan.lock);
-                let replaces = entry.stored_at_ms;
-                let response = answer(&core, entry, req.headers(), &plan, outcome, now);
-                if refresh {
-                    refresh_in_background(core, inner, req, plan, generation, replaces);
+    async move {
+        let gen_key = &plan.rule.generation_key;
+        let mut unseen = false;
+        let mut found = match prefetched {
+            Some(found) => found,
+            // A key not met lately is likely a miss: where the store can, its
+            // lookup takes the lock in the same round trip, and the miss path
+            // needs no round trip of its own for it. (Only a request that may go
+            // on to compute the entry takes it; one served from the cache gives
+            // it back.)
+            None if core.settings.distributed_lock
+                && core.settings.single_flight
+                && core.prelocks()
+                && !plan.head
+                && !plan.cc.only_if_cached
+                && !core.seen.contains(plan.key()) =>
+            {
+                unseen = true;
+                let lock_key = core.keys.lock_key(&plan.rule.namespace, plan.key());
+                let token = core.lock_token();
+                let sent = std::time::Instant::now();
+                // Boxed: this path (misses, first hits) would otherwise make
+                // every request's future larger.
+                let (found, held) =
+                    Box::pin(core.lookup_or_lock(plan.key(), gen_key, &lock_key, &token)).await;
+                if held {
+                    plan.lock = Some(HeldLock::new(lock_key, token, Some(sent)));
                 }
-                return Ok(response);
+                found
             }
-        },
-        Lookup::Found { generation, .. } | Lookup::Miss { generation } => (None, Some(generation)),
-        Lookup::Failed => (None, None),
-    };
-    // Boxed on its own: the hit path above stays a small future that is
-    // cheap to create and move.
-    Box::pin(miss(core, inner, req, plan, stale, generation)).await
+            None => core.lookup(plan.key(), gen_key).await,
+        };
+        if let Lookup::Found { entry, .. } = &found {
+            if unseen {
+                core.seen.mark(plan.key());
+            }
+            if let Some(marker) = entry.marker.clone() {
+                // A response with `Vary`: one more round trip for the variant,
+                // whose lock is not the one the URI's lookup took.
+                give_back_lock(&core, &mut plan.lock);
+                plan.variant = Some(variant_key(&plan.primary, &marker, req.headers()));
+                plan.marker = Some(marker);
+                found = core.lookup(plan.key(), gen_key).await;
+            }
+        }
+        let (stale, generation) = match found {
+            Lookup::Found {
+                entry,
+                generation,
+                now,
+            } if answers(&entry, req.headers(), &plan) => match judge(&entry, now, &plan.cc) {
+                Use::Revalidate => (Some(entry), Some(generation)),
+                usable => {
+                    let (outcome, refresh) = match usable {
+                        Use::Fresh => {
+                            bump(&core.counters.hits);
+                            let beta = plan.rule.early_refresh;
+                            let due = beta > 0.0
+                                && !plan.head
+                                && entry.early_refresh_due(now, beta, 1.0 - rand::random::<f64>());
+                            if due {
+                                bump(&core.counters.early_refreshes);
+                            }
+                            (HIT, due)
+                        }
+                        Use::StaleWhileRevalidate => {
+                            bump(&core.counters.stale);
+                            (STALE, !plan.head)
+                        }
+                        _ => {
+                            bump(&core.counters.stale);
+                            (STALE, false)
+                        }
+                    };
+                    // Served from the cache: a lock the lookup took is not needed.
+                    give_back_lock(&core, &mut plan.lock);
+                    let replaces = entry.stored_at_ms;
+                    let response = answer(&core, entry, req.headers(), &plan, outcome, now);
+                    if refresh {
+                        refresh_in_background(core, inner, req, plan, generation, replaces);
+                    }
+                    return Ok(response);
+                }
+            },
+            Lookup::Found { generation, .. } | Lookup::Miss { generation } => {
+                (None, Some(generation))
+            }
+            Lookup::Failed => (None, None),
+        };
+        // Boxed on its own: the hit path above stays a small future that is
+        // cheap to create and move.
+        Box::pin(miss(core, inner, req, plan, stale, generation)).await
+    }
 }
 
 /// Releases, after the response, a lock the lookup took for a request that
@@ -612,125 +622,133 @@ fn give_back_lock(core: &Arc<CacheCore>, lock: &mut Option<Arc<HeldLock>>) {
 /// The rest of a request that found nothing it may serve: single-flight in
 /// this process, the cross-instance lock, and the service (revalidating
 /// `stale` when it has validators).
-async fn miss<S, ReqBody, ResBody>(
+// Not an `async fn`, for the reason given at `serve`.
+#[allow(clippy::manual_async_fn)]
+fn miss<S, ReqBody, ResBody>(
     core: Arc<CacheCore>,
     inner: S,
     req: Request<ReqBody>,
     mut plan: Plan,
     stale: Option<Arc<Entry>>,
     generation: Option<u64>,
-) -> Result<Response<CacheBody<ResBody>>, S::Error>
+) -> impl Future<Output = Result<Response<CacheBody<ResBody>>, S::Error>>
 where
     S: Inner<ReqBody, ResBody>,
     ReqBody: Send + 'static,
     ResBody: CachedBody,
 {
-    if plan.cc.only_if_cached {
-        // RFC 9111 §5.2.1.7: nothing usable is stored, and the client does
-        // not want the origin asked.
-        bump(&core.counters.misses);
-        let mut response = Response::new(CacheBody::empty());
-        *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-        mark(
-            core.settings.status_header.as_ref(),
-            response.headers_mut(),
-            MISS,
-        );
-        return Ok(response);
-    }
-    bump(if generation.is_some() {
-        &core.counters.misses
-    } else {
-        &core.counters.bypasses
-    });
-    if plan.head {
-        return Ok(fetch(&core, inner, req, &plan, generation, stale).await?.0);
-    }
+    async move {
+        if plan.cc.only_if_cached {
+            // RFC 9111 §5.2.1.7: nothing usable is stored, and the client does
+            // not want the origin asked.
+            bump(&core.counters.misses);
+            let mut response = Response::new(CacheBody::empty());
+            *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+            mark(
+                core.settings.status_header.as_ref(),
+                response.headers_mut(),
+                MISS,
+            );
+            return Ok(response);
+        }
+        bump(if generation.is_some() {
+            &core.counters.misses
+        } else {
+            &core.counters.bypasses
+        });
+        if plan.head {
+            return Ok(fetch(&core, inner, req, &plan, generation, stale).await?.0);
+        }
 
-    // One request per key in this process goes on; the others wait for it.
-    // A waiter released without a result (the leader's response could not be
-    // shared, or is another variant) goes straight to the service.
-    let mut released = false;
-    let guard = if core.settings.single_flight {
-        match core.flights.join(plan.key()) {
-            Join::Leader(guard) => {
-                plan.followers = Some(guard.followers());
-                Some(guard)
-            }
-            Join::Follower(slot) => {
-                // A lock this request took in its lookup is this process's:
-                // the leader holds it and releases it.
-                plan.lock = None;
-                match Flights::wait(slot, core.settings.coalesce_timeout).await {
-                    Some(shared) if answers(&shared.entry, req.headers(), &plan) => {
-                        bump(&core.counters.coalesced);
-                        let entry = shared.entry.clone();
-                        let now = entry::now_ms();
-                        return Ok(answer(
-                            &core,
-                            entry,
-                            req.headers(),
-                            &plan,
-                            shared.outcome,
-                            now,
-                        ));
+        // One request per key in this process goes on; the others wait for it.
+        // A waiter released without a result (the leader's response could not be
+        // shared, or is another variant) goes straight to the service.
+        let mut released = false;
+        let guard = if core.settings.single_flight {
+            match core.flights.join(plan.key()) {
+                Join::Leader(guard) => {
+                    plan.followers = Some(guard.followers());
+                    Some(guard)
+                }
+                Join::Follower(slot) => {
+                    // A lock this request took in its lookup is this process's:
+                    // the leader holds it and releases it.
+                    plan.lock = None;
+                    match Flights::wait(slot, core.settings.coalesce_timeout).await {
+                        Some(shared) if answers(&shared.entry, req.headers(), &plan) => {
+                            bump(&core.counters.coalesced);
+                            let entry = shared.entry.clone();
+                            let now = entry::now_ms();
+                            return Ok(answer(
+                                &core,
+                                entry,
+                                req.headers(),
+                                &plan,
+                                shared.outcome,
+                                now,
+                            ));
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                    released = true;
+                    None
                 }
-                released = true;
-                None
             }
-        }
-    } else {
-        None
-    };
+        } else {
+            None
+        };
 
-    // One instance per key goes on; the others wait for its entry. (A
-    // request whose lookup took the lock already holds it.)
-    if generation.is_some() && !released && core.settings.distributed_lock && plan.lock.is_none() {
-        let lock_key = core.keys.lock_key(&plan.rule.namespace, plan.key());
-        // A request revalidating what it found counts only an entry stored
-        // after that one.
-        let replaces = stale.as_ref().map(|e| e.stored_at_ms);
-        match core
-            .coalesce(
-                plan.key(),
-                &lock_key,
-                &plan.rule.generation_key,
-                true,
-                replaces,
-            )
-            .await
+        // One instance per key goes on; the others wait for its entry. (A
+        // request whose lookup took the lock already holds it.)
+        if generation.is_some()
+            && !released
+            && core.settings.distributed_lock
+            && plan.lock.is_none()
         {
-            Coalesced::Entry(entry) if answers(&entry, req.headers(), &plan) => {
-                bump(&core.counters.coalesced);
-                let now = entry::now_ms();
-                let response = answer(&core, entry.clone(), req.headers(), &plan, HIT, now);
-                if let Some(guard) = guard {
-                    guard.publish(Shared {
-                        entry,
-                        outcome: HIT,
-                    });
+            let lock_key = core.keys.lock_key(&plan.rule.namespace, plan.key());
+            // A request revalidating what it found counts only an entry stored
+            // after that one.
+            let replaces = stale.as_ref().map(|e| e.stored_at_ms);
+            match core
+                .coalesce(
+                    plan.key(),
+                    &lock_key,
+                    &plan.rule.generation_key,
+                    true,
+                    replaces,
+                )
+                .await
+            {
+                Coalesced::Entry(entry) if answers(&entry, req.headers(), &plan) => {
+                    bump(&core.counters.coalesced);
+                    let now = entry::now_ms();
+                    let response = answer(&core, entry.clone(), req.headers(), &plan, HIT, now);
+                    if let Some(guard) = guard {
+                        guard.publish(Shared {
+                            entry,
+                            outcome: HIT,
+                        });
+                    }
+                    return Ok(response);
                 }
-                return Ok(response);
+                Coalesced::Locked(token) => plan.lock = Some(HeldLock::new(lock_key, token, None)),
+                Coalesced::Entry(_) | Coalesced::Proceed => {}
             }
-            Coalesced::Locked(token) => plan.lock = Some(HeldLock::new(lock_key, token, None)),
-            Coalesced::Entry(_) | Coalesced::Proceed => {}
         }
-    }
 
-    let result = fetch(&core, inner, req, &plan, generation, stale).await;
-    // Released by the entry's write when there was one; else now, off the
-    // response's path.
-    if let Some(held) = plan.lock.filter(|h| !h.released.load(Relaxed)) {
-        let core = core.clone();
-        tokio::spawn(async move { core.unlock(&held).await });
+        let result = fetch(&core, inner, req, &plan, generation, stale).await;
+        // Released by the entry's write when there was one; else now, off the
+        // response's path.
+        if let Some(held) = plan.lock.filter(|h| !h.released.load(Relaxed)) {
+            let core = core.clone();
+            tokio::spawn(async move { core.unlock(&held).await });
+        }
+        let (response, shared) = result?;
+        if let (Some(guard), Some(shared)) = (guard, shared) {
+            guard.publish(shared);
+        }
+        Ok(response)
     }
-    let (response, shared) = result?;
-    if let (Some(guard), Some(shared)) = (guard, shared) {
-        guard.publish(shared);
-    }
-    Ok(response)
 }
 
 /// Calls the service and stores what may be stored; a stored entry that is
