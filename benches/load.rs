@@ -1,6 +1,6 @@
 //! The side-by-side load benchmark: `cargo bench --bench load`.
 //!
-//! Starts its own `redis-server` on a free loopback port, serves eight targets
+//! Starts its own `redis-server` on a free loopback port, serves nine targets
 //! on loopback and drives each in turn with the same HTTP/1.1 load generator
 //! (persistent connections, fixed concurrency and duration), for several
 //! rounds; the ratios are taken within each round and their median reported:
@@ -13,7 +13,10 @@
 //! - E: a miss-only workload over a 20 ms origin, with and without the layer;
 //! - F: the layer with its Redis down (every request passes through), next to A;
 //! - E': E's misses with the cross-instance lock turned off, to show what
-//!   the lock costs (it rides on the lookup's and the write's round trips).
+//!   the lock costs (it rides on the lookup's and the write's round trips);
+//! - E0: the same origin in a handler that does bare cache-aside by hand: one
+//!   fred `GET` before it and one `SET` after it, awaited before the
+//!   response (the physical limit of a Redis-backed miss, as B is of a hit).
 //!
 //! Server and generator each get one runtime thread, so on a 2-core machine
 //! they do not fight over one core. The ratios matter, not the absolute
@@ -41,7 +44,7 @@ use hyper_util::rt::TokioIo;
 use support::RedisServer;
 use tower_redis_cache::{
     fred::{
-        prelude::{ClientLike, KeysInterface},
+        prelude::{ClientLike, Expiration, KeysInterface},
         types::CustomCommand,
     },
     store::{LocalTier, TieredStore},
@@ -288,6 +291,41 @@ fn main() {
         )
         .await;
 
+        // E0: cache-aside by hand around the same origin: a GET that
+        // misses, the origin, a SET awaited before the response.
+        let e_floor = {
+            let pool = redis.store().await.pool().clone();
+            let b = payload.clone();
+            serve(Router::new().route(
+                "/miss/{n}",
+                get(move |Path(n): Path<u64>| {
+                    let (pool, b) = (pool.clone(), b.clone());
+                    async move {
+                        let key = format!("benchfloor:{n}");
+                        let cached: Option<Bytes> = pool.get(key.as_str()).await.unwrap();
+                        assert!(cached.is_none(), "E0 asks for new keys only");
+                        tokio::task::spawn_blocking(|| {
+                            std::thread::sleep(Duration::from_millis(20))
+                        })
+                        .await
+                        .unwrap();
+                        let () = pool
+                            .set(
+                                key.as_str(),
+                                b.clone(),
+                                Some(Expiration::EX(60)),
+                                None,
+                                false,
+                            )
+                            .await
+                            .unwrap();
+                        json(b)
+                    }
+                }),
+            ))
+            .await
+        };
+
         // F: Redis unreachable (nothing listens on the port).
         let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -329,7 +367,10 @@ fn main() {
             )
             .await
             .unwrap();
-        ([a, b, c, d, e_plain, e_layer, f, e_unlocked], usage)
+        (
+            [a, b, c, d, e_plain, e_layer, f, e_unlocked, e_floor],
+            usage,
+        )
     });
 
     println!("tower-redis-cache load benchmark");
@@ -349,6 +390,7 @@ fn main() {
         "E origin 20 ms, layer (misses)",
         "F layer, Redis down (bypass)",
         "E' layer, misses, no Redis lock",
+        "E0 handler: GET, origin, SET",
     ];
     // Every round drives each target once, in turn: a machine that slows
     // down or speeds up during the run moves all targets of a round alike,
@@ -363,7 +405,7 @@ fn main() {
         );
         let mut results = Vec::new();
         for (i, addr) in targets.iter().enumerate() {
-            let path = if i == 4 || i == 5 || i == 7 {
+            let path = if i == 4 || i == 5 || i == 7 || i == 8 {
                 // E gets new URLs in every round.
                 let (base, miss) = (offset, miss.clone());
                 offset += 10_000_000;
@@ -433,6 +475,14 @@ fn main() {
     println!(
         "E' added p50    {unlocked:.3} ms ({lo:.3} .. {hi:.3})  (misses without the cross-instance lock: what the lock costs)"
     );
+    let (floor, lo, hi) = summary(&|r| r.e_floor_added_ms);
+    println!(
+        "E0 added p50    {floor:.3} ms ({lo:.3} .. {hi:.3})  (a GET and a SET around the origin in a handler: the floor of a Redis-backed miss)"
+    );
+    let (beyond, lo, hi) = summary(&|r| r.e_added_ms - r.e_floor_added_ms);
+    println!(
+        "E - E0 p50      {beyond:.3} ms ({lo:.3} .. {hi:.3})  (what the layer adds to a miss beyond that floor)"
+    );
     let (fa, _, _) = summary(&|r| r.fa);
     let (f_added, _, _) = summary(&|r| r.f_added_ms);
     println!(
@@ -454,19 +504,23 @@ struct Ratios {
     da: f64,
     e_added_ms: f64,
     e_unlocked_added_ms: f64,
+    e_floor_added_ms: f64,
     fa: f64,
     f_added_ms: f64,
 }
 
 impl Ratios {
     fn of(r: &[Measured]) -> Self {
-        let (a, b, c, d, e0, e1, f, e2) = (&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6], &r[7]);
+        let (a, b, c, d, e0, e1, f, e2, e3) = (
+            &r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6], &r[7], &r[8],
+        );
         Self {
             cb: c.rps() / b.rps(),
             cb99: c.p99_us / b.p99_us,
             da: d.rps() / a.rps(),
             e_added_ms: (e1.p50_us - e0.p50_us) / 1000.0,
             e_unlocked_added_ms: (e2.p50_us - e0.p50_us) / 1000.0,
+            e_floor_added_ms: (e3.p50_us - e0.p50_us) / 1000.0,
             fa: f.rps() / a.rps(),
             f_added_ms: (f.p50_us - a.p50_us) / 1000.0,
         }
