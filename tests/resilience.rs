@@ -795,3 +795,101 @@ async fn with_redis_down_a_response_nobody_waits_for_streams_through_unbuffered(
     assert_eq!(res.headers()["x-cache"], "BYPASS");
     support::assert_streams(res.into_body(), open).await;
 }
+
+/// The commands a test's Redis receives, in the order it runs them, read
+/// from `redis-cli MONITOR`.
+struct Monitor {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    fn start(redis: &RedisServer) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port().to_string(), "monitor"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-cli (it comes with redis-server) is needed to watch commands");
+        let stdout = child.stdout.take().expect("a piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let monitor = Self { child, lines };
+        // MONITOR answers OK once it is watching.
+        monitor.until(|line| line == "OK");
+        monitor
+    }
+
+    /// The lines up to and including the first that `done` accepts.
+    fn until(&self, done: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("MONITOR showed no such command; it showed {seen:#?}"));
+            let last = done(&line);
+            seen.push(line);
+            if last {
+                return seen;
+            }
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The client address MONITOR shows for a command line
+/// (`1700000000.000000 [0 127.0.0.1:50000] "GET" "k"`).
+fn connection(line: &str) -> &str {
+    line.split(['[', ']']).nth(1).unwrap_or("")
+}
+
+#[tokio::test]
+async fn the_lookup_of_a_new_key_sets_the_lock_before_it_reads_the_entry() {
+    // Reads first would let a holder's write and unlock land between the
+    // read and the lock: the read misses the entry, the lock is free again,
+    // and the entry is computed twice. The stampede test meets that race
+    // only now and then; the order of the commands shows it every time.
+    let redis = RedisServer::start();
+    let monitor = Monitor::start(&redis);
+    let origin = Origin::new(0);
+    let app = origin.router().layer(layer(&redis, |b| b).await);
+    let outcome = send(&app, req_get("/items/1")).await.1;
+    let lines = monitor.until(|line| line.contains(r#""MGET" "t:v1:default:GET:/items/1""#));
+    let read = lines.last().unwrap();
+    let lock = lines
+        .iter()
+        .find(|line| line.contains(r#""SET" "t:v1:default:LOCK:/items/1""#))
+        .unwrap_or_else(|| panic!("the entry was read before its lock was taken: {lines:#?}"));
+    assert!(lock.contains(r#""NX""#), "{lock}");
+    assert_eq!(
+        connection(lock),
+        connection(read),
+        "the lock and the read went out apart"
+    );
+    assert_eq!(outcome, "MISS");
+    // And the miss then stored the entry and released the lock.
+    let rest = monitor.until(|line| line.contains(r#""DEL" "t:v1:default:LOCK:/items/1""#));
+    assert!(
+        rest.iter()
+            .any(|line| line.contains(r#""SET" "t:v1:default:GET:/items/1""#)),
+        "{rest:#?}"
+    );
+    assert_eq!(origin.calls(), 1);
+}
