@@ -6,11 +6,12 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
     },
     time::Duration,
 };
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::entry::Entry;
@@ -18,8 +19,40 @@ use crate::entry::Entry;
 /// What a leader hands its followers: the entry to serve and the cache
 /// status to serve it with (`HIT`, or `STALE` when the service failed).
 pub(crate) struct Shared {
-    pub(crate) entry: Arc<Entry>,
+    /// The entry, once decoded: a leader that stored a response hands over
+    /// the encoded value, and the first follower that asks decodes it (a
+    /// leader nobody waits for decodes nothing).
+    entry: OnceLock<Option<Arc<Entry>>>,
+    value: Bytes,
     pub(crate) outcome: &'static str,
+}
+
+impl Shared {
+    /// An entry already at hand.
+    pub(crate) fn decoded(entry: Arc<Entry>, outcome: &'static str) -> Self {
+        Self {
+            entry: OnceLock::from(Some(entry)),
+            value: Bytes::new(),
+            outcome,
+        }
+    }
+
+    /// An entry as stored, decoded when a follower first asks for it.
+    pub(crate) fn encoded(value: Bytes, outcome: &'static str) -> Self {
+        Self {
+            entry: OnceLock::new(),
+            value,
+            outcome,
+        }
+    }
+
+    /// The entry; `None` if the value does not decode (the followers then
+    /// call the service themselves).
+    pub(crate) fn entry(&self) -> Option<&Arc<Entry>> {
+        self.entry
+            .get_or_init(|| crate::entry::decode(&self.value).map(Arc::new))
+            .as_ref()
+    }
 }
 
 type Slot = watch::Receiver<Option<Arc<Shared>>>;
@@ -109,23 +142,28 @@ mod tests {
     use crate::entry::{self, Lifetimes};
     use http::{HeaderMap, StatusCode};
 
-    fn entry() -> Entry {
+    /// A stored entry with `body`, as the store holds it.
+    fn value(body: &'static [u8]) -> Bytes {
         let l = Lifetimes {
             fresh: Duration::from_secs(1),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             revalidate: Duration::ZERO,
         };
-        let v = entry::encode(
+        entry::encode(
             StatusCode::OK,
             &HeaderMap::new(),
-            b"x",
+            body,
             &l,
             Duration::ZERO,
             0,
             None,
-        );
-        entry::decode(&v.unwrap()).unwrap()
+        )
+        .unwrap()
+    }
+
+    fn entry() -> Entry {
+        entry::decode(&value(b"x")).unwrap()
     }
 
     #[tokio::test]
@@ -139,16 +177,26 @@ mod tests {
         };
         assert_eq!(guard.followers().load(Relaxed), 1);
         let waiter = tokio::spawn(Flights::wait(slot, Duration::from_secs(5)));
-        guard.publish(Shared {
-            entry: Arc::new(entry()),
-            outcome: "HIT",
-        });
+        guard.publish(Shared::decoded(Arc::new(entry()), "HIT"));
         let got = waiter.await.unwrap().expect("a result");
-        assert_eq!(got.entry.body, "x");
+        assert_eq!(got.entry().expect("an entry").body, "x");
         assert!(
             matches!(flights.join("k"), Join::Leader(_)),
             "the flight is over"
         );
+    }
+
+    #[test]
+    fn a_stored_value_is_decoded_once_when_a_follower_asks() {
+        let shared = Shared::encoded(value(b"stored"), "HIT");
+        let first = shared.entry().expect("an entry").clone();
+        assert_eq!(first.body, "stored");
+        // The same decoded entry for every follower.
+        assert!(Arc::ptr_eq(&first, shared.entry().unwrap()));
+        // A value that does not decode sends the followers to the service.
+        assert!(Shared::encoded(Bytes::from_static(b"junk"), "HIT")
+            .entry()
+            .is_none());
     }
 
     #[tokio::test]

@@ -674,21 +674,16 @@ where
                     // A lock this request took in its lookup is this process's:
                     // the leader holds it and releases it.
                     plan.lock = None;
-                    match Flights::wait(slot, core.settings.coalesce_timeout).await {
-                        Some(shared) if answers(&shared.entry, req.headers(), &plan) => {
-                            bump(&core.counters.coalesced);
-                            let entry = shared.entry.clone();
-                            let now = entry::now_ms();
-                            return Ok(answer(
-                                &core,
-                                entry,
-                                req.headers(),
-                                &plan,
-                                shared.outcome,
-                                now,
-                            ));
-                        }
-                        _ => {}
+                    let shared = Flights::wait(slot, core.settings.coalesce_timeout).await;
+                    let usable = shared.as_ref().and_then(|shared| {
+                        let entry = shared.entry()?;
+                        answers(entry, req.headers(), &plan)
+                            .then(|| (entry.clone(), shared.outcome))
+                    });
+                    if let Some((entry, outcome)) = usable {
+                        bump(&core.counters.coalesced);
+                        let now = entry::now_ms();
+                        return Ok(answer(&core, entry, req.headers(), &plan, outcome, now));
                     }
                     released = true;
                     None
@@ -724,10 +719,7 @@ where
                     let now = entry::now_ms();
                     let response = answer(&core, entry.clone(), req.headers(), &plan, HIT, now);
                     if let Some(guard) = guard {
-                        guard.publish(Shared {
-                            entry,
-                            outcome: HIT,
-                        });
+                        guard.publish(Shared::decoded(entry, HIT));
                     }
                     return Ok(response);
                 }
@@ -817,10 +809,7 @@ where
     bump(&core.counters.stale);
     tracing::debug!(key = %plan.key(), "service failed; serving the stale entry");
     let response = cached_response(core, stale.clone(), plan.head, STALE, now);
-    let shared = Shared {
-        entry: stale,
-        outcome: STALE,
-    };
+    let shared = Shared::decoded(stale, STALE);
     Ok((response, Some(shared)))
 }
 
@@ -1088,10 +1077,8 @@ where
                 &extra,
             );
             if let Some(value) = encoded {
-                shared = entry::decode(&value).map(|entry| Shared {
-                    entry: Arc::new(entry),
-                    outcome,
-                });
+                // Decoded only if a follower asks for it.
+                shared = Some(Shared::encoded(value.clone(), outcome));
                 writes.push(Write {
                     key: entry_key,
                     value,
