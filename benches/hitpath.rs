@@ -199,7 +199,9 @@ fn main() {
                 drive(svc.clone(), 10).await + drive(svc, n).await
             }
             #[cfg(feature = "l1")]
-            "http-floor" | "http-tiered" => http(mode == "http-tiered", n).await,
+            "http-floor" | "http-tiered" | "http-redis-get" | "http-redis" => {
+                http(mode.as_str(), n).await
+            }
             "redis-get" | "redis" => redis(mode == "redis", n).await,
             "floor-paths" => {
                 drive_paths(tower::service_fn(handler), n, |i| format!("/products/{i}")).await
@@ -219,22 +221,50 @@ fn main() {
     });
 }
 
-/// Targets A (`layered` false) and D of the load benchmark, served by axum
-/// on loopback and driven by a hyper client in the same runtime.
+/// Targets A (`http-floor`), B (`http-redis-get`), C (`http-redis`) and D
+/// (`http-tiered`) of the load benchmark, served by axum on loopback and
+/// driven by a hyper client in the same runtime.
 #[cfg(feature = "l1")]
-async fn http(layered: bool, n: usize) -> usize {
+async fn http(mode: &str, n: usize) -> usize {
     use axum::{routing::get, Router};
+    use tower_redis_cache::fred::prelude::KeysInterface;
     let redis = support::RedisServer::start();
-    let json = || async {
-        (
-            [(http::header::CONTENT_TYPE, "application/json")],
-            Bytes::from_static(BODY),
-        )
+    let json = |body: Bytes| ([(http::header::CONTENT_TYPE, "application/json")], body);
+    let app = match mode {
+        "http-tiered" => Router::new()
+            .route(
+                "/products/42",
+                get(move || async move { json(Bytes::from_static(BODY)) }),
+            )
+            .layer(layer(Some(tiered(&redis).await))),
+        "http-redis" => Router::new()
+            .route(
+                "/products/42",
+                get(move || async move { json(Bytes::from_static(BODY)) }),
+            )
+            .layer(layer(Some(redis.store().await))),
+        "http-redis-get" => {
+            let pool = redis.store().await.pool().clone();
+            let () = pool
+                .set("hitpath:raw", Bytes::from_static(BODY), None, None, false)
+                .await
+                .expect("a SET");
+            Router::new().route(
+                "/products/42",
+                get(move || {
+                    let pool = pool.clone();
+                    async move {
+                        let body: Bytes = pool.get("hitpath:raw").await.expect("a GET");
+                        json(body)
+                    }
+                }),
+            )
+        }
+        _ => Router::new().route(
+            "/products/42",
+            get(move || async move { json(Bytes::from_static(BODY)) }),
+        ),
     };
-    let mut app = Router::new().route("/products/42", get(json));
-    if layered {
-        app = app.layer(layer(Some(tiered(&redis).await)));
-    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a port");
