@@ -23,6 +23,8 @@
 //! `redis-get` is a handler doing one fred `GET` of the body and `redis` the
 //! layer on `RedisStore`, every request a hit (B and C of the load
 //! benchmark, in process: the count covers fred but not Redis);
+//! `redis-miss` sends every request to a new URL through the layer on
+//! `RedisStore` (E's CPU, without the origin's wait);
 //! `tiered` is the layer on `TieredStore` (the L1 tier in front of a Redis
 //! the harness starts), every request an L1 hit, as target D of the load
 //! benchmark.
@@ -203,6 +205,11 @@ fn main() {
                 http(mode.as_str(), n).await
             }
             "redis-get" | "redis" => redis(mode == "redis", n).await,
+            "redis-miss" => {
+                let redis = support::RedisServer::start();
+                let svc = cached(layer(Some(redis.store().await)));
+                drive_paths(svc, n, |i| format!("/products/{i}")).await
+            }
             "floor-paths" => {
                 drive_paths(tower::service_fn(handler), n, |i| format!("/products/{i}")).await
             }

@@ -884,7 +884,7 @@ async fn the_lookup_of_a_new_key_sets_the_lock_before_it_reads_the_entry() {
         "the lock and the read went out apart"
     );
     assert_eq!(outcome, "MISS");
-    // And the miss then stored the entry and released the lock.
+    // And the miss then stored the entry, and only then released the lock.
     let rest = monitor.until(|line| line.contains(r#""DEL" "t:v1:default:LOCK:/items/1""#));
     assert!(
         rest.iter()
