@@ -577,24 +577,54 @@ impl Store for RedisStore {
         key: &'a str,
         generation_key: &'a str,
     ) -> BoxFuture<'a, Result<(bool, Fetched), StoreError>> {
-        Box::pin(async move {
-            let pipe = self.client()?.pipeline();
-            let () = pipe
-                .set(lock_key, token, Some(px(ttl)), Some(SetOptions::NX), false)
-                .await
-                .map_err(backend)?;
-            let () = pipe.get(lock_key).await.map_err(backend)?;
-            let () = pipe.get(key).await.map_err(backend)?;
-            let () = pipe.get(generation_key).await.map_err(backend)?;
-            let (taken, holder, value, generation): (
-                Option<String>,
-                Option<Bytes>,
-                Option<Bytes>,
-                Option<Bytes>,
-            ) = pipe.all().await.map_err(backend)?;
+        // As in `fetch_or_lock`: plain commands on one connection, the lock
+        // first, then the reads (the lock's holder, the entry, the
+        // generation), each future pinned where it is made.
+        type Reads = (Option<Bytes>, Option<Bytes>, Option<Bytes>);
+        fn held(
+            token: &str,
+            taken: Result<Option<String>, fred::error::Error>,
+            (holder, value, generation): Reads,
+        ) -> Result<(bool, Fetched), StoreError> {
+            let taken = taken.map_err(backend)?;
             let fetched = Fetched::new(value, parse_generation(generation)?);
-            let held = taken.is_some() || holder.as_deref() == Some(token.as_bytes());
-            Ok((held, fetched))
+            Ok((
+                taken.is_some() || holder.as_deref() == Some(token.as_bytes()),
+                fetched,
+            ))
+        }
+        let lock = move |client: &'a fred::clients::Client| {
+            client.set::<Option<String>, _, _>(
+                lock_key,
+                token,
+                Some(px(ttl)),
+                Some(SetOptions::NX),
+                false,
+            )
+        };
+        if self.clustered {
+            return Box::pin(async move {
+                let client = self.client()?;
+                let taken = pin!(lock(client));
+                let holder = pin!(client.get::<Option<Bytes>, _>(lock_key));
+                let value = pin!(client.get::<Option<Bytes>, _>(key));
+                let generation = pin!(client.get::<Option<Bytes>, _>(generation_key));
+                let (taken, holder, value, generation) =
+                    futures_util::future::join4(taken, holder, value, generation).await;
+                let reads = (
+                    holder.map_err(backend)?,
+                    value.map_err(backend)?,
+                    generation.map_err(backend)?,
+                );
+                held(token, taken, reads)
+            });
+        }
+        Box::pin(async move {
+            let client = self.client()?;
+            let taken = pin!(lock(client));
+            let reads = pin!(client.mget::<Reads, _>((lock_key, key, generation_key)));
+            let (taken, reads) = futures_util::future::join(taken, reads).await;
+            held(token, taken, reads.map_err(backend)?)
         })
     }
 
