@@ -309,6 +309,17 @@ fn unexpected(frame: &Resp3Frame) -> StoreError {
     })
 }
 
+/// `SET lock_key token NX PX ttl`; the reply is null when another holds
+/// the lock.
+fn set_lock<'c, C: KeysInterface + Sync>(
+    client: &'c C,
+    lock_key: &'c str,
+    token: &'c str,
+    ttl: Duration,
+) -> impl std::future::Future<Output = Result<fred::types::Value, fred::error::Error>> + Send + 'c {
+    client.set(lock_key, token, Some(px(ttl)), Some(SetOptions::NX), false)
+}
+
 /// Whether `SET lock NX` set the lock: not when another holds it, nor when
 /// Redis refused (say, under `maxmemory` with `noeviction`), which only
 /// costs the layer the lock round trip after the lookup.
@@ -411,13 +422,7 @@ impl Store for RedisStore {
         if self.clustered {
             return Some(Box::pin(async move {
                 let client = self.client()?.with_options(&options);
-                let lock = pin!(client.set::<fred::types::Value, _, _>(
-                    lock_key,
-                    token,
-                    Some(px(ttl)),
-                    Some(SetOptions::NX),
-                    false,
-                ));
+                let lock = pin!(set_lock(&client, lock_key, token, ttl));
                 let value = pin!(client.get::<Option<Bytes>, _>(key));
                 let generation = pin!(client.get::<Option<Bytes>, _>(generation_key));
                 let (lock, value, generation) =
@@ -432,13 +437,7 @@ impl Store for RedisStore {
         }
         Some(Box::pin(async move {
             let client = self.client()?.with_options(&options);
-            let lock = pin!(client.set::<fred::types::Value, _, _>(
-                lock_key,
-                token,
-                Some(px(ttl)),
-                Some(SetOptions::NX),
-                false,
-            ));
+            let lock = pin!(set_lock(&client, lock_key, token, ttl));
             let reads = pin!(client.custom_raw(
                 CustomCommand::new_static("MGET", None, false),
                 vec![key, generation_key],
@@ -583,29 +582,20 @@ impl Store for RedisStore {
         type Reads = (Option<Bytes>, Option<Bytes>, Option<Bytes>);
         fn held(
             token: &str,
-            taken: Result<Option<String>, fred::error::Error>,
+            taken: Result<fred::types::Value, fred::error::Error>,
             (holder, value, generation): Reads,
         ) -> Result<(bool, Fetched), StoreError> {
-            let taken = taken.map_err(backend)?;
+            let taken = !taken.map_err(backend)?.is_null();
             let fetched = Fetched::new(value, parse_generation(generation)?);
             Ok((
-                taken.is_some() || holder.as_deref() == Some(token.as_bytes()),
+                taken || holder.as_deref() == Some(token.as_bytes()),
                 fetched,
             ))
         }
-        let lock = move |client: &'a fred::clients::Client| {
-            client.set::<Option<String>, _, _>(
-                lock_key,
-                token,
-                Some(px(ttl)),
-                Some(SetOptions::NX),
-                false,
-            )
-        };
         if self.clustered {
             return Box::pin(async move {
                 let client = self.client()?;
-                let taken = pin!(lock(client));
+                let taken = pin!(set_lock(client, lock_key, token, ttl));
                 let holder = pin!(client.get::<Option<Bytes>, _>(lock_key));
                 let value = pin!(client.get::<Option<Bytes>, _>(key));
                 let generation = pin!(client.get::<Option<Bytes>, _>(generation_key));
@@ -621,7 +611,7 @@ impl Store for RedisStore {
         }
         Box::pin(async move {
             let client = self.client()?;
-            let taken = pin!(lock(client));
+            let taken = pin!(set_lock(client, lock_key, token, ttl));
             let reads = pin!(client.mget::<Reads, _>((lock_key, key, generation_key)));
             let (taken, reads) = futures_util::future::join(taken, reads).await;
             held(token, taken, reads.map_err(backend)?)
