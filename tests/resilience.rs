@@ -893,3 +893,31 @@ async fn the_lookup_of_a_new_key_sets_the_lock_before_it_reads_the_entry() {
     );
     assert_eq!(origin.calls(), 1);
 }
+
+#[tokio::test]
+async fn a_hit_is_one_redis_command_that_also_reads_the_generation() {
+    // One round trip per hit: the namespace generation rides in the same
+    // MGET as the entry, and a key the layer has stored takes no lock.
+    let redis = RedisServer::start();
+    let origin = Origin::new(0);
+    let app = origin.router().layer(layer(&redis, |b| b).await);
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "MISS");
+    let client = redis.client().await;
+    released_soon(&client, "t:v1:default:LOCK:/items/1").await;
+    let monitor = Monitor::start(&redis);
+    for _ in 0..3 {
+        assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
+    }
+    // A command of our own marks the end of the hits' commands.
+    let _: Option<String> = client.get("end-of-hits").await.unwrap();
+    let mut lines = monitor.until(|line| line.contains(r#""end-of-hits""#));
+    lines.pop();
+    assert_eq!(lines.len(), 3, "three hits, three commands: {lines:#?}");
+    for line in &lines {
+        let args: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
+        assert_eq!(args.len(), 3, "{line}");
+        assert_eq!(args[..2], ["MGET", "t:v1:default:GET:/items/1"], "{line}");
+        assert!(args[2].starts_with("t:v1:default"), "{line}");
+    }
+    assert_eq!(origin.calls(), 1);
+}
