@@ -1,6 +1,6 @@
 //! The side-by-side load benchmark: `cargo bench --bench load`.
 //!
-//! Starts its own `redis-server` on a free loopback port, serves nine targets
+//! Starts its own `redis-server` on a free loopback port, serves ten targets
 //! on loopback and drives each in turn with the same HTTP/1.1 load generator
 //! (persistent connections, fixed concurrency and duration), for several
 //! rounds; the ratios are taken within each round and their median reported:
@@ -9,6 +9,8 @@
 //! - B: an axum handler doing exactly one fred GET of the stored body (the
 //!   physical limit of a Redis-backed hit);
 //! - C: the layer on Redis, every request a hit;
+//! - C': C with `track_generations(false)`: every hit reads the namespace
+//!   generation with its entry (`MGET`), as before generation tracking;
 //! - D: the layer with the in-process L1 tier, every request a hit;
 //! - E: a miss-only workload over a 20 ms origin, with and without the layer;
 //! - F: the layer with its Redis down (every request passes through), next to A;
@@ -213,10 +215,11 @@ fn main() {
         .await;
 
         // C: the layer on Redis.
+        let store_c = redis.store().await;
         let layer_c = RedisCacheLayer::builder()
             .prefix("bench")
             .ttl(Duration::from_secs(3600))
-            .store(redis.store().await)
+            .store(store_c.clone())
             .build()
             .unwrap();
         let handle_c = layer_c.handle();
@@ -224,6 +227,27 @@ fn main() {
             Router::new()
                 .route("/item", get(from_memory.clone()))
                 .layer(layer_c),
+        )
+        .await;
+
+        // C': C reading the namespace generation with every entry (`MGET`),
+        // as without generation tracking.
+        let layer_c_untracked = RedisCacheLayer::builder()
+            .prefix("benchuntracked")
+            .ttl(Duration::from_secs(3600))
+            .store(
+                tower_redis_cache::store::RedisStore::builder(redis.url())
+                    .track_generations(false)
+                    .connect()
+                    .await
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let c_untracked = serve(
+            Router::new()
+                .route("/item", get(from_memory.clone()))
+                .layer(layer_c_untracked),
         )
         .await;
 
@@ -351,11 +375,15 @@ fn main() {
         .await;
 
         // Warm the hit targets and read what one entry costs in Redis.
-        for addr in [c, d] {
+        for addr in [c, d, c_untracked] {
             let _ = client_get(addr, "/item").await;
             tokio::time::sleep(Duration::from_millis(20)).await;
             let _ = client_get(addr, "/item").await;
         }
+        assert!(
+            store_c.tracks_generations(),
+            "C's store should keep the namespace generation in process"
+        );
         let key = handle_c
             .key_for(&http::Method::GET, &http::Uri::from_static("/item"))
             .unwrap();
@@ -368,7 +396,18 @@ fn main() {
             .await
             .unwrap();
         (
-            [a, b, c, d, e_plain, e_layer, f, e_unlocked, e_floor],
+            [
+                a,
+                b,
+                c,
+                d,
+                e_plain,
+                e_layer,
+                f,
+                e_unlocked,
+                e_floor,
+                c_untracked,
+            ],
             usage,
         )
     });
@@ -391,6 +430,7 @@ fn main() {
         "F layer, Redis down (bypass)",
         "E' layer, misses, no Redis lock",
         "E0 handler: GET, origin, SET",
+        "C' layer, Redis, hits, MGET",
     ];
     // Every round drives each target once, in turn: a machine that slows
     // down or speeds up during the run moves all targets of a round alike,
@@ -461,6 +501,10 @@ fn main() {
         "C/B p99         {cb99:.3} ({lo:.3} .. {hi:.3})  (target <= 1.20: {})",
         verdict(cb99 <= 1.20)
     );
+    let (cb, lo, hi) = summary(&|r| r.c_untracked_b);
+    println!(
+        "C'/B requests/s {cb:.3} ({lo:.3} .. {hi:.3})  (C reading the generation with every entry: track_generations(false))"
+    );
     let (da, lo, hi) = summary(&|r| r.da);
     println!(
         "D/A requests/s  {da:.3} ({lo:.3} .. {hi:.3})  (target >= 0.90: {})",
@@ -500,6 +544,7 @@ fn main() {
 /// The ratios of one round.
 struct Ratios {
     cb: f64,
+    c_untracked_b: f64,
     cb99: f64,
     da: f64,
     e_added_ms: f64,
@@ -511,11 +556,12 @@ struct Ratios {
 
 impl Ratios {
     fn of(r: &[Measured]) -> Self {
-        let (a, b, c, d, e0, e1, f, e2, e3) = (
-            &r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6], &r[7], &r[8],
+        let (a, b, c, d, e0, e1, f, e2, e3, c2) = (
+            &r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6], &r[7], &r[8], &r[9],
         );
         Self {
             cb: c.rps() / b.rps(),
+            c_untracked_b: c2.rps() / b.rps(),
             cb99: c.p99_us / b.p99_us,
             da: d.rps() / a.rps(),
             e_added_ms: (e1.p50_us - e0.p50_us) / 1000.0,

@@ -279,13 +279,27 @@ async fn invalidate_namespace_is_a_generation_bump_seen_by_every_instance(redis:
     let origin = Origin::default();
     let app_a = origin.router().layer(a.clone());
     let app_b = origin.router().layer(b);
-    app_a.clone().oneshot(req_get("/items/1")).await.unwrap();
-    app_a.clone().oneshot(req_get("/status/200")).await.unwrap();
-    assert_eq!(send(&app_b, req_get("/items/1")).await.1, "HIT");
+    for uri in ["/items/1", "/items/2", "/status/200"] {
+        app_a.clone().oneshot(req_get(uri)).await.unwrap();
+    }
+    // Hits a while, so that each instance keeps the generation in process
+    // (a single Redis; on a Cluster hits always read it from Redis).
+    for _ in 0..10 {
+        assert_eq!(send(&app_a, req_get("/items/2")).await.1, "HIT");
+        assert_eq!(send(&app_b, req_get("/items/1")).await.1, "HIT");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     let bump = a.handle().invalidate_namespace("items").await.unwrap();
     assert_eq!(bump.generation, 1);
-    assert_eq!(send(&app_b, req_get("/items/1")).await.1, "MISS");
+    // The instance that bumped sees it at once; another one as soon as
+    // Redis's push reaches it.
+    assert_eq!(send(&app_a, req_get("/items/2")).await.1, "MISS");
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while send(&app_b, req_get("/items/1")).await.1 != "MISS" {
+        assert!(std::time::Instant::now() < deadline, "b never saw the bump");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     assert_eq!(send(&app_a, req_get("/items/1")).await.1, "HIT");
     assert_eq!(send(&app_b, req_get("/status/200")).await.1, "HIT");
     assert!(a.handle().invalidate_namespace("no spaces").await.is_err());

@@ -71,13 +71,16 @@ async fn layer(
     redis: &RedisServer,
     configure: impl FnOnce(RedisCacheLayerBuilder) -> RedisCacheLayerBuilder,
 ) -> RedisCacheLayer {
-    configure(
-        RedisCacheLayer::builder()
-            .prefix("t")
-            .store(redis.store().await),
-    )
-    .build()
-    .unwrap()
+    layer_on(redis.store().await, configure)
+}
+
+fn layer_on(
+    store: RedisStore,
+    configure: impl FnOnce(RedisCacheLayerBuilder) -> RedisCacheLayerBuilder,
+) -> RedisCacheLayer {
+    configure(RedisCacheLayer::builder().prefix("t").store(store))
+        .build()
+        .unwrap()
 }
 
 async fn a_thousand_concurrent_misses_through_four_instances_reach_the_origin_once(
@@ -894,30 +897,198 @@ async fn the_lookup_of_a_new_key_sets_the_lock_before_it_reads_the_entry() {
     assert_eq!(origin.calls(), 1);
 }
 
-#[tokio::test]
-async fn a_hit_is_one_redis_command_that_also_reads_the_generation() {
-    // One round trip per hit: the namespace generation rides in the same
-    // MGET as the entry, and a key the layer has stored takes no lock.
-    let redis = RedisServer::start();
+/// The Redis commands one hit on `uri` sends, as MONITOR shows them
+/// (a command of the test's own marks their end).
+async fn hit_commands(
+    app: &axum::Router,
+    uri: &str,
+    client: &tower_redis_cache::fred::prelude::Client,
+    monitor: &Monitor,
+) -> Vec<String> {
+    assert_eq!(send(app, req_get(uri)).await.1, "HIT");
+    let _: Option<String> = client.get("end-of-hit").await.unwrap();
+    let mut lines = monitor.until(|line| line.contains(r#""end-of-hit""#));
+    lines.pop();
+    lines
+}
+
+/// The arguments of a MONITOR line.
+fn args(line: &str) -> Vec<&str> {
+    line.split('"').skip(1).step_by(2).collect()
+}
+
+/// Sends hits on `uri` until one is a lone `GET` of `key`: the store has
+/// read the namespace generation on its tracking connection and keeps it.
+/// Before that, every hit reads the entry and the generation in one `MGET`.
+async fn until_the_generation_is_tracked(
+    app: &axum::Router,
+    uri: &str,
+    key: &str,
+    client: &tower_redis_cache::fred::prelude::Client,
+    monitor: &Monitor,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = hit_commands(app, uri, client, monitor).await;
+        if lines.len() == 1 && args(&lines[0]) == ["GET", key] {
+            return;
+        }
+        for line in &lines {
+            let args = args(line);
+            let first_reads = (args.len() == 3 && args[..2] == ["MGET", key])
+                || (args.len() == 2 && args[0] == "GET" && args[1].ends_with(":generation"));
+            assert!(first_reads, "{lines:#?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the generation was never tracked"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `app` behind `cache` on the test Redis, with `/items/1` stored once (its
+/// lock released): later requests for it are hits.
+async fn with_items_1_stored(
+    redis: &RedisServer,
+    cache: RedisCacheLayer,
+) -> (
+    axum::Router,
+    Origin,
+    tower_redis_cache::fred::prelude::Client,
+) {
     let origin = Origin::new(0);
-    let app = origin.router().layer(layer(&redis, |b| b).await);
+    let app = origin.router().layer(cache);
     assert_eq!(send(&app, req_get("/items/1")).await.1, "MISS");
     let client = redis.client().await;
     released_soon(&client, "t:v1:default:LOCK:/items/1").await;
+    (app, origin, client)
+}
+
+#[tokio::test]
+async fn a_hit_is_one_get_of_its_entry_once_the_generation_is_tracked() {
+    // One round trip per hit, and one command: the namespace generation is
+    // kept in process and Redis pushes its changes.
+    let redis = RedisServer::start();
+    let (app, origin, client) = with_items_1_stored(&redis, layer(&redis, |b| b).await).await;
     let monitor = Monitor::start(&redis);
+    let key = "t:v1:default:GET:/items/1";
+    until_the_generation_is_tracked(&app, "/items/1", key, &client, &monitor).await;
     for _ in 0..3 {
-        assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
-    }
-    // A command of our own marks the end of the hits' commands.
-    let _: Option<String> = client.get("end-of-hits").await.unwrap();
-    let mut lines = monitor.until(|line| line.contains(r#""end-of-hits""#));
-    lines.pop();
-    assert_eq!(lines.len(), 3, "three hits, three commands: {lines:#?}");
-    for line in &lines {
-        let args: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
-        assert_eq!(args.len(), 3, "{line}");
-        assert_eq!(args[..2], ["MGET", "t:v1:default:GET:/items/1"], "{line}");
-        assert!(args[2].starts_with("t:v1:default"), "{line}");
+        let lines = hit_commands(&app, "/items/1", &client, &monitor).await;
+        assert_eq!(lines.len(), 1, "one hit, one command: {lines:#?}");
+        assert_eq!(args(&lines[0]), ["GET", key], "{lines:#?}");
     }
     assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test]
+async fn without_tracking_a_hit_is_one_mget_that_also_reads_the_generation() {
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url())
+        .track_generations(false)
+        .connect()
+        .await
+        .unwrap();
+    assert!(!store.tracks_generations());
+    let cache = RedisCacheLayer::builder()
+        .prefix("t")
+        .store(store)
+        .build()
+        .unwrap();
+    let (app, origin, client) = with_items_1_stored(&redis, cache).await;
+    let monitor = Monitor::start(&redis);
+    for _ in 0..3 {
+        let lines = hit_commands(&app, "/items/1", &client, &monitor).await;
+        assert_eq!(lines.len(), 1, "one hit, one command: {lines:#?}");
+        assert_eq!(
+            args(&lines[0]),
+            [
+                "MGET",
+                "t:v1:default:GET:/items/1",
+                "t:v1:default:generation"
+            ],
+            "{lines:#?}"
+        );
+    }
+    assert_eq!(origin.calls(), 1);
+}
+
+/// Sends requests on `uri` until one is a `MISS`; fails the test if none is
+/// within `within`.
+async fn miss_within(app: &axum::Router, uri: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while send(app, req_get(uri)).await.1 != "MISS" {
+        assert!(
+            Instant::now() < deadline,
+            "still served from before the namespace bump after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bump_from_any_client_of_redis_reaches_a_tracking_instance_by_push() {
+    let redis = RedisServer::start();
+    let (app, origin, client) = with_items_1_stored(&redis, layer(&redis, |b| b).await).await;
+    let key = "t:v1:default:GET:/items/1";
+    {
+        let monitor = Monitor::start(&redis);
+        until_the_generation_is_tracked(&app, "/items/1", key, &client, &monitor).await;
+    }
+    // A bump by another program: only Redis's push can tell the instance.
+    // Without it, the instance would learn of the bump when its copy of the
+    // generation ages out (a second), which the bound here excludes.
+    let _: u64 = client.incr("t:v1:default:generation").await.unwrap();
+    miss_within(&app, "/items/1", Duration::from_millis(500)).await;
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn the_tracking_connection_comes_back_after_it_is_killed_and_pushes_again() {
+    use tower_redis_cache::fred::{prelude::ClientLike, types::CustomCommand};
+    let redis = RedisServer::start();
+    let store = redis.store().await;
+    let probe = store.clone();
+    let (app, origin, client) = with_items_1_stored(&redis, layer_on(store, |b| b)).await;
+    let key = "t:v1:default:GET:/items/1";
+    let monitor = Monitor::start(&redis);
+    until_the_generation_is_tracked(&app, "/items/1", key, &client, &monitor).await;
+    drop(monitor);
+
+    // Kill the connection that has tracking on.
+    let before = support::tracking_clients(&client).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    let killed: u64 = client
+        .custom(
+            CustomCommand::new_static("CLIENT", None, false),
+            vec!["KILL", "ID", before[0].as_str()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+
+    // Served from Redis all along, while tracking is switched on again on a
+    // new connection.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
+        let now = support::tracking_clients(&client).await;
+        if probe.tracks_generations() && now.len() == 1 && now != before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tracking never came back: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The generation is read again on the new connection; a bump then
+    // reaches the instance by push, as before.
+    let monitor = Monitor::start(&redis);
+    until_the_generation_is_tracked(&app, "/items/1", key, &client, &monitor).await;
+    drop(monitor);
+    let _: u64 = client.incr("t:v1:default:generation").await.unwrap();
+    miss_within(&app, "/items/1", Duration::from_millis(500)).await;
+    assert_eq!(origin.calls(), 2);
 }

@@ -188,26 +188,8 @@ async fn a_lost_tracking_connection_flushes_and_bypasses_l1_until_it_is_back() {
     let b = instance(&redis).await;
     warm(&b, "/items/1").await;
     let admin = redis.client().await;
-    let clients: String = admin
-        .custom(
-            CustomCommand::new_static("CLIENT", None, false),
-            vec!["LIST"],
-        )
-        .await
-        .unwrap();
-    let tracking: Vec<String> = clients
-        .lines()
-        .filter(|l| {
-            l.split(' ')
-                .any(|f| f.starts_with("flags=") && f.contains('t'))
-        })
-        .filter_map(|l| {
-            l.split(' ')
-                .find_map(|f| f.strip_prefix("id="))
-                .map(str::to_owned)
-        })
-        .collect();
-    assert_eq!(tracking.len(), 1, "{clients}");
+    let tracking = support::tracking_clients(&admin).await;
+    assert_eq!(tracking.len(), 1, "{tracking:?}");
     let _: u64 = admin
         .custom(
             CustomCommand::new_static("CLIENT", None, false),

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::{entry::Entry, error::StoreError};
 
+mod generations;
 mod memory;
 mod redis;
 #[cfg(feature = "l1")]

@@ -2,7 +2,7 @@
 //! (`redis://`, `rediss://`, `redis-cluster://`), with a command timeout, a
 //! reconnect policy and a bounded command queue.
 
-use std::{pin::pin, time::Duration};
+use std::{pin::pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use fred::{
@@ -14,7 +14,7 @@ use fred::{
 };
 use futures_util::StreamExt;
 
-use super::{BoxFuture, Fetched, Store, Write};
+use super::{generations::Generations, BoxFuture, Fetched, Store, Write};
 use crate::error::{Error, StoreError};
 
 /// A [`Store`] on Redis (standalone or Cluster) through a fred connection pool.
@@ -41,6 +41,9 @@ pub struct RedisStore {
     pool: Pool,
     /// Whether the pool speaks to a Cluster (read once from its config).
     clustered: bool,
+    /// The namespace generations kept in process (a single Redis, built
+    /// from a URL, unless switched off).
+    generations: Option<Arc<Generations>>,
 }
 
 /// Settings for a [`RedisStore`]; see [`RedisStore::builder`].
@@ -52,6 +55,7 @@ pub struct RedisStoreBuilder {
     connect_timeout: Duration,
     reconnect: ReconnectPolicy,
     max_queued_commands: usize,
+    track_generations: bool,
 }
 
 impl RedisStore {
@@ -70,14 +74,42 @@ impl RedisStore {
             connect_timeout: Duration::from_secs(2),
             reconnect: ReconnectPolicy::new_exponential(0, 50, 1_000, 2),
             max_queued_commands: 10_000,
+            track_generations: true,
         }
     }
 
     /// Wraps a fred pool the application built itself. It should be
     /// connected (or connecting) already.
+    ///
+    /// Such a store reads each namespace generation with its entry on every
+    /// hit (see [`RedisStoreBuilder::track_generations`]).
     pub fn from_pool(pool: Pool) -> Self {
         let clustered = pool.next().is_clustered();
-        Self { pool, clustered }
+        Self {
+            pool,
+            clustered,
+            generations: None,
+        }
+    }
+
+    /// Whether hits read their entry alone now: the store keeps namespace
+    /// generations in process and its tracking connection is up (see
+    /// [`RedisStoreBuilder::track_generations`]). `false` on a Cluster, for
+    /// a store built with [`from_pool`](Self::from_pool), and while the
+    /// tracking connection is down.
+    pub fn tracks_generations(&self) -> bool {
+        self.generations.as_ref().is_some_and(|g| g.is_up())
+    }
+
+    /// This store reading every generation from Redis: for a tier in front
+    /// of it that keeps generations itself, so that two copies, each
+    /// invalidated by its own push, never feed each other.
+    #[cfg(feature = "l1")]
+    pub(crate) fn without_tracked_generations(self) -> Self {
+        Self {
+            generations: None,
+            ..self
+        }
     }
 
     /// The fred pool, for commands of your own.
@@ -164,6 +196,34 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Whether the store keeps each namespace's generation in process, so
+    /// that a hit reads its entry alone (`GET`) instead of the entry and the
+    /// generation (`MGET`): about a tenth less work per hit for the server.
+    /// Default: on. It applies to a single Redis; on a Cluster every hit
+    /// reads the generation with the entry.
+    ///
+    /// A connection of its own (RESP3, `CLIENT TRACKING`) reads each
+    /// generation once and Redis pushes every change of it:
+    ///
+    /// - a namespace bump made through this store is seen by its next hit,
+    ///   as without tracking;
+    /// - one made by another instance (or any other client of Redis) is seen
+    ///   when Redis's push arrives, normally well under a millisecond after
+    ///   the bump, instead of by the first hit that starts after it;
+    /// - while the tracking connection is down, or Redis refuses `CLIENT
+    ///   TRACKING` (Redis before 6, some proxies), hits read the generation
+    ///   with the entry, as with this off;
+    /// - no generation is used for more than a second without being read
+    ///   again, which bounds the delay if pushes stop arriving on a
+    ///   connection that has not failed.
+    ///
+    /// Switch it off when another instance's namespace bump must be seen by
+    /// every request that starts after the bump's call returns.
+    pub fn track_generations(mut self, on: bool) -> Self {
+        self.track_generations = on;
+        self
+    }
+
     /// Validates the settings and builds the pool without connecting it.
     fn pool(&self) -> Result<Pool, Error> {
         let scheme = self.url.split("://").next().unwrap_or("");
@@ -199,7 +259,29 @@ impl RedisStoreBuilder {
         }
         let config = Config::from_url(&self.url)
             .map_err(|e| Error::config(format!("Redis URL {:?} is not valid: {e}", self.url)))?;
-        Builder::from_config(config)
+        self.client_builder(config)
+            .build_pool(self.pool_size)
+            .map_err(|e| Error::config(format!("Redis client for {:?}: {e}", self.url)))
+    }
+
+    /// The connection that tracks namespace generations, on the pool's
+    /// server: `None` on a Cluster or with tracking off.
+    fn tracker(&self, pool: &Pool) -> Result<Option<fred::clients::Client>, Error> {
+        if !self.track_generations || pool.next().is_clustered() {
+            return Ok(None);
+        }
+        let mut config = pool.next().client_config();
+        config.version = fred::types::RespVersion::RESP3;
+        self.client_builder(config)
+            .build()
+            .map(Some)
+            .map_err(|e| Error::config(format!("Redis tracking client for {:?}: {e}", self.url)))
+    }
+
+    /// A fred builder with these settings.
+    fn client_builder(&self, config: Config) -> Builder {
+        let mut builder = Builder::from_config(config);
+        builder
             .with_performance_config(|p| p.default_command_timeout = self.command_timeout)
             .with_connection_config(|c| {
                 c.connection_timeout = self.connect_timeout;
@@ -208,9 +290,8 @@ impl RedisStoreBuilder {
                 c.max_command_attempts = 1;
                 c.tcp.nodelay = Some(true);
             })
-            .set_policy(self.reconnect.clone())
-            .build_pool(self.pool_size)
-            .map_err(|e| Error::config(format!("Redis client for {:?}: {e}", self.url)))
+            .set_policy(self.reconnect.clone());
+        builder
     }
 
     /// Builds the store and starts connecting in the background: the call
@@ -223,8 +304,12 @@ impl RedisStoreBuilder {
             ));
         }
         let pool = self.pool()?;
+        let tracker = self.tracker(&pool)?;
         drop(pool.connect());
-        Ok(RedisStore::from_pool(pool))
+        Ok(RedisStore {
+            generations: tracker.map(Generations::start),
+            ..RedisStore::from_pool(pool)
+        })
     }
 
     /// Builds the store and waits (up to the connect timeout) until every
@@ -252,6 +337,7 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("clients", &self.pool.size())
             .field("clustered", &self.pool.next().is_clustered())
+            .field("tracks_generations", &self.tracks_generations())
             .finish()
     }
 }
@@ -296,20 +382,36 @@ async fn mget_pair<C: ClientLike>(
     pair(reply)
 }
 
+/// `GET key`, read from fred's raw reply frame as [`mget_pair`] reads its
+/// reply. `client` carries `budget` as its timeout.
+async fn get_raw<C: ClientLike>(
+    client: &C,
+    key: &str,
+    budget: Duration,
+) -> Result<Option<Bytes>, StoreError> {
+    let reply = client
+        .custom_raw(CustomCommand::new_static("GET", None, false), vec![key])
+        .await
+        .map_err(|e| backend_within(e, budget))?;
+    blob(reply)
+}
+
+/// A value of a reply: a string, or null for a key that does not exist.
+fn blob(frame: Resp3Frame) -> Result<Option<Bytes>, StoreError> {
+    match frame {
+        Resp3Frame::BlobString { data, .. } => Ok(Some(data)),
+        Resp3Frame::Null => Ok(None),
+        other => Err(unexpected(&other)),
+    }
+}
+
 /// The two values of an `MGET` of two keys, from its raw reply.
 fn pair(reply: Resp3Frame) -> Result<(Option<Bytes>, Option<Bytes>), StoreError> {
-    fn value(frame: Resp3Frame) -> Result<Option<Bytes>, StoreError> {
-        match frame {
-            Resp3Frame::BlobString { data, .. } => Ok(Some(data)),
-            Resp3Frame::Null => Ok(None),
-            other => Err(unexpected(&other)),
-        }
-    }
     match reply {
         Resp3Frame::Array { data, .. } if data.len() == 2 => {
             let mut values = data.into_iter();
             match (values.next(), values.next()) {
-                (Some(first), Some(second)) => Ok((value(first)?, value(second)?)),
+                (Some(first), Some(second)) => Ok((blob(first)?, blob(second)?)),
                 _ => Err(StoreError::Backend("short MGET reply".into())),
             }
         }
@@ -346,7 +448,7 @@ fn taken(reply: Result<fred::types::Value, fred::error::Error>) -> bool {
     reply.is_ok_and(|reply| !reply.is_null())
 }
 
-fn parse_generation(raw: Option<Bytes>) -> Result<u64, StoreError> {
+pub(super) fn parse_generation(raw: Option<Bytes>) -> Result<u64, StoreError> {
     match raw {
         None => Ok(0),
         Some(b) => std::str::from_utf8(&b)
@@ -398,6 +500,17 @@ impl Store for RedisStore {
         // the two reads are a pipeline, which the layer times.
         if self.clustered {
             return None;
+        }
+        if let Some(generations) = &self.generations {
+            // The generation known here: the entry alone, one `GET`.
+            if let Some(generation) = generations.get(generation_key) {
+                return Some(Box::pin(async move {
+                    let client = self.client()?.with_options(&within(budget));
+                    let value = get_raw(&client, key, budget).await?;
+                    Ok(Fetched::new(value, generation))
+                }));
+            }
+            generations.learn(generation_key);
         }
         Some(Box::pin(async move {
             let client = self.client()?.with_options(&within(budget));
@@ -571,7 +684,14 @@ impl Store for RedisStore {
     }
 
     fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move { self.client()?.incr(key).await.map_err(backend) })
+        Box::pin(async move {
+            let bumped = self.client()?.incr(key).await.map_err(backend);
+            // Also when the reply was lost: the bump may have run.
+            if let Some(generations) = &self.generations {
+                generations.drop_keys(&[key]);
+            }
+            bumped
+        })
     }
 
     fn lock_and_fetch<'a>(

@@ -248,7 +248,9 @@ impl TieredStore {
             .build_with_hasher(KeyHasher::default());
         let generations = Generations::new(max_ttl);
         let shared = Arc::new(Shared {
-            redis,
+            // The tier keeps the generations, kept current by its own
+            // tracking: the store behind it reads them from Redis.
+            redis: redis.without_tracked_generations(),
             entries,
             generations,
             down: AtomicU64::new(0),

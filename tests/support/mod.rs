@@ -271,6 +271,27 @@ impl RedisServer {
     }
 }
 
+/// The ids of the test Redis's connections that have tracking on (flag `t`
+/// in `CLIENT LIST`).
+pub async fn tracking_clients(client: &Client) -> Vec<String> {
+    use tower_redis_cache::fred::types::CustomCommand;
+    let list: String = client
+        .custom(
+            CustomCommand::new_static("CLIENT", None, false),
+            vec!["LIST"],
+        )
+        .await
+        .unwrap();
+    list.lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Every key in the server (every node of a cluster), sorted.
 pub async fn keys(client: &Client) -> Vec<String> {
     use futures_util::TryStreamExt;
