@@ -14,6 +14,7 @@ use http::HeaderName;
 
 use crate::{
     breaker::{Breaker, BreakerState},
+    decoded::Decoded,
     entry::{self, Entry, Freshness},
     error::StoreError,
     flight::Flights,
@@ -55,6 +56,8 @@ pub(crate) struct CacheCore {
     token: String,
     /// Keys recently found stored.
     pub(crate) seen: Seen,
+    /// Entries decoded lately, reused when a store returns the same bytes.
+    decoded: Decoded,
     /// Cleared once the store showed it cannot take the lock in a lookup
     /// (`Store::fetch_or_lock` gave `None`), so the layer stops preparing
     /// for it.
@@ -212,6 +215,7 @@ impl CacheCore {
             store_healthy: AtomicBool::new(true),
             token: format!("{:032x}", rand::random::<u128>()),
             seen: Seen::new(),
+            decoded: Decoded::new(),
             prelocks: AtomicBool::new(true),
         }
     }
@@ -370,7 +374,12 @@ impl CacheCore {
     }
 
     /// Decides what a fetched value is worth.
-    async fn judge(&self, key: &str, fetched: Fetched) -> Lookup {
+    async fn judge(&self, key: &str, mut fetched: Fetched) -> Lookup {
+        if fetched.decoded.is_none() {
+            if let Some(value) = &fetched.value {
+                fetched.decoded = self.decoded.decode(key, value);
+            }
+        }
         match Self::assess(fetched) {
             Ok(lookup) => lookup,
             Err((generation, len)) => {

@@ -73,6 +73,7 @@
 mod body;
 mod breaker;
 mod core;
+mod decoded;
 mod entry;
 mod error;
 mod flight;

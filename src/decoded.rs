@@ -1,0 +1,134 @@
+//! Entries the layer decoded lately, found again by their stored bytes.
+//!
+//! A Redis hit brings the entry's bytes, and decoding them (the header map
+//! above all) is the largest piece of the layer's own work on a hit. Bytes
+//! equal to ones decoded before decode to the same entry, so the layer keeps
+//! the last decoded entry of each of a fixed number of slots (picked by the
+//! key's hash) and reuses it when the bytes match: a comparison instead of a
+//! decode. The key only picks the slot; the bytes decide, so an entry
+//! rewritten in Redis, or another key in the same slot, is decoded afresh.
+
+use std::{hash::BuildHasher, sync::Arc};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+
+use crate::{
+    entry::{self, Entry},
+    store::KeyHasher,
+};
+
+/// How many entries are kept (one per slot).
+const SLOTS: usize = 512;
+
+/// Values longer than this are decoded every time: comparing them would
+/// cost more than decoding (which does not read the body), and 512 of them
+/// at most 8 MiB in all.
+const MAX_LEN: usize = 16 * 1024;
+
+pub(crate) struct Decoded {
+    slots: Box<[ArcSwapOption<Kept>]>,
+    hasher: KeyHasher,
+}
+
+struct Kept {
+    /// A copy of the stored bytes, which the entry points into (the bytes a
+    /// store returns may share a larger buffer, which must not be held).
+    bytes: Bytes,
+    entry: Arc<Entry>,
+}
+
+impl Decoded {
+    pub(crate) fn new() -> Self {
+        Self {
+            slots: (0..SLOTS).map(|_| ArcSwapOption::empty()).collect(),
+            hasher: KeyHasher::default(),
+        }
+    }
+
+    /// The entry `value` (stored at `key`) decodes to; `None` when it does
+    /// not decode.
+    pub(crate) fn decode(&self, key: &str, value: &Bytes) -> Option<Arc<Entry>> {
+        if value.len() > MAX_LEN {
+            return entry::decode(value).map(Arc::new);
+        }
+        let slot = &self.slots[self.hasher.hash_one(key) as usize % SLOTS];
+        if let Some(kept) = &*slot.load() {
+            if kept.bytes == *value {
+                return Some(kept.entry.clone());
+            }
+        }
+        let bytes = Bytes::copy_from_slice(value);
+        let entry = Arc::new(entry::decode(&bytes)?);
+        slot.store(Some(Arc::new(Kept {
+            bytes,
+            entry: entry.clone(),
+        })));
+        Some(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{header, HeaderMap, HeaderValue, StatusCode};
+
+    use super::*;
+
+    fn stored(body: &[u8]) -> Bytes {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        entry::encode(
+            StatusCode::OK,
+            &headers,
+            body,
+            &entry::Lifetimes {
+                fresh: Duration::from_secs(60),
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                revalidate: Duration::ZERO,
+            },
+            Duration::ZERO,
+            0,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn equal_bytes_give_the_entry_decoded_before_and_other_bytes_their_own() {
+        let decoded = Decoded::new();
+        let first = decoded.decode("k", &stored(b"{\"v\":1}")).unwrap();
+        let again = decoded.decode("k", &stored(b"{\"v\":1}")).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        // Rewritten under the same key: decoded afresh, never the old one.
+        let changed = decoded.decode("k", &stored(b"{\"v\":2}")).unwrap();
+        assert_eq!(&changed.body[..], b"{\"v\":2}");
+        assert!(!Arc::ptr_eq(&first, &changed));
+        // Whatever slot another key shares, its bytes decide.
+        for n in 0..2 * SLOTS {
+            let key = format!("k{n}");
+            let body = format!("{{\"n\":{n}}}");
+            let entry = decoded.decode(&key, &stored(body.as_bytes())).unwrap();
+            assert_eq!(entry.body, body.as_bytes());
+        }
+        assert!(decoded
+            .decode("k", &Bytes::from_static(b"not an entry"))
+            .is_none());
+    }
+
+    #[test]
+    fn a_value_over_the_limit_is_decoded_every_time() {
+        let decoded = Decoded::new();
+        let big = stored(&vec![b'x'; MAX_LEN + 1]);
+        let first = decoded.decode("k", &big).unwrap();
+        let again = decoded.decode("k", &big).unwrap();
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(first.body, again.body);
+    }
+}
