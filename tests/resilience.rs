@@ -1092,3 +1092,50 @@ async fn the_tracking_connection_comes_back_after_it_is_killed_and_pushes_again(
     miss_within(&app, "/items/1", Duration::from_millis(500)).await;
     assert_eq!(origin.calls(), 2);
 }
+
+#[tokio::test]
+async fn a_burst_of_invalidations_larger_than_the_event_queue_leaves_tracking_working() {
+    // fred queues 32 events per listener; its own listeners stop for good
+    // when they fall further behind, and the store would then miss every
+    // later push (and serve from before a bump until the one-second bound).
+    const NAMESPACES: usize = 40;
+    let redis = RedisServer::start();
+    let cache = layer(&redis, |mut b| {
+        for n in 0..NAMESPACES {
+            b = b.route(
+                format!("/items/{n}"),
+                CachePolicy::new().namespace(format!("ns{n}")),
+            );
+        }
+        b
+    })
+    .await;
+    let origin = Origin::new(0);
+    let app = origin.router().layer(cache);
+    let client = redis.client().await;
+    for n in 0..NAMESPACES {
+        let uri = format!("/items/{n}");
+        assert_eq!(send(&app, req_get(&uri)).await.1, "MISS");
+        released_soon(&client, &format!("t:v1:ns{n}:LOCK:{uri}")).await;
+    }
+    let monitor = Monitor::start(&redis);
+    for n in 0..NAMESPACES {
+        let uri = format!("/items/{n}");
+        let key = format!("t:v1:ns{n}:GET:{uri}");
+        until_the_generation_is_tracked(&app, &uri, &key, &client, &monitor).await;
+    }
+    drop(monitor);
+    // One command, forty pushes at once (the counters written with the
+    // generation they already had: 0).
+    let counters: Vec<(String, u64)> = (0..NAMESPACES)
+        .map(|n| (format!("t:v1:ns{n}:generation"), 0))
+        .collect();
+    let () = client.mset(counters).await.unwrap();
+    // Tracked again, then bumped: the push must still be heard.
+    let monitor = Monitor::start(&redis);
+    until_the_generation_is_tracked(&app, "/items/0", "t:v1:ns0:GET:/items/0", &client, &monitor)
+        .await;
+    drop(monitor);
+    let _: u64 = client.incr("t:v1:ns0:generation").await.unwrap();
+    miss_within(&app, "/items/0", Duration::from_millis(500)).await;
+}

@@ -71,39 +71,50 @@ impl Generations {
             tracker,
         });
         let weak = Arc::downgrade(&this);
-        this.tracker.on_invalidation(move |invalidation| {
-            if let Some(this) = weak.upgrade() {
-                let keys: Vec<&str> = invalidation
-                    .keys
-                    .iter()
-                    .filter_map(|k| k.as_str())
-                    .collect();
-                if invalidation.keys.is_empty() || keys.len() != invalidation.keys.len() {
-                    // A flush, or a key that is not text: drop everything.
-                    this.drop_all();
-                } else {
-                    this.drop_keys(&keys);
+        super::listen(this.tracker.invalidation_rx(), move |invalidation| {
+            let this = weak.upgrade();
+            if let Some(this) = &this {
+                match invalidation {
+                    Some(invalidation) => {
+                        let keys: Vec<&str> = invalidation
+                            .keys
+                            .iter()
+                            .filter_map(|k| k.as_str())
+                            .collect();
+                        if keys.is_empty() || keys.len() != invalidation.keys.len() {
+                            // A flush, or a key that is not text.
+                            this.drop_all();
+                        } else {
+                            this.drop_keys(&keys);
+                        }
+                    }
+                    // Some were missed.
+                    None => this.drop_all(),
                 }
             }
-            Ok(())
+            std::future::ready(this.is_some())
         });
         let weak = Arc::downgrade(&this);
-        this.tracker.on_error(move |(error, _)| {
-            if let Some(this) = weak.upgrade() {
+        super::listen(this.tracker.error_rx(), move |error| {
+            let this = weak.upgrade();
+            if let Some(this) = &this {
                 if this.up.swap(false, Ordering::SeqCst) {
+                    let error =
+                        error.map_or_else(|| "events missed".to_owned(), |(e, _)| e.to_string());
                     tracing::warn!(%error, "cache generation tracking lost; hits read the generation from Redis");
                 }
                 this.drop_all();
             }
-            async { Ok(()) }
+            std::future::ready(this.is_some())
         });
-        // Also called on the first connection.
+        // Also told of the first connection. A missed event is taken as a
+        // reconnection: switching tracking on again does no harm.
         let weak = Arc::downgrade(&this);
-        this.tracker.on_reconnect(move |_| {
+        super::listen(this.tracker.reconnect_rx(), move |_| {
             let weak = weak.clone();
             async move {
                 let Some(tracker) = weak.upgrade().map(|this| this.tracker.clone()) else {
-                    return Ok(());
+                    return false;
                 };
                 let on = tracker
                     .start_tracking(Vec::<String>::new(), false, false, false, false)
@@ -125,7 +136,7 @@ impl Generations {
                         ),
                     }
                 }
-                Ok(())
+                true
             }
         });
         drop(this.tracker.connect());

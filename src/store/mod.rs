@@ -29,6 +29,32 @@ pub use self::{
 /// costs a fraction of the standard library's SipHash on every lookup.
 pub(crate) type KeyHasher = foldhash::quality::RandomState;
 
+/// Runs `on` in a task of its own for every event a fred client broadcasts
+/// on `events` (invalidations, errors, reconnections), and with `None` when
+/// the task fell behind and events were dropped. fred's own `on_*` listeners
+/// stop for good at that point, which would leave a tracker deaf to every
+/// later invalidation. Ends when the client is gone or `on` returns false.
+pub(crate) fn listen<T, F, Fut>(mut events: tokio::sync::broadcast::Receiver<T>, mut on: F)
+where
+    T: Clone + Send + 'static,
+    F: FnMut(Option<T>) -> Fut + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    use tokio::sync::broadcast::error::RecvError;
+    tokio::spawn(async move {
+        loop {
+            let event = match events.recv().await {
+                Ok(event) => Some(event),
+                Err(RecvError::Lagged(_)) => None,
+                Err(RecvError::Closed) => return,
+            };
+            if !on(event).await {
+                return;
+            }
+        }
+    });
+}
+
 /// A boxed, `Send` future, as returned by [`Store`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

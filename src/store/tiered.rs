@@ -393,46 +393,55 @@ impl Shared {
         Ok(())
     }
 
-    /// Wires a tracking client's events to the tier.
+    /// Wires a tracking client's events to the tier. Events dropped because
+    /// a listener fell behind count as the worst they could have been: a
+    /// flush, a lost connection, a reconnection.
     fn watch(shared: &Arc<Self>, client: &Client) {
         let weak = Arc::downgrade(shared);
-        client.on_invalidation(move |invalidation| {
-            if let Some(shared) = weak.upgrade() {
-                if invalidation.keys.is_empty() {
-                    // FLUSHALL / FLUSHDB
-                    shared.flush();
-                }
-                for key in &invalidation.keys {
-                    match key.as_str() {
-                        Some(k) => shared.drop_key(k),
-                        None => shared.flush(),
+        super::listen(client.invalidation_rx(), move |invalidation| {
+            let shared = weak.upgrade();
+            if let Some(shared) = &shared {
+                match invalidation {
+                    // FLUSHALL / FLUSHDB, or some were missed.
+                    None => shared.flush(),
+                    Some(invalidation) if invalidation.keys.is_empty() => shared.flush(),
+                    Some(invalidation) => {
+                        for key in &invalidation.keys {
+                            match key.as_str() {
+                                Some(k) => shared.drop_key(k),
+                                None => shared.flush(),
+                            }
+                        }
                     }
                 }
             }
-            Ok(())
+            std::future::ready(shared.is_some())
         });
         let weak = Arc::downgrade(shared);
         let this = client.clone();
         let up = Arc::new(AtomicBool::new(true));
         let up_on_error = up.clone();
-        client.on_error(move |(error, _)| {
-            if let Some(shared) = weak.upgrade() {
+        super::listen(client.error_rx(), move |error| {
+            let shared = weak.upgrade();
+            if let Some(shared) = &shared {
                 if up_on_error.swap(false, SeqCst) {
                     shared.down.fetch_add(1, SeqCst);
+                    let error =
+                        error.map_or_else(|| "events missed".to_owned(), |(e, _)| e.to_string());
                     tracing::warn!(%error, "cache L1 tracking connection lost; L1 flushed and bypassed");
                 }
                 shared.flush();
             }
-            async { Ok(()) }
+            std::future::ready(shared.is_some())
         });
         let weak = Arc::downgrade(shared);
-        client.on_reconnect(move |_server| {
+        super::listen(client.reconnect_rx(), move |_server| {
             let weak = weak.clone();
             let this = this.clone();
             let up = up.clone();
             async move {
                 let Some(shared) = weak.upgrade() else {
-                    return Ok(());
+                    return false;
                 };
                 let tracked = this
                     .start_tracking(shared.prefixes.clone(), true, false, false, false)
@@ -449,7 +458,7 @@ impl Shared {
                         tracing::warn!(%error, "cache L1 tracking not restored; L1 stays bypassed");
                     }
                 }
-                Ok(())
+                true
             }
         });
     }
