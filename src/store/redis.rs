@@ -211,14 +211,16 @@ impl RedisStoreBuilder {
     ///   when Redis's push arrives, normally well under a millisecond after
     ///   the bump, instead of by the first hit that starts after it;
     /// - while the tracking connection is down, or Redis refuses `CLIENT
-    ///   TRACKING` (Redis before 6, some proxies), hits read the generation
-    ///   with the entry, as with this off;
+    ///   TRACKING` (some proxies, a user without `+@connection`), hits read
+    ///   the generation with the entry, as with this off;
     /// - no generation is used for more than a second without being read
     ///   again, which bounds the delay if pushes stop arriving on a
     ///   connection that has not failed.
     ///
     /// Switch it off when another instance's namespace bump must be seen by
-    /// every request that starts after the bump's call returns.
+    /// every request that starts after the bump's call returns, and on Redis
+    /// before 6.0, which has no RESP3: there the connection cannot be opened
+    /// and keeps retrying.
     pub fn track_generations(mut self, on: bool) -> Self {
         self.track_generations = on;
         self
