@@ -25,6 +25,9 @@
 //! benchmark, in process: the count covers fred but not Redis);
 //! `redis-miss` sends every request to a new URL through the layer on
 //! `RedisStore` (E's CPU, without the origin's wait);
+//! `redis-wide` is `redis` over 4 096 stored URLs in turn, more than the
+//! layer keeps decoded entries for (its start-up stores them and hits each
+//! once, so `HITPATH_N=0` subtracts that);
 //! `tiered` is the layer on `TieredStore` (the L1 tier in front of a Redis
 //! the harness starts), every request an L1 hit, as target D of the load
 //! benchmark.
@@ -205,6 +208,12 @@ fn main() {
                 http(mode.as_str(), n).await
             }
             "redis-get" | "redis" => redis(mode == "redis", n).await,
+            "redis-wide" => {
+                let redis = support::RedisServer::start();
+                let svc = cached(layer(Some(redis.store().await)));
+                let path = |i: usize| format!("/products/{}", i % 4096);
+                drive_paths(svc.clone(), 2 * 4096, path).await + drive_paths(svc, n, path).await
+            }
             "redis-miss" => {
                 let redis = support::RedisServer::start();
                 let svc = cached(layer(Some(redis.store().await)));

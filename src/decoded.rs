@@ -3,12 +3,25 @@
 //! A Redis hit brings the entry's bytes, and decoding them (the header map
 //! above all) is the largest piece of the layer's own work on a hit. Bytes
 //! equal to ones decoded before decode to the same entry, so the layer keeps
-//! the last decoded entry of each of a fixed number of slots (picked by the
-//! key's hash) and reuses it when the bytes match: a comparison instead of a
+//! a decoded entry in each of a fixed number of slots (picked by the key's
+//! hash) and reuses it when the bytes match: a comparison instead of a
 //! decode. The key only picks the slot; the bytes decide, so an entry
 //! rewritten in Redis, or another key in the same slot, is decoded afresh.
+//!
+//! A slot takes a new entry only when its key comes twice in a row among the
+//! misses of that slot. Keeping an entry costs a copy of its bytes and,
+//! because a kept entry is shared, its headers prepared once more; with more
+//! keys in turn than slots, keeping every decode would cost each hit that
+//! and reuse nothing. Hot keys win their slots; keys that come and go are
+//! decoded as they would be without the slots.
 
-use std::{hash::BuildHasher, sync::Arc};
+use std::{
+    hash::BuildHasher,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -27,8 +40,14 @@ const SLOTS: usize = 512;
 const MAX_LEN: usize = 16 * 1024;
 
 pub(crate) struct Decoded {
-    slots: Box<[ArcSwapOption<Kept>]>,
+    slots: Box<[Slot]>,
     hasher: KeyHasher,
+}
+
+struct Slot {
+    kept: ArcSwapOption<Kept>,
+    /// The hash of the key of the slot's last miss.
+    candidate: AtomicU64,
 }
 
 struct Kept {
@@ -41,7 +60,12 @@ struct Kept {
 impl Decoded {
     pub(crate) fn new() -> Self {
         Self {
-            slots: (0..SLOTS).map(|_| ArcSwapOption::empty()).collect(),
+            slots: (0..SLOTS)
+                .map(|_| Slot {
+                    kept: ArcSwapOption::empty(),
+                    candidate: AtomicU64::new(0),
+                })
+                .collect(),
             hasher: KeyHasher::default(),
         }
     }
@@ -52,15 +76,20 @@ impl Decoded {
         if value.len() > MAX_LEN {
             return entry::decode(value).map(Arc::new);
         }
-        let slot = &self.slots[self.hasher.hash_one(key) as usize % SLOTS];
-        if let Some(kept) = &*slot.load() {
+        let hash = self.hasher.hash_one(key);
+        let slot = &self.slots[hash as usize % SLOTS];
+        if let Some(kept) = &*slot.kept.load() {
             if kept.bytes == *value {
                 return Some(kept.entry.clone());
             }
         }
+        if slot.candidate.swap(hash, Relaxed) != hash {
+            // Not twice in a row: decoded for this request alone.
+            return entry::decode(value).map(Arc::new);
+        }
         let bytes = Bytes::copy_from_slice(value);
         let entry = Arc::new(entry::decode(&bytes)?);
-        slot.store(Some(Arc::new(Kept {
+        slot.kept.store(Some(Arc::new(Kept {
             bytes,
             entry: entry.clone(),
         })));
@@ -103,23 +132,51 @@ mod tests {
     #[test]
     fn equal_bytes_give_the_entry_decoded_before_and_other_bytes_their_own() {
         let decoded = Decoded::new();
+        // Kept from the second time in a row, then reused.
+        let once = decoded.decode("k", &stored(b"{\"v\":1}")).unwrap();
         let first = decoded.decode("k", &stored(b"{\"v\":1}")).unwrap();
         let again = decoded.decode("k", &stored(b"{\"v\":1}")).unwrap();
+        assert!(!Arc::ptr_eq(&once, &first));
         assert!(Arc::ptr_eq(&first, &again));
         // Rewritten under the same key: decoded afresh, never the old one.
         let changed = decoded.decode("k", &stored(b"{\"v\":2}")).unwrap();
         assert_eq!(&changed.body[..], b"{\"v\":2}");
         assert!(!Arc::ptr_eq(&first, &changed));
-        // Whatever slot another key shares, its bytes decide.
+        // Whatever another key kept in the slot, its bytes decide.
         for n in 0..2 * SLOTS {
             let key = format!("k{n}");
             let body = format!("{{\"n\":{n}}}");
-            let entry = decoded.decode(&key, &stored(body.as_bytes())).unwrap();
-            assert_eq!(entry.body, body.as_bytes());
+            for _ in 0..3 {
+                let entry = decoded.decode(&key, &stored(body.as_bytes())).unwrap();
+                assert_eq!(entry.body, body.as_bytes());
+            }
         }
         assert!(decoded
             .decode("k", &Bytes::from_static(b"not an entry"))
             .is_none());
+    }
+
+    #[test]
+    fn keys_that_come_in_turn_are_not_kept() {
+        // More keys in turn than slots: keeping each would copy and evict
+        // on every hit and never be reused.
+        let decoded = Decoded::new();
+        let values: Vec<Bytes> = (0..4 * SLOTS)
+            .map(|n| stored(format!("{{\"n\":{n}}}").as_bytes()))
+            .collect();
+        let mut kept = 0;
+        for _ in 0..2 {
+            for (n, value) in values.iter().enumerate() {
+                let entry = decoded.decode(&format!("k{n}"), value).unwrap();
+                kept += usize::from(Arc::strong_count(&entry) > 1);
+            }
+        }
+        // Only keys alone in their slot are kept (a few percent here).
+        assert!(
+            kept < values.len() / 4,
+            "{kept} of {} kept",
+            2 * values.len()
+        );
     }
 
     #[test]
