@@ -166,17 +166,20 @@ impl Generations {
     /// nothing while tracking is off, when that key is being read already,
     /// or outside a Tokio runtime.
     pub(crate) fn learn(self: &Arc<Self>, key: &str) {
+        // Checked before the lock too: while tracking is down, every hit
+        // comes here.
+        if !self.is_up() {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let epoch = {
             let mut changes = self.lock();
-            if !self.is_up() || changes.reading.len() >= MAX_KEYS {
+            if !self.is_up() || changes.reading.len() >= MAX_KEYS || changes.reading.contains(key) {
                 return;
             }
-            if !changes.reading.insert(key.to_owned()) {
-                return;
-            }
+            changes.reading.insert(key.to_owned());
             changes.epoch
         };
         let weak: Weak<Self> = Arc::downgrade(self);
