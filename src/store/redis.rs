@@ -503,6 +503,10 @@ impl Store for RedisStore {
         if self.clustered {
             return None;
         }
+        if let Err(down) = self.client() {
+            // At once, without the 5 KB future of a command never sent.
+            return Some(Box::pin(std::future::ready(Err(down))));
+        }
         if let Some(generations) = &self.generations {
             // The generation known here: the entry alone, one `GET`.
             if let Some(generation) = generations.get(generation_key) {
@@ -542,6 +546,11 @@ impl Store for RedisStore {
         // when fred hands each to the connection; a test watches the order
         // with MONITOR. The futures stay pinned where they are made: fred's
         // are about 5 KB each.
+        if let Err(down) = self.client() {
+            // At once, without the 10 KB future of commands never sent: a
+            // Redis that is down answers every request through here.
+            return Some(Box::pin(std::future::ready(Err(down))));
+        }
         let options = within(budget);
         if self.clustered {
             return Some(Box::pin(async move {
