@@ -36,14 +36,79 @@ use super::KeyHasher;
 /// The longest a generation is used without being read from Redis again.
 pub(crate) const MAX_AGE: Duration = Duration::from_secs(1);
 
-/// A bound for a pathological number of namespaces: past it the map starts
-/// over (a dropped generation is only read again).
-const MAX_KEYS: usize = 10_000;
+/// A bound on the generation keys being read at once.
+const MAX_READING: usize = 10_000;
 
-pub(crate) struct Generations {
-    /// Read on every hit without a lock; replaced whole on a change (it holds
-    /// one value per namespace, and changes are rare).
-    known: ArcSwap<HashMap<String, (u64, Instant), KeyHasher>>,
+/// Namespace generations read from Redis, each kept for at most `ttl` (the
+/// in-process tier's, and those [`Tracked`] keeps). Every hit reads one and
+/// they change only on a namespace bump, so readers take no lock and share
+/// no counter (`ArcSwap`); a change copies the map, which holds one value
+/// per namespace.
+pub(super) struct Generations {
+    map: ArcSwap<HashMap<String, (u64, Instant), KeyHasher>>,
+    ttl: Duration,
+}
+
+impl Generations {
+    /// A bound for a pathological number of namespaces: past it the map
+    /// starts over (a cleared generation is only read from Redis again).
+    const MAX: usize = 10_000;
+
+    pub(super) fn new(ttl: Duration) -> Self {
+        Self {
+            map: ArcSwap::from_pointee(HashMap::default()),
+            ttl,
+        }
+    }
+
+    pub(super) fn get(&self, key: &str) -> Option<u64> {
+        let map = self.map.load();
+        let &(generation, at) = map.get(key)?;
+        (at.elapsed() < self.ttl).then_some(generation)
+    }
+
+    pub(super) fn insert(&self, key: &str, generation: u64) {
+        // Every fill of the tier reads the generation again: leave the map
+        // alone (no copy, no contended swap) while it holds the same value
+        // for less than half its time, and renew it after that.
+        let known = self.map.load().get(key).copied();
+        if known.is_some_and(|(g, at)| g == generation && at.elapsed() < self.ttl / 2) {
+            return;
+        }
+        let at = Instant::now();
+        self.map.rcu(|map| {
+            let mut map = if map.len() >= Self::MAX {
+                HashMap::default()
+            } else {
+                HashMap::clone(map)
+            };
+            map.insert(key.to_owned(), (generation, at));
+            map
+        });
+    }
+
+    pub(super) fn remove(&self, key: &str) {
+        // Called for every key written or dropped; most are entry keys.
+        if !self.map.load().contains_key(key) {
+            return;
+        }
+        self.map.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.remove(key);
+            map
+        });
+    }
+
+    pub(super) fn clear(&self) {
+        self.map.store(Arc::default());
+    }
+}
+
+/// The generations a single-Redis store keeps, current through client
+/// tracking (see the module's documentation).
+pub(crate) struct Tracked {
+    /// Read on every hit without a lock.
+    known: Generations,
     /// Serialises every change of `known` with the count of invalidations,
     /// so that a read that raced with one is never kept.
     changes: Mutex<Changes>,
@@ -60,12 +125,12 @@ struct Changes {
     reading: HashSet<String>,
 }
 
-impl Generations {
+impl Tracked {
     /// Wires `tracker` (a RESP3 client, not connected yet) and starts
     /// connecting it. Must run inside a Tokio runtime.
     pub(crate) fn start(tracker: Client) -> Arc<Self> {
         let this = Arc::new(Self {
-            known: ArcSwap::from_pointee(HashMap::default()),
+            known: Generations::new(MAX_AGE),
             changes: Mutex::new(Changes::default()),
             up: AtomicBool::new(false),
             tracker,
@@ -124,7 +189,7 @@ impl Generations {
                         Ok(()) => {
                             let mut changes = this.lock();
                             changes.epoch += 1;
-                            this.known.store(Arc::default());
+                            this.known.clear();
                             this.up.store(true, Ordering::SeqCst);
                             tracing::info!(
                                 "cache generation tracking on; hits read their entry alone"
@@ -157,8 +222,7 @@ impl Generations {
         if !self.is_up() {
             return None;
         }
-        let &(generation, at) = self.known.load().get(key)?;
-        (at.elapsed() < MAX_AGE).then_some(generation)
+        self.known.get(key)
     }
 
     /// Reads the generation at `key` on the tracking connection, in a task
@@ -176,7 +240,10 @@ impl Generations {
         };
         let epoch = {
             let mut changes = self.lock();
-            if !self.is_up() || changes.reading.len() >= MAX_KEYS || changes.reading.contains(key) {
+            if !self.is_up()
+                || changes.reading.len() >= MAX_READING
+                || changes.reading.contains(key)
+            {
                 return;
             }
             changes.reading.insert(key.to_owned());
@@ -197,14 +264,7 @@ impl Generations {
             if changes.epoch != epoch || !this.is_up() {
                 return;
             }
-            let known = this.known.load();
-            let mut map = if known.len() >= MAX_KEYS {
-                HashMap::default()
-            } else {
-                HashMap::clone(&known)
-            };
-            map.insert(key, (generation, Instant::now()));
-            this.known.store(Arc::new(map));
+            this.known.insert(&key, generation);
         });
     }
 
@@ -212,24 +272,19 @@ impl Generations {
     pub(crate) fn drop_keys(&self, keys: &[&str]) {
         let mut changes = self.lock();
         changes.epoch += 1;
-        let known = self.known.load();
-        if keys.iter().any(|k| known.contains_key(*k)) {
-            let mut map = HashMap::clone(&known);
-            for k in keys {
-                map.remove(*k);
-            }
-            self.known.store(Arc::new(map));
+        for key in keys {
+            self.known.remove(key);
         }
     }
 
     fn drop_all(&self) {
         let mut changes = self.lock();
         changes.epoch += 1;
-        self.known.store(Arc::default());
+        self.known.clear();
     }
 }
 
-impl Drop for Generations {
+impl Drop for Tracked {
     fn drop(&mut self) {
         // The connection's task holds the client: close it, or it would
         // stay connected (and reconnecting) for the life of the runtime.
@@ -239,5 +294,35 @@ impl Drop for Generations {
                 let _ = tracker.quit().await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_copy_the_map_only_when_a_value_changes() {
+        let gens = Generations::new(Duration::from_secs(60));
+        assert_eq!(gens.get("g"), None);
+        gens.insert("g", 3);
+        assert_eq!(gens.get("g"), Some(3));
+        let before = gens.map.load_full();
+        gens.insert("g", 3);
+        assert!(
+            Arc::ptr_eq(&before, &gens.map.load_full()),
+            "copied for nothing"
+        );
+        gens.insert("g", 4);
+        assert_eq!(gens.get("g"), Some(4));
+        gens.remove("g");
+        assert_eq!(gens.get("g"), None);
+    }
+
+    #[test]
+    fn a_generation_older_than_the_tier_ttl_is_not_used() {
+        let gens = Generations::new(Duration::ZERO);
+        gens.insert("g", 1);
+        assert_eq!(gens.get("g"), None);
     }
 }

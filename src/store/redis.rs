@@ -14,7 +14,7 @@ use fred::{
 };
 use futures_util::StreamExt;
 
-use super::{generations::Generations, BoxFuture, Fetched, Store, Write};
+use super::{generations::Tracked, BoxFuture, Fetched, Store, Write};
 use crate::error::{Error, StoreError};
 
 /// A [`Store`] on Redis (standalone or Cluster) through a fred connection pool.
@@ -43,7 +43,7 @@ pub struct RedisStore {
     clustered: bool,
     /// The namespace generations kept in process (a single Redis, built
     /// from a URL, unless switched off).
-    generations: Option<Arc<Generations>>,
+    generations: Option<Arc<Tracked>>,
 }
 
 /// Settings for a [`RedisStore`]; see [`RedisStore::builder`].
@@ -309,7 +309,7 @@ impl RedisStoreBuilder {
         let tracker = self.tracker(&pool)?;
         drop(pool.connect());
         Ok(RedisStore {
-            generations: tracker.map(Generations::start),
+            generations: tracker.map(Tracked::start),
             ..RedisStore::from_pool(pool)
         })
     }
@@ -503,15 +503,16 @@ impl Store for RedisStore {
         if self.clustered {
             return None;
         }
-        if let Err(down) = self.client() {
+        let client = match self.client() {
+            Ok(client) => client,
             // At once, without the 5 KB future of a command never sent.
-            return Some(Box::pin(std::future::ready(Err(down))));
-        }
+            Err(down) => return Some(Box::pin(std::future::ready(Err(down)))),
+        };
         if let Some(generations) = &self.generations {
             // The generation known here: the entry alone, one `GET`.
             if let Some(generation) = generations.get(generation_key) {
                 return Some(Box::pin(async move {
-                    let client = self.client()?.with_options(&within(budget));
+                    let client = client.with_options(&within(budget));
                     let value = get_raw(&client, key, budget).await?;
                     Ok(Fetched::new(value, generation))
                 }));
@@ -519,7 +520,7 @@ impl Store for RedisStore {
             generations.learn(generation_key);
         }
         Some(Box::pin(async move {
-            let client = self.client()?.with_options(&within(budget));
+            let client = client.with_options(&within(budget));
             let (value, generation) = mget_pair(&client, key, generation_key, budget).await?;
             Ok(Fetched::new(value, parse_generation(generation)?))
         }))
@@ -546,15 +547,16 @@ impl Store for RedisStore {
         // when fred hands each to the connection; a test watches the order
         // with MONITOR. The futures stay pinned where they are made: fred's
         // are about 5 KB each.
-        if let Err(down) = self.client() {
+        let client = match self.client() {
+            Ok(client) => client,
             // At once, without the 10 KB future of commands never sent: a
             // Redis that is down answers every request through here.
-            return Some(Box::pin(std::future::ready(Err(down))));
-        }
+            Err(down) => return Some(Box::pin(std::future::ready(Err(down)))),
+        };
         let options = within(budget);
         if self.clustered {
             return Some(Box::pin(async move {
-                let client = self.client()?.with_options(&options);
+                let client = client.with_options(&options);
                 let lock = pin!(set_lock(&client, lock_key, token, ttl));
                 let value = pin!(client.get::<Option<Bytes>, _>(key));
                 let generation = pin!(client.get::<Option<Bytes>, _>(generation_key));
@@ -569,7 +571,7 @@ impl Store for RedisStore {
             }));
         }
         Some(Box::pin(async move {
-            let client = self.client()?.with_options(&options);
+            let client = client.with_options(&options);
             let lock = pin!(set_lock(&client, lock_key, token, ttl));
             let reads = pin!(mget_pair(&client, key, generation_key, budget));
             let (lock, reads) = futures_util::future::join(lock, reads).await;

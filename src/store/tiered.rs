@@ -11,7 +11,6 @@
 //! invalidated value.
 
 use std::{
-    collections::HashMap,
     hash::{Hash, Hasher},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
@@ -20,7 +19,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use fred::{
     clients::Client,
@@ -30,7 +28,7 @@ use fred::{
 };
 use moka::{sync::Cache, Expiry};
 
-use super::{BoxFuture, Fetched, KeyHasher, RedisStore, Store, Write};
+use super::{generations::Generations, BoxFuture, Fetched, KeyHasher, RedisStore, Store, Write};
 use crate::error::{Error, StoreError};
 
 /// The size and scope of the in-process tier.
@@ -150,70 +148,6 @@ struct LocalExpiry;
 impl Expiry<String, Local> for LocalExpiry {
     fn expire_after_create(&self, _: &String, v: &Local, _: Instant) -> Option<Duration> {
         Some(v.ttl)
-    }
-}
-
-/// The namespace generations the tier has read, each kept for at most the
-/// tier's max TTL. Every hit reads one and they change only on a namespace
-/// bump, so readers take no lock and share no counter (`ArcSwap`); a change
-/// copies the map, which holds one value per namespace.
-struct Generations {
-    map: ArcSwap<HashMap<String, (u64, Instant), KeyHasher>>,
-    ttl: Duration,
-}
-
-impl Generations {
-    /// A bound for a pathological number of namespaces: past it the map
-    /// starts over (a cleared generation is only read from Redis again).
-    const MAX: usize = 10_000;
-
-    fn new(ttl: Duration) -> Self {
-        Self {
-            map: ArcSwap::from_pointee(HashMap::default()),
-            ttl,
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<u64> {
-        let map = self.map.load();
-        let &(generation, at) = map.get(key)?;
-        (at.elapsed() < self.ttl).then_some(generation)
-    }
-
-    fn insert(&self, key: &str, generation: u64) {
-        // Every fill of the tier reads the generation again: leave the map
-        // alone (no copy, no contended swap) while it holds the same value
-        // for less than half its time, and renew it after that.
-        let known = self.map.load().get(key).copied();
-        if known.is_some_and(|(g, at)| g == generation && at.elapsed() < self.ttl / 2) {
-            return;
-        }
-        let at = Instant::now();
-        self.map.rcu(|map| {
-            let mut map = if map.len() >= Self::MAX {
-                HashMap::default()
-            } else {
-                HashMap::clone(map)
-            };
-            map.insert(key.to_owned(), (generation, at));
-            map
-        });
-    }
-
-    fn remove(&self, key: &str) {
-        // Called for every key written or dropped; most are entry keys.
-        if !self.map.load().contains_key(key) {
-            return;
-        }
-        self.map.rcu(|map| {
-            let mut map = HashMap::clone(map);
-            map.remove(key);
-            map
-        });
-    }
-
-    fn clear(&self) {
-        self.map.store(Arc::default());
     }
 }
 
@@ -642,35 +576,5 @@ impl Store for TieredStore {
         token: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.shared.redis.unlock(lock_key, token)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generations_copy_the_map_only_when_a_value_changes() {
-        let gens = Generations::new(Duration::from_secs(60));
-        assert_eq!(gens.get("g"), None);
-        gens.insert("g", 3);
-        assert_eq!(gens.get("g"), Some(3));
-        let before = gens.map.load_full();
-        gens.insert("g", 3);
-        assert!(
-            Arc::ptr_eq(&before, &gens.map.load_full()),
-            "copied for nothing"
-        );
-        gens.insert("g", 4);
-        assert_eq!(gens.get("g"), Some(4));
-        gens.remove("g");
-        assert_eq!(gens.get("g"), None);
-    }
-
-    #[test]
-    fn a_generation_older_than_the_tier_ttl_is_not_used() {
-        let gens = Generations::new(Duration::ZERO);
-        gens.insert("g", 1);
-        assert_eq!(gens.get("g"), None);
     }
 }
