@@ -132,10 +132,14 @@ mod tests {
     #[test]
     fn equal_bytes_give_the_entry_decoded_before_and_other_bytes_their_own() {
         let decoded = Decoded::new();
-        // Kept from the second time in a row, then reused.
-        let once = decoded.decode("k", &stored(b"{\"v\":1}")).unwrap();
-        let first = decoded.decode("k", &stored(b"{\"v\":1}")).unwrap();
-        let again = decoded.decode("k", &stored(b"{\"v\":1}")).unwrap();
+        // Kept from the second time in a row, then reused. One value: each
+        // encoding carries the time it was stored.
+        let value = stored(b"{\"v\":1}");
+        let once = decoded.decode("k", &value).unwrap();
+        let first = decoded.decode("k", &value.clone()).unwrap();
+        let again = decoded
+            .decode("k", &Bytes::copy_from_slice(&value))
+            .unwrap();
         assert!(!Arc::ptr_eq(&once, &first));
         assert!(Arc::ptr_eq(&first, &again));
         // Rewritten under the same key: decoded afresh, never the old one.
