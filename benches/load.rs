@@ -77,6 +77,67 @@ struct Measured {
     seconds: f64,
     p50_us: f64,
     p99_us: f64,
+    /// Every request sent, the warm-up's included (what the CPU times
+    /// below are divided by).
+    sent: u64,
+    /// CPU time of the server's thread, the generator's thread and Redis,
+    /// in microseconds per request, and Redis's read events per request
+    /// (NaN where the platform does not tell).
+    cpu: Cpu,
+}
+
+#[derive(Clone, Copy)]
+struct Cpu {
+    server_us: f64,
+    generator_us: f64,
+    redis_us: f64,
+    redis_reads: f64,
+}
+
+/// The columns [`Cpu`] prints under.
+const CPU_HEADER: &str = "cpu: server  gen  redis  reads";
+
+impl std::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "     {:>7.2} {:>4.1} {:>6.2} {:>6.2}",
+            self.server_us, self.generator_us, self.redis_us, self.redis_reads
+        )
+    }
+}
+
+/// CPU time (user and system) of the calling thread, in microseconds, from
+/// `/proc` (Linux); NaN elsewhere.
+fn thread_cpu_us() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+        return f64::NAN;
+    };
+    // The fields after the command name (in parentheses): utime and stime
+    // are the 12th and 13th, in clock ticks of 10 ms.
+    let fields: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 2)..]
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) * 10_000.0,
+        _ => f64::NAN,
+    }
+}
+
+/// Redis's CPU time (microseconds) and read events so far, from `INFO`.
+async fn redis_usage(admin: &tower_redis_cache::fred::prelude::Client) -> (f64, f64) {
+    let info: String = admin.info(None).await.unwrap();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (
+        (field("used_cpu_user") + field("used_cpu_sys")) * 1e6,
+        field("total_reads_processed"),
+    )
 }
 
 impl Measured {
@@ -133,6 +194,7 @@ async fn drive(
         })
         .collect();
     let mut all = Vec::new();
+    let sent = counter.clone();
     for t in tasks {
         all.extend(t.await.unwrap());
     }
@@ -147,6 +209,13 @@ async fn drive(
         seconds: duration.as_secs_f64(),
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        sent: sent.load(Relaxed),
+        cpu: Cpu {
+            server_us: f64::NAN,
+            generator_us: f64::NAN,
+            redis_us: f64::NAN,
+            redis_reads: f64::NAN,
+        },
     }
 }
 
@@ -184,7 +253,7 @@ fn main() {
         .unwrap();
     let payload = body(body_len);
 
-    let (targets, memory) = server_rt.block_on(async {
+    let (targets, memory, admin) = server_rt.block_on(async {
         let from_memory = {
             let b = payload.clone();
             move || {
@@ -409,6 +478,7 @@ fn main() {
                 c_untracked,
             ],
             usage,
+            admin,
         )
     });
 
@@ -440,7 +510,7 @@ fn main() {
     for round in 1..=rounds {
         println!();
         println!(
-            "round {round}: {:<23} {:>10} {:>10} {:>10}",
+            "round {round}: {:<23} {:>10} {:>10} {:>10} {CPU_HEADER}",
             "target", "req/s", "p50 ms", "p99 ms"
         );
         let mut results = Vec::new();
@@ -453,13 +523,29 @@ fn main() {
             } else {
                 item.clone()
             };
-            let m = client_rt.block_on(drive(*addr, path, concurrency, warmup, duration));
+            let server_cpu =
+                || server_rt.block_on(async { tokio::spawn(async { thread_cpu_us() }).await });
+            let generator_cpu =
+                || client_rt.block_on(async { tokio::spawn(async { thread_cpu_us() }).await });
+            let (s0, g0) = (server_cpu().unwrap(), generator_cpu().unwrap());
+            let r0 = server_rt.block_on(redis_usage(&admin));
+            let mut m = client_rt.block_on(drive(*addr, path, concurrency, warmup, duration));
+            let (s1, g1) = (server_cpu().unwrap(), generator_cpu().unwrap());
+            let r1 = server_rt.block_on(redis_usage(&admin));
+            let n = m.sent.max(1) as f64;
+            m.cpu = Cpu {
+                server_us: (s1 - s0) / n,
+                generator_us: (g1 - g0) / n,
+                redis_us: (r1.0 - r0.0) / n,
+                redis_reads: (r1.1 - r0.1) / n,
+            };
             println!(
-                "         {:<32} {:>10.0} {:>10.3} {:>10.3}",
+                "         {:<32} {:>10.0} {:>10.3} {:>10.3} {}",
                 names[i],
                 m.rps(),
                 m.p50_us / 1000.0,
-                m.p99_us / 1000.0
+                m.p99_us / 1000.0,
+                m.cpu
             );
             results.push(m);
         }
@@ -469,19 +555,29 @@ fn main() {
     println!();
     println!("median of {rounds} rounds:");
     println!(
-        "{:<32} {:>10} {:>10} {:>10}",
+        "{:<32} {:>10} {:>10} {:>10} {CPU_HEADER}",
         "target", "req/s", "p50 ms", "p99 ms"
     );
     for (i, name) in names.iter().enumerate() {
         let at = |f: &dyn Fn(&Measured) -> f64| median(rounds_results.iter().map(|r| f(&r[i])));
+        let cpu = Cpu {
+            server_us: at(&|m| m.cpu.server_us),
+            generator_us: at(&|m| m.cpu.generator_us),
+            redis_us: at(&|m| m.cpu.redis_us),
+            redis_reads: at(&|m| m.cpu.redis_reads),
+        };
         println!(
-            "{:<32} {:>10.0} {:>10.3} {:>10.3}",
+            "{:<32} {:>10.0} {:>10.3} {:>10.3} {cpu}",
             name,
             at(&|m| m.rps()),
             at(&|m| m.p50_us / 1000.0),
             at(&|m| m.p99_us / 1000.0)
         );
     }
+    println!(
+        "(CPU in microseconds per request, warm-up included: the server's thread, \
+         the generator's, Redis; reads: Redis's read events per request)"
+    );
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let summary = |f: &dyn Fn(&Ratios) -> f64| {
         let values: Vec<f64> = ratios.iter().map(f).collect();
