@@ -1,6 +1,6 @@
 //! The stored form of a response.
 //!
-//! Layout (format 3): the 4-byte magic `TRC` + format version, a big-endian
+//! Layout (format 4): the 4-byte magic `TRC` + format byte, a big-endian
 //! `u32` length, that many bytes of metadata, then the raw body bytes (no
 //! base64). The metadata is binary:
 //!
@@ -19,8 +19,9 @@
 //!   checked against the body when decoded, and served without being
 //!   formatted again.
 //!
-//! Entries of formats 1 (JSON metadata) and 2 (every name spelled out, no
-//! `content-length`) are misses, as any value of another format is. Decoding checks every part and returns `None` for anything unexpected:
+//! Entries of formats 1 (JSON metadata), 2 (every name spelled out, no
+//! `content-length`) and 3 (this layout with the byte `3`) are misses, as
+//! any value of another format is. Decoding checks every part and returns `None` for anything unexpected:
 //! a value that does not decode is a miss, never a panic.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,7 +30,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 const MAGIC: &[u8; 3] = b"TRC";
-const FORMAT: u8 = 3;
+/// Format 4, with the high bit set. That byte cannot follow ASCII in UTF-8,
+/// so a Redis client that checks whether a reply is text (fred does on
+/// every typed `GET`) stops at the fourth byte instead of reading through
+/// the body. Format 3 was the same layout with `3` here.
+const FORMAT: u8 = 0x80 | 4;
 const HEAD_LEN: usize = MAGIC.len() + 1 + 4;
 
 /// Response fields stored as one byte: their place in this list plus one.
@@ -728,7 +733,8 @@ mod tests {
                 v.push(state as u8);
             }
             if len > 8 {
-                v[..4].copy_from_slice(b"TRC\x02");
+                v[..3].copy_from_slice(MAGIC);
+                v[3] = FORMAT;
                 v[4..8].copy_from_slice(&((len as u32) % 64).to_be_bytes());
             }
             let _ = decode(&Bytes::from(v));
@@ -790,7 +796,8 @@ mod fuzz {
 
         #[test]
         fn random_bytes_behind_our_magic_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..512), len in any::<u32>()) {
-            let mut v = b"TRC\x02".to_vec();
+            let mut v = MAGIC.to_vec();
+            v.push(FORMAT);
             v.extend_from_slice(&len.to_be_bytes());
             v.extend_from_slice(&tail);
             let _ = decode(&Bytes::from(v));
@@ -808,6 +815,21 @@ mod fuzz {
             }
             let cut = cut % good.len();
             let _ = decode(&good.slice(..cut));
+        }
+
+        #[test]
+        fn an_entry_stops_being_utf8_at_its_format_byte(body in proptest::collection::vec(b' '..=b'~', 0..300)) {
+            // A client's text check reads four bytes of it, whatever the body.
+            let l = Lifetimes {
+                fresh: Duration::from_secs(60),
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                revalidate: Duration::ZERO,
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            let value = encode(StatusCode::OK, &headers, &body, &l, Duration::ZERO, 0, None).unwrap();
+            prop_assert_eq!(std::str::from_utf8(&value).unwrap_err().valid_up_to(), 3);
         }
 
         #[test]
