@@ -335,6 +335,29 @@ async fn a_corrupt_or_foreign_value_is_a_miss_and_is_replaced(redis: RedisServer
     }
     assert_eq!(handle.stats().corrupt_entries, 4);
 
+    // A key of another type is foreign too: a miss, and replaced.
+    let () = client.del(key).await.unwrap();
+    let hset = tower_redis_cache::fred::types::CustomCommand::new_static(
+        "HSET",
+        tower_redis_cache::fred::types::ClusterHash::FirstKey,
+        false,
+    );
+    let _: u64 = tower_redis_cache::fred::prelude::ClientLike::custom(
+        &client,
+        hset,
+        vec![key, "field", "value"],
+    )
+    .await
+    .unwrap();
+    let (status, x, body) = send(&app, req_get("/items/1")).await;
+    assert_eq!(
+        (status, x.as_str()),
+        (200, "MISS"),
+        "a hash at the entry key"
+    );
+    assert!(body.contains("\"id\":\"1\""));
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
+
     // Junk on a route whose response is not stored is deleted, not kept.
     let key = "test:v1:default:GET:/status/404";
     let () = client.set(key, "junk", None, None, false).await.unwrap();

@@ -390,7 +390,20 @@ async fn get_entry<C: KeysInterface + Sync>(
     key: &str,
     budget: Duration,
 ) -> Result<Option<Bytes>, StoreError> {
-    client.get(key).await.map_err(|e| backend_within(e, budget))
+    entry_value(client.get(key).await).map_err(|e| backend_within(e, budget))
+}
+
+/// A `GET` reply for an entry key. A key holding another type (a hash, a
+/// list: `WRONGTYPE`) holds a foreign value like any other, so it reads as
+/// an empty value: that does not decode, and the layer counts it, deletes
+/// it and treats the request as a miss (an `MGET` reads such a key as nil).
+fn entry_value(
+    reply: Result<Option<Bytes>, fred::error::Error>,
+) -> Result<Option<Bytes>, fred::error::Error> {
+    match reply {
+        Err(e) if e.details().starts_with("WRONGTYPE") => Ok(Some(Bytes::new())),
+        other => other,
+    }
 }
 
 /// `SET lock_key token NX PX ttl`; the reply is null when another holds
@@ -439,12 +452,15 @@ impl Store for RedisStore {
         Box::pin(async move {
             let client = self.client()?;
             // One command where both keys share a server; on a cluster they
-            // may not share a slot, so a pipeline of two.
+            // may not share a slot, so two commands, sent together.
             let (value, generation): (Option<Bytes>, Option<Bytes>) = if client.is_clustered() {
-                let pipe = client.pipeline();
-                let () = pipe.get(key).await.map_err(backend)?;
-                let () = pipe.get(generation_key).await.map_err(backend)?;
-                pipe.all().await.map_err(backend)?
+                let value = pin!(client.get(key));
+                let generation = pin!(client.get(generation_key));
+                let (value, generation) = futures_util::future::join(value, generation).await;
+                (
+                    entry_value(value).map_err(backend)?,
+                    generation.map_err(backend)?,
+                )
             } else {
                 client.mget((key, generation_key)).await.map_err(backend)?
             };
@@ -524,7 +540,10 @@ impl Store for RedisStore {
                 let (lock, value, generation) =
                     futures_util::future::join3(lock, value, generation).await;
                 let within = |e| backend_within(e, budget);
-                let (value, generation) = (value.map_err(within)?, generation.map_err(within)?);
+                let (value, generation) = (
+                    entry_value(value).map_err(within)?,
+                    generation.map_err(within)?,
+                );
                 Ok((
                     Fetched::new(value, parse_generation(generation)?),
                     taken(lock),
@@ -703,7 +722,7 @@ impl Store for RedisStore {
                     futures_util::future::join4(taken, holder, value, generation).await;
                 let reads = (
                     holder.map_err(backend)?,
-                    value.map_err(backend)?,
+                    entry_value(value).map_err(backend)?,
                     generation.map_err(backend)?,
                 );
                 held(token, taken, reads)
