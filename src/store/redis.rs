@@ -2,7 +2,14 @@
 //! (`redis://`, `rediss://`, `redis-cluster://`), with a command timeout, a
 //! reconnect policy and a bounded command queue.
 
-use std::{pin::pin, sync::Arc, time::Duration};
+use std::{
+    pin::pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use fred::{
@@ -13,6 +20,7 @@ use fred::{
     types::{scan::Scanner, ClusterHash, CustomCommand, ExpireOptions},
 };
 use futures_util::StreamExt;
+use tokio::sync::oneshot;
 
 use super::{generations::Tracked, BoxFuture, Fetched, Store, Write};
 use crate::error::{Error, StoreError};
@@ -44,6 +52,154 @@ pub struct RedisStore {
     /// The namespace generations kept in process (a single Redis, built
     /// from a URL, unless switched off).
     generations: Option<Arc<Tracked>>,
+    /// Entry reads waiting to go out together.
+    batch: Arc<Batch>,
+}
+
+/// An entry read waiting for its batch: the key and where its value goes.
+type Waiting = (String, oneshot::Sender<Result<Option<Bytes>, StoreError>>);
+
+/// Entry reads of concurrent hits, sent together (see [`RedisStore::read_entry`]).
+#[derive(Default)]
+struct Batch {
+    /// The reads waiting, and the budget they were asked with.
+    waiting: std::sync::Mutex<(Vec<Waiting>, Duration)>,
+    /// Entry reads asked for and not yet answered (or given up).
+    reading: AtomicUsize,
+}
+
+/// Counts one entry read in [`Batch::reading`] while it lives.
+struct Reading<'a>(&'a AtomicUsize);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The most keys one batched `MGET` asks for; a larger batch is split.
+const MAX_BATCH: usize = 128;
+
+impl RedisStore {
+    /// Reads the entry at `key` within `budget`: at once when no other entry
+    /// read is under way, else together with the reads of other requests
+    /// that are ready to run now.
+    ///
+    /// The first read of a batch schedules a task that yields once (so every
+    /// task that is ready on this runtime runs first) and then sends what has
+    /// gathered: a `GET` for one read, an `MGET` for several. Under load that
+    /// is one command, one write and one reply for many hits, instead of one
+    /// each: fred's per-command work and Redis's per-command and per-read
+    /// work are shared. With one request at a time nothing waits: a lone
+    /// read is a plain `GET`. A read is never older than its request,
+    /// because a batch is taken before it is sent and later reads start the
+    /// next one. A read with another budget than its batch's goes out alone.
+    fn read_entry<'a>(
+        &'a self,
+        client: &'a fred::prelude::Client,
+        key: &'a str,
+        generation: u64,
+        budget: Duration,
+    ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
+        let others = self.batch.reading.fetch_add(1, Relaxed);
+        let reading = Reading(&self.batch.reading);
+        let alone = move |reading: Reading<'a>| -> BoxFuture<'a, _> {
+            Box::pin(async move {
+                let _reading = reading;
+                let client = client.with_options(&within(budget));
+                let value = get_entry(&client, key, budget).await?;
+                Ok(Fetched::new(value, generation))
+            })
+        };
+        if others == 0 {
+            return alone(reading);
+        }
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let mut waiting = self.batch.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let (reads, batch_budget) = &mut *waiting;
+            if reads.is_empty() {
+                *batch_budget = budget;
+            } else if *batch_budget != budget {
+                drop(waiting);
+                return alone(reading);
+            }
+            reads.push((key.to_owned(), tx));
+            reads.len() == 1
+        };
+        if first {
+            let store = self.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                store.send_batch().await;
+            });
+        }
+        // Without fred's 5 KB future: the batch's task holds that.
+        Box::pin(async move {
+            let _reading = reading;
+            let value = rx.await.unwrap_or(Err(StoreError::Unavailable))?;
+            Ok(Fetched::new(value, generation))
+        })
+    }
+
+    /// Sends the reads gathered so far and hands each its value.
+    async fn send_batch(&self) {
+        let (reads, budget) = {
+            let mut waiting = self.batch.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            (std::mem::take(&mut waiting.0), waiting.1)
+        };
+        let client = match self.client() {
+            Ok(client) => client.with_options(&within(budget)),
+            Err(down) => {
+                for (_, tx) in reads {
+                    let _ = tx.send(Err(down.clone()));
+                }
+                return;
+            }
+        };
+        let mut reads = reads.into_iter();
+        let sends = std::iter::from_fn(|| {
+            let chunk: Vec<Waiting> = reads.by_ref().take(MAX_BATCH).collect();
+            (!chunk.is_empty()).then(|| send_reads(&client, chunk, budget))
+        });
+        futures_util::future::join_all(sends).await;
+    }
+}
+
+/// Sends one batch of entry reads: a `GET` for one, an `MGET` for several.
+async fn send_reads<C: KeysInterface + Sync>(client: &C, reads: Vec<Waiting>, budget: Duration) {
+    if let [(key, _)] = &reads[..] {
+        let value = get_entry(client, key, budget).await;
+        if let Some((_, tx)) = reads.into_iter().next() {
+            let _ = tx.send(value);
+        }
+        return;
+    }
+    let keys: Vec<&str> = reads.iter().map(|(key, _)| key.as_str()).collect();
+    let values: Result<Vec<Option<Bytes>>, _> = client.mget(keys).await;
+    match values {
+        Ok(values) if values.len() == reads.len() => {
+            for ((_, tx), value) in reads.into_iter().zip(values) {
+                let _ = tx.send(Ok(value));
+            }
+        }
+        Ok(values) => {
+            let e = StoreError::Backend(format!(
+                "MGET of {} keys answered {} values",
+                reads.len(),
+                values.len()
+            ));
+            for (_, tx) in reads {
+                let _ = tx.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            let e = backend_within(e, budget);
+            for (_, tx) in reads {
+                let _ = tx.send(Err(e.clone()));
+            }
+        }
+    }
 }
 
 /// Settings for a [`RedisStore`]; see [`RedisStore::builder`].
@@ -89,6 +245,7 @@ impl RedisStore {
             pool,
             clustered,
             generations: None,
+            batch: Arc::default(),
         }
     }
 
@@ -488,11 +645,8 @@ impl Store for RedisStore {
         if let Some(generations) = &self.generations {
             // The generation known here: the entry alone, one `GET`.
             if let Some(generation) = generations.get(generation_key) {
-                return Some(Box::pin(async move {
-                    let client = client.with_options(&within(budget));
-                    let value = get_entry(&client, key, budget).await?;
-                    Ok(Fetched::new(value, generation))
-                }));
+                // The entry alone, read together with other hits' entries.
+                return Some(self.read_entry(client, key, generation, budget));
             }
             generations.learn(generation_key);
         }
