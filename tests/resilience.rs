@@ -1213,3 +1213,50 @@ async fn concurrent_hits_read_their_entries_in_one_mget_and_one_redis_read() {
     );
     assert_eq!(origin.calls(), 4);
 }
+
+#[test]
+fn a_batch_whose_runtime_stops_before_it_is_sent_leaves_later_batches_working() {
+    use std::{future::Future, task::Poll};
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = RedisServer::start();
+    let app = main.block_on(async {
+        let store = RedisStore::builder(redis.url())
+            .pool_size(1)
+            .connect()
+            .await
+            .unwrap();
+        let (app, _origin, client) = with_items_1_stored(&redis, layer_on(store, |b| b)).await;
+        let monitor = Monitor::start(&redis);
+        let key = "t:v1:default:GET:/items/1";
+        until_the_generation_is_tracked(&app, "/items/1", key, &client, &monitor).await;
+        app
+    });
+    // Two hits polled once on a runtime that then stops: the first is sent
+    // at once, the second waits for a batch whose task never runs.
+    let stopped = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    stopped.block_on(async {
+        let mut first = Box::pin(send(&app, req_get("/items/1")));
+        let mut second = Box::pin(send(&app, req_get("/items/1")));
+        for hit in [&mut first, &mut second] {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(hit.as_mut().poll(cx))).await;
+            assert!(polled.is_pending());
+        }
+    });
+    drop(stopped);
+    main.block_on(async {
+        let hits = futures_util::future::join_all((0..16).map(|_| send(&app, req_get("/items/1"))));
+        let answered = tokio::time::timeout(Duration::from_secs(5), hits)
+            .await
+            .expect("later concurrent hits are answered");
+        for (_, cache, _) in answered {
+            assert_eq!(cache, "HIT");
+        }
+    });
+}

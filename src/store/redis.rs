@@ -68,6 +68,35 @@ struct Batch {
     reading: AtomicUsize,
 }
 
+impl Batch {
+    /// The reads waiting and their budget; the next read starts a new batch.
+    fn take(&self) -> (Vec<Waiting>, Duration) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::take(&mut waiting.0), waiting.1)
+    }
+}
+
+/// A batch's task before it has taken its reads. Dropped unpolled (its
+/// runtime shut down), it answers them as failed: left waiting, they would
+/// keep every later read from starting a batch of its own.
+struct Unsent(Option<Arc<Batch>>);
+
+impl Unsent {
+    fn take(mut self) -> (Vec<Waiting>, Duration) {
+        self.0.take().map(|batch| batch.take()).unwrap_or_default()
+    }
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        if let Some(batch) = self.0.take() {
+            for (_, tx) in batch.take().0 {
+                let _ = tx.send(Err(StoreError::Unavailable));
+            }
+        }
+    }
+}
+
 /// Counts one entry read in [`Batch::reading`] while it lives.
 struct Reading<'a>(&'a AtomicUsize);
 
@@ -114,6 +143,10 @@ impl RedisStore {
         if others == 0 {
             return alone(reading);
         }
+        // The batch's task needs a runtime (a request outside one goes alone).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return alone(reading);
+        };
         let (tx, rx) = oneshot::channel();
         let first = {
             let mut waiting = self.batch.waiting.lock().unwrap_or_else(|p| p.into_inner());
@@ -128,10 +161,12 @@ impl RedisStore {
             reads.len() == 1
         };
         if first {
+            let unsent = Unsent(Some(self.batch.clone()));
             let store = self.clone();
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 tokio::task::yield_now().await;
-                store.send_batch().await;
+                let reads = unsent.take();
+                store.send_batch(reads).await;
             });
         }
         // Without fred's 5 KB future: the batch's task holds that.
@@ -143,11 +178,7 @@ impl RedisStore {
     }
 
     /// Sends the reads gathered so far and hands each its value.
-    async fn send_batch(&self) {
-        let (reads, budget) = {
-            let mut waiting = self.batch.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            (std::mem::take(&mut waiting.0), waiting.1)
-        };
+    async fn send_batch(&self, (reads, budget): (Vec<Waiting>, Duration)) {
         let client = match self.client() {
             Ok(client) => client.with_options(&within(budget)),
             Err(down) => {
