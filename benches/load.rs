@@ -1,6 +1,6 @@
 //! The side-by-side load benchmark: `cargo bench --bench load`.
 //!
-//! Starts its own `redis-server` on a free loopback port, serves ten targets
+//! Starts its own `redis-server` on a free loopback port, serves eleven targets
 //! on loopback and drives each in turn with the same HTTP/1.1 load generator
 //! (persistent connections, fixed concurrency and duration), for several
 //! rounds; the ratios are taken within each round and their median reported:
@@ -9,6 +9,8 @@
 //! - B: an axum handler doing exactly one fred GET of the stored body (the
 //!   physical limit of a Redis-backed hit);
 //! - C: the layer on Redis, every request a hit;
+//! - C'': C with `batch_reads(false)`: every hit sends its own `GET`, none
+//!   shares an `MGET` with concurrent hits;
 //! - C': C with `track_generations(false)`: every hit reads the namespace
 //!   generation with its entry (`MGET`), as before generation tracking;
 //! - D: the layer with the in-process L1 tier, every request a hit;
@@ -306,6 +308,7 @@ fn main() {
             .ttl(Duration::from_secs(3600))
             .store(
                 tower_redis_cache::store::RedisStore::builder(redis.url())
+                    .pool_size(2)
                     .track_generations(false)
                     .connect()
                     .await
@@ -317,6 +320,27 @@ fn main() {
             Router::new()
                 .route("/item", get(from_memory.clone()))
                 .layer(layer_c_untracked),
+        )
+        .await;
+
+        // C'': C sending every entry read alone (no `MGET` batches).
+        let layer_c_unbatched = RedisCacheLayer::builder()
+            .prefix("benchunbatched")
+            .ttl(Duration::from_secs(3600))
+            .store(
+                tower_redis_cache::store::RedisStore::builder(redis.url())
+                    .pool_size(2)
+                    .batch_reads(false)
+                    .connect()
+                    .await
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let c_unbatched = serve(
+            Router::new()
+                .route("/item", get(from_memory.clone()))
+                .layer(layer_c_unbatched),
         )
         .await;
 
@@ -444,7 +468,7 @@ fn main() {
         .await;
 
         // Warm the hit targets and read what one entry costs in Redis.
-        for addr in [c, d, c_untracked] {
+        for addr in [c, d, c_untracked, c_unbatched] {
             let _ = client_get(addr, "/item").await;
             tokio::time::sleep(Duration::from_millis(20)).await;
             let _ = client_get(addr, "/item").await;
@@ -476,6 +500,7 @@ fn main() {
                 e_unlocked,
                 e_floor,
                 c_untracked,
+                c_unbatched,
             ],
             usage,
             admin,
@@ -501,6 +526,7 @@ fn main() {
         "E' layer, misses, no Redis lock",
         "E0 handler: GET, origin, SET",
         "C' layer, Redis, hits, MGET",
+        "C'' layer, Redis, hits, unbatched",
     ];
     // Every round drives each target once, in turn: a machine that slows
     // down or speeds up during the run moves all targets of a round alike,
@@ -601,6 +627,10 @@ fn main() {
     println!(
         "C'/B requests/s {cb:.3} ({lo:.3} .. {hi:.3})  (C reading the generation with every entry: track_generations(false))"
     );
+    let (cb, lo, hi) = summary(&|r| r.c_unbatched_b);
+    println!(
+        "C''/B requests/s {cb:.3} ({lo:.3} .. {hi:.3})  (C sending each hit's read alone: batch_reads(false))"
+    );
     let (da, lo, hi) = summary(&|r| r.da);
     println!(
         "D/A requests/s  {da:.3} ({lo:.3} .. {hi:.3})  (target >= 0.90: {})",
@@ -641,6 +671,7 @@ fn main() {
 struct Ratios {
     cb: f64,
     c_untracked_b: f64,
+    c_unbatched_b: f64,
     cb99: f64,
     da: f64,
     e_added_ms: f64,
@@ -652,12 +683,13 @@ struct Ratios {
 
 impl Ratios {
     fn of(r: &[Measured]) -> Self {
-        let (a, b, c, d, e0, e1, f, e2, e3, c2) = (
-            &r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6], &r[7], &r[8], &r[9],
+        let (a, b, c, d, e0, e1, f, e2, e3, c2, c3) = (
+            &r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6], &r[7], &r[8], &r[9], &r[10],
         );
         Self {
             cb: c.rps() / b.rps(),
             c_untracked_b: c2.rps() / b.rps(),
+            c_unbatched_b: c3.rps() / b.rps(),
             cb99: c.p99_us / b.p99_us,
             da: d.rps() / a.rps(),
             e_added_ms: (e1.p50_us - e0.p50_us) / 1000.0,

@@ -1260,3 +1260,30 @@ fn a_batch_whose_runtime_stops_before_it_is_sent_leaves_later_batches_working() 
         }
     });
 }
+
+#[tokio::test]
+async fn with_batch_reads_off_concurrent_hits_each_send_their_own_get() {
+    const HITS: usize = 16;
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url())
+        .pool_size(1)
+        .batch_reads(false)
+        .connect()
+        .await
+        .unwrap();
+    let (app, _origin, client) = with_items_1_stored(&redis, layer_on(store, |b| b)).await;
+    let monitor = Monitor::start(&redis);
+    let key = "t:v1:default:GET:/items/1";
+    until_the_generation_is_tracked(&app, "/items/1", key, &client, &monitor).await;
+    let hits = futures_util::future::join_all((0..HITS).map(|_| send(&app, req_get("/items/1"))));
+    for (_, cache, _) in hits.await {
+        assert_eq!(cache, "HIT");
+    }
+    let _: Option<String> = client.get("end-of-hits").await.unwrap();
+    let mut lines = monitor.until(|line| line.contains(r#""end-of-hits""#));
+    lines.pop();
+    assert_eq!(lines.len(), HITS, "{lines:#?}");
+    for line in &lines {
+        assert_eq!(args(line), ["GET", key], "{line}");
+    }
+}

@@ -52,8 +52,8 @@ pub struct RedisStore {
     /// The namespace generations kept in process (a single Redis, built
     /// from a URL, unless switched off).
     generations: Option<Arc<Tracked>>,
-    /// Entry reads waiting to go out together.
-    batch: Arc<Batch>,
+    /// Entry reads waiting to go out together (`None`: each goes alone).
+    batch: Option<Arc<Batch>>,
 }
 
 /// An entry read waiting for its batch: the key and where its value goes.
@@ -130,9 +130,7 @@ impl RedisStore {
         generation: u64,
         budget: Duration,
     ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
-        let others = self.batch.reading.fetch_add(1, Relaxed);
-        let reading = Reading(&self.batch.reading);
-        let alone = move |reading: Reading<'a>| -> BoxFuture<'a, _> {
+        let alone = move |reading: Option<Reading<'a>>| -> BoxFuture<'a, _> {
             Box::pin(async move {
                 let _reading = reading;
                 let client = client.with_options(&within(budget));
@@ -140,6 +138,11 @@ impl RedisStore {
                 Ok(Fetched::new(value, generation))
             })
         };
+        let Some(batch) = &self.batch else {
+            return alone(None);
+        };
+        let others = batch.reading.fetch_add(1, Relaxed);
+        let reading = Some(Reading(&batch.reading));
         if others == 0 {
             return alone(reading);
         }
@@ -149,7 +152,7 @@ impl RedisStore {
         };
         let (tx, rx) = oneshot::channel();
         let first = {
-            let mut waiting = self.batch.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let mut waiting = batch.waiting.lock().unwrap_or_else(|p| p.into_inner());
             let (reads, batch_budget) = &mut *waiting;
             if reads.is_empty() {
                 *batch_budget = budget;
@@ -161,7 +164,7 @@ impl RedisStore {
             reads.len() == 1
         };
         if first {
-            let unsent = Unsent(Some(self.batch.clone()));
+            let unsent = Unsent(Some(batch.clone()));
             let store = self.clone();
             runtime.spawn(async move {
                 tokio::task::yield_now().await;
@@ -243,6 +246,7 @@ pub struct RedisStoreBuilder {
     reconnect: ReconnectPolicy,
     max_queued_commands: usize,
     track_generations: bool,
+    batch_reads: bool,
 }
 
 impl RedisStore {
@@ -262,6 +266,7 @@ impl RedisStore {
             reconnect: ReconnectPolicy::new_exponential(0, 50, 1_000, 2),
             max_queued_commands: 10_000,
             track_generations: true,
+            batch_reads: true,
         }
     }
 
@@ -276,7 +281,7 @@ impl RedisStore {
             pool,
             clustered,
             generations: None,
-            batch: Arc::default(),
+            batch: Some(Arc::default()),
         }
     }
 
@@ -414,6 +419,23 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Whether the entry reads of concurrent hits go to Redis together, as
+    /// one `MGET` (default: on). It applies where a hit reads its entry
+    /// alone, that is with [`track_generations`](Self::track_generations)
+    /// on a single Redis.
+    ///
+    /// A read goes out at once when no other entry read is under way, so one
+    /// request at a time waits for nothing. Otherwise it waits until every
+    /// task that is ready on the runtime has run (one yield), and the reads
+    /// gathered by then share one command, one write and one reply. Under
+    /// load that saves far more than the wait costs: see
+    /// `docs/performance.md`. Each request still reads its own entry, after
+    /// it arrived. Switch it off to send every read alone.
+    pub fn batch_reads(mut self, on: bool) -> Self {
+        self.batch_reads = on;
+        self
+    }
+
     /// Validates the settings and builds the pool without connecting it.
     fn pool(&self) -> Result<Pool, Error> {
         let scheme = self.url.split("://").next().unwrap_or("");
@@ -496,9 +518,11 @@ impl RedisStoreBuilder {
         let pool = self.pool()?;
         let tracker = self.tracker(&pool)?;
         drop(pool.connect());
+        let store = RedisStore::from_pool(pool);
         Ok(RedisStore {
             generations: tracker.map(Tracked::start),
-            ..RedisStore::from_pool(pool)
+            batch: store.batch.clone().filter(|_| self.batch_reads),
+            ..store
         })
     }
 
@@ -528,6 +552,7 @@ impl std::fmt::Debug for RedisStore {
             .field("clients", &self.pool.size())
             .field("clustered", &self.pool.next().is_clustered())
             .field("tracks_generations", &self.tracks_generations())
+            .field("batches_reads", &self.batch.is_some())
             .finish()
     }
 }
