@@ -3,6 +3,7 @@
 //! reconnect policy and a bounded command queue.
 
 use std::{
+    collections::HashMap,
     pin::pin,
     sync::{
         atomic::{AtomicUsize, Ordering::Relaxed},
@@ -209,18 +210,30 @@ async fn send_reads<C: KeysInterface + Sync>(client: &C, reads: Vec<Waiting>, bu
         }
         return;
     }
-    let keys: Vec<&str> = reads.iter().map(|(key, _)| key.as_str()).collect();
+    // A hot key is asked for by many hits at once: each key once, and every
+    // read of it gets the same value (shared bytes, not a copy).
+    let mut place: HashMap<&str, usize> = HashMap::with_capacity(reads.len());
+    let mut keys: Vec<&str> = Vec::with_capacity(reads.len());
+    let slots: Vec<usize> = reads
+        .iter()
+        .map(|(key, _)| {
+            *place.entry(key.as_str()).or_insert_with(|| {
+                keys.push(key.as_str());
+                keys.len() - 1
+            })
+        })
+        .collect();
+    let asked = keys.len();
     let values: Result<Vec<Option<Bytes>>, _> = client.mget(keys).await;
     match values {
-        Ok(values) if values.len() == reads.len() => {
-            for ((_, tx), value) in reads.into_iter().zip(values) {
-                let _ = tx.send(Ok(value));
+        Ok(values) if values.len() == asked => {
+            for ((_, tx), slot) in reads.into_iter().zip(slots) {
+                let _ = tx.send(Ok(values.get(slot).cloned().flatten()));
             }
         }
         Ok(values) => {
             let e = StoreError::Backend(format!(
-                "MGET of {} keys answered {} values",
-                reads.len(),
+                "MGET of {asked} keys answered {} values",
                 values.len()
             ));
             for (_, tx) in reads {
