@@ -82,6 +82,8 @@ struct Measured {
     /// Every request sent, the warm-up's included (what the CPU times
     /// below are divided by).
     sent: u64,
+    /// Responses that carried `x-cache: HIT`, the warm-up's included.
+    hits: u64,
     /// CPU time of the server's thread, the generator's thread and Redis,
     /// in microseconds per request, and Redis's read events per request
     /// (NaN where the platform does not tell).
@@ -161,10 +163,12 @@ async fn drive(
     let measure_from = start + warmup;
     let end = measure_from + duration;
     let counter = Arc::new(AtomicU64::new(0));
+    let hits = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
             let path = path.clone();
             let counter = counter.clone();
+            let hits = hits.clone();
             tokio::spawn(async move {
                 let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
                 stream.set_nodelay(true).unwrap();
@@ -186,6 +190,9 @@ async fn drive(
                         .unwrap();
                     let res = sender.send_request(req).await.unwrap();
                     assert!(res.status().is_success(), "status {}", res.status());
+                    if res.headers().get("x-cache").is_some_and(|v| v == "HIT") {
+                        hits.fetch_add(1, Relaxed);
+                    }
                     let _ = res.into_body().collect().await.unwrap();
                     if now >= measure_from {
                         latencies.push(now.elapsed().as_micros() as u32);
@@ -212,6 +219,7 @@ async fn drive(
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         sent: sent.load(Relaxed),
+        hits: hits.load(Relaxed),
         cpu: Cpu {
             server_us: f64::NAN,
             generator_us: f64::NAN,
@@ -556,6 +564,10 @@ fn main() {
             let (s0, g0) = (server_cpu().unwrap(), generator_cpu().unwrap());
             let r0 = server_rt.block_on(redis_usage(&admin));
             let mut m = client_rt.block_on(drive(*addr, path, concurrency, warmup, duration));
+            // C, D, C' and C'' measure hits: every response must be one.
+            if [2, 3, 9, 10].contains(&i) {
+                assert_eq!(m.hits, m.sent, "{}: not every request was a hit", names[i]);
+            }
             let (s1, g1) = (server_cpu().unwrap(), generator_cpu().unwrap());
             let r1 = server_rt.block_on(redis_usage(&admin));
             let n = m.sent.max(1) as f64;
