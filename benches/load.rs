@@ -51,7 +51,7 @@ use tower_redis_cache::{
         prelude::{ClientLike, Expiration, KeysInterface},
         types::CustomCommand,
     },
-    store::{LocalTier, TieredStore},
+    store::{LocalTier, RedisStore, RedisStoreBuilder, Store, TieredStore},
     RedisCacheLayer,
 };
 
@@ -236,6 +236,30 @@ async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
+/// `app` behind the layer on `store`, its entries under `prefix` for an hour.
+fn cached(app: Router, prefix: &str, store: impl Store) -> Router {
+    app.layer(
+        RedisCacheLayer::builder()
+            .prefix(prefix)
+            .ttl(Duration::from_secs(3600))
+            .store(store)
+            .build()
+            .unwrap(),
+    )
+}
+
+/// A store on the benchmark's Redis with B's and C's pool of two
+/// connections and the settings `configure` makes.
+async fn store_with(
+    redis: &RedisServer,
+    configure: impl FnOnce(RedisStoreBuilder) -> RedisStoreBuilder,
+) -> RedisStore {
+    configure(RedisStore::builder(redis.url()).pool_size(2))
+        .connect()
+        .await
+        .unwrap()
+}
+
 fn json(body: Bytes) -> ([(http::HeaderName, &'static str); 1], Bytes) {
     ([(CONTENT_TYPE, "application/json")], body)
 }
@@ -311,45 +335,19 @@ fn main() {
 
         // C': C reading the namespace generation with every entry (`MGET`),
         // as without generation tracking.
-        let layer_c_untracked = RedisCacheLayer::builder()
-            .prefix("benchuntracked")
-            .ttl(Duration::from_secs(3600))
-            .store(
-                tower_redis_cache::store::RedisStore::builder(redis.url())
-                    .pool_size(2)
-                    .track_generations(false)
-                    .connect()
-                    .await
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
-        let c_untracked = serve(
-            Router::new()
-                .route("/item", get(from_memory.clone()))
-                .layer(layer_c_untracked),
-        )
+        let c_untracked = serve(cached(
+            Router::new().route("/item", get(from_memory.clone())),
+            "benchuntracked",
+            store_with(&redis, |b| b.track_generations(false)).await,
+        ))
         .await;
 
         // C'': C sending every entry read alone (no `MGET` batches).
-        let layer_c_unbatched = RedisCacheLayer::builder()
-            .prefix("benchunbatched")
-            .ttl(Duration::from_secs(3600))
-            .store(
-                tower_redis_cache::store::RedisStore::builder(redis.url())
-                    .pool_size(2)
-                    .batch_reads(false)
-                    .connect()
-                    .await
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
-        let c_unbatched = serve(
-            Router::new()
-                .route("/item", get(from_memory.clone()))
-                .layer(layer_c_unbatched),
-        )
+        let c_unbatched = serve(cached(
+            Router::new().route("/item", get(from_memory.clone())),
+            "benchunbatched",
+            store_with(&redis, |b| b.batch_reads(false)).await,
+        ))
         .await;
 
         // D: the layer with the L1 tier.
@@ -460,11 +458,9 @@ fn main() {
         let layer_f = RedisCacheLayer::builder()
             .prefix("benchdown")
             .store(
-                tower_redis_cache::store::RedisStore::builder(format!(
-                    "redis://127.0.0.1:{dead_port}"
-                ))
-                .build()
-                .unwrap(),
+                RedisStore::builder(format!("redis://127.0.0.1:{dead_port}"))
+                    .build()
+                    .unwrap(),
             )
             .build()
             .unwrap();

@@ -20,7 +20,7 @@ use support::{req_get, send, RedisServer};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_redis_cache::{
     fred::prelude::{Expiration, KeysInterface, SetOptions},
-    store::{BoxFuture, Fetched, RedisStore, Store, Write},
+    store::{BoxFuture, Fetched, RedisStore, RedisStoreBuilder, Store, Write},
     CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder, StoreError,
 };
 
@@ -1153,6 +1153,35 @@ async fn reads_processed(client: &tower_redis_cache::fred::prelude::Client) -> u
         .expect("INFO stats gives total_reads_processed")
 }
 
+/// A layer on a store of one connection (built by `configure`) in front of
+/// the origin, with `/items/1` to `/items/{items}` stored and the namespace
+/// generation tracked: later hits read their entry alone. Also a client and
+/// a MONITOR of the test Redis.
+async fn hits_on_one_connection(
+    redis: &RedisServer,
+    items: usize,
+    configure: impl FnOnce(RedisStoreBuilder) -> RedisStoreBuilder,
+) -> (
+    axum::Router,
+    Origin,
+    tower_redis_cache::fred::prelude::Client,
+    Monitor,
+) {
+    let store = configure(RedisStore::builder(redis.url()).pool_size(1))
+        .connect()
+        .await
+        .unwrap();
+    let (app, origin, client) = with_items_1_stored(redis, layer_on(store, |b| b)).await;
+    for id in 2..=items {
+        assert_eq!(send(&app, req_get(&format!("/items/{id}"))).await.1, "MISS");
+        released_soon(&client, &format!("t:v1:default:LOCK:/items/{id}")).await;
+    }
+    let monitor = Monitor::start(redis);
+    let key = "t:v1:default:GET:/items/1";
+    until_the_generation_is_tracked(&app, "/items/1", key, &client, &monitor).await;
+    (app, origin, client, monitor)
+}
+
 #[tokio::test]
 async fn concurrent_hits_read_their_entries_in_one_mget_and_one_redis_read() {
     // Hits that arrive together share one command and one write: fred's
@@ -1161,19 +1190,8 @@ async fn concurrent_hits_read_their_entries_in_one_mget_and_one_redis_read() {
     // for once. Each hit still gets its own entry.
     const HITS: usize = 64;
     let redis = RedisServer::start();
-    let store = RedisStore::builder(redis.url())
-        .pool_size(1)
-        .connect()
-        .await
-        .unwrap();
-    let (app, origin, client) = with_items_1_stored(&redis, layer_on(store, |b| b)).await;
-    for id in 2..=4 {
-        assert_eq!(send(&app, req_get(&format!("/items/{id}"))).await.1, "MISS");
-        released_soon(&client, &format!("t:v1:default:LOCK:/items/{id}")).await;
-    }
-    let monitor = Monitor::start(&redis);
+    let (app, origin, client, monitor) = hits_on_one_connection(&redis, 4, |b| b).await;
     let key = |id: usize| format!("t:v1:default:GET:/items/{id}");
-    until_the_generation_is_tracked(&app, "/items/1", &key(1), &client, &monitor).await;
     let before = reads_processed(&client).await;
     let hits = futures_util::future::join_all(
         (0..HITS).map(|n| send(&app, req_get(&format!("/items/{}", n % 4 + 1)))),
@@ -1227,18 +1245,7 @@ fn a_batch_whose_runtime_stops_before_it_is_sent_leaves_later_batches_working() 
         .build()
         .unwrap();
     let redis = RedisServer::start();
-    let app = main.block_on(async {
-        let store = RedisStore::builder(redis.url())
-            .pool_size(1)
-            .connect()
-            .await
-            .unwrap();
-        let (app, _origin, client) = with_items_1_stored(&redis, layer_on(store, |b| b)).await;
-        let monitor = Monitor::start(&redis);
-        let key = "t:v1:default:GET:/items/1";
-        until_the_generation_is_tracked(&app, "/items/1", key, &client, &monitor).await;
-        app
-    });
+    let app = main.block_on(async { hits_on_one_connection(&redis, 1, |b| b).await.0 });
     // Two hits polled once on a runtime that then stops: the first is sent
     // at once, the second waits for a batch whose task never runs.
     let stopped = tokio::runtime::Builder::new_current_thread()
@@ -1269,16 +1276,9 @@ fn a_batch_whose_runtime_stops_before_it_is_sent_leaves_later_batches_working() 
 async fn with_batch_reads_off_concurrent_hits_each_send_their_own_get() {
     const HITS: usize = 16;
     let redis = RedisServer::start();
-    let store = RedisStore::builder(redis.url())
-        .pool_size(1)
-        .batch_reads(false)
-        .connect()
-        .await
-        .unwrap();
-    let (app, _origin, client) = with_items_1_stored(&redis, layer_on(store, |b| b)).await;
-    let monitor = Monitor::start(&redis);
+    let (app, _origin, client, monitor) =
+        hits_on_one_connection(&redis, 1, |b| b.batch_reads(false)).await;
     let key = "t:v1:default:GET:/items/1";
-    until_the_generation_is_tracked(&app, "/items/1", key, &client, &monitor).await;
     let hits = futures_util::future::join_all((0..HITS).map(|_| send(&app, req_get("/items/1"))));
     for (_, cache, _) in hits.await {
         assert_eq!(cache, "HIT");
