@@ -1,6 +1,6 @@
 //! The stored form of a response.
 //!
-//! Layout (format 4): the 4-byte magic `TRC` + format byte, a big-endian
+//! Layout (format 5): the 4-byte magic `TRC` + format byte, a big-endian
 //! `u32` length, that many bytes of metadata, then the raw body bytes (no
 //! base64). The metadata is binary:
 //!
@@ -30,11 +30,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 const MAGIC: &[u8; 3] = b"TRC";
-/// Format 4, with the high bit set. That byte cannot follow ASCII in UTF-8,
+/// Format 5, with the high bit set. That byte cannot follow ASCII in UTF-8,
 /// so a Redis client that checks whether a reply is text (fred does on
 /// every typed `GET`) stops at the fourth byte instead of reading through
-/// the body. Format 3 was the same layout with `3` here.
-const FORMAT: u8 = 0x80 | 4;
+/// the body. Formats 3 and 4 were the same layout with `3` and `4` here;
+/// format 5 marks key format 2 (docs/keys.md): an instance of another key
+/// format reads this one's entries as misses, and this one reads theirs as
+/// misses, so instances of both, sharing one Redis during a rolling deploy,
+/// never serve each other's entries under keys that meant other requests.
+const FORMAT: u8 = 0x80 | 5;
 const HEAD_LEN: usize = MAGIC.len() + 1 + 4;
 
 /// Response fields stored as one byte: their place in this list plus one.

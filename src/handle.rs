@@ -113,11 +113,8 @@ impl CacheHandle {
 
     /// The origin part of the key for `uri` (with `key_host`/`key_scheme`,
     /// from the URI itself: pass absolute URIs then).
-    fn origin(&self, uri: &Uri) -> String {
-        self.core
-            .settings
-            .origin_key
-            .of(uri, &http::HeaderMap::new())
+    fn origin(&self, uri: &Uri) -> Option<String> {
+        self.core.settings.origin_key.of_uri(uri).ok()
     }
 
     /// The counters so far.
@@ -140,7 +137,7 @@ impl CacheHandle {
         Some(self.core.keys.entry_key_at(
             &rule.namespace,
             method,
-            &self.origin(uri),
+            &self.origin(uri)?,
             uri.path(),
             uri.query(),
         ))
@@ -167,6 +164,8 @@ impl CacheHandle {
                 "path prefix {path_prefix:?} must start with '/'"
             )));
         }
+        // Normalised as keys are: `/products/%38` is `/products/8`.
+        let path_prefix: &str = &crate::key::normalize_percent(path_prefix);
         let keys = &self.core.keys;
         let pattern = keys.prefix_pattern(path_prefix);
         let filter = |key: &str| keys.is_under_path_prefix(key, path_prefix);
@@ -254,7 +253,12 @@ impl CacheHandle {
             let key = self.core.keys.entry_key_at(
                 &rule.namespace,
                 &Method::GET,
-                &self.origin(&uri),
+                &self.origin(&uri).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{uri} names no valid host, and the key has the host (key_host): \
+                         pass an absolute URI such as http://shop.example/products/7"
+                    ))
+                })?,
                 uri.path(),
                 uri.query(),
             );

@@ -14,7 +14,10 @@ use std::borrow::Cow;
 use http::Method;
 use sha2::{Digest, Sha256};
 
-use crate::error::Error;
+use crate::{
+    authority::{forwarded_authority, request_authority, BadAuthority},
+    error::Error,
+};
 
 /// Path plus query longer than this many bytes is hashed.
 pub(crate) const READABLE_LIMIT: usize = 512;
@@ -34,46 +37,65 @@ pub(crate) struct OriginKey {
 
 impl OriginKey {
     /// The origin part of a key for this request: `""` when neither host nor
-    /// scheme is keyed, else `//host`, `http:` or `http://host` (host lower
-    /// case, glob and key separators never trusted from a header).
-    pub(crate) fn of(&self, uri: &http::Uri, headers: &http::HeaderMap) -> String {
+    /// scheme is keyed, else `//host`, `http:` or `http://host`. The host is
+    /// the request's authority as [`request_authority`] gives it (or the
+    /// trusted forwarding header's), never repaired: a request whose
+    /// authority is refused cannot be keyed, and passes uncached.
+    ///
+    /// [`request_authority`]: crate::request_authority
+    pub(crate) fn of(
+        &self,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Result<String, BadAuthority> {
         if !self.host && !self.scheme {
-            return String::new();
+            return Ok(String::new());
         }
-        let header = |name: &Option<http::HeaderName>| {
-            name.as_ref()
-                .and_then(|n| headers.get(n))
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
+        let scheme = match (uri.scheme_str(), self.proto_header.as_ref()) {
+            (Some(s), _) => s.to_ascii_lowercase(),
+            (None, Some(name)) => match headers.get(name) {
+                None => "http".to_owned(),
+                Some(v) => {
+                    let first = v.to_str().ok().and_then(|v| v.split(',').next());
+                    match first.map(|v| v.trim().to_ascii_lowercase()) {
+                        Some(s) if s == "http" || s == "https" => s,
+                        _ => return Err(BadAuthority::Invalid),
+                    }
+                }
+            },
+            (None, None) => "http".to_owned(),
         };
         let mut out = String::new();
         if self.scheme {
-            let scheme = uri
-                .scheme_str()
-                .or_else(|| header(&self.proto_header))
-                .unwrap_or("http");
-            out.push_str(&scheme.to_ascii_lowercase());
+            if !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+            {
+                return Err(BadAuthority::Invalid);
+            }
+            out.push_str(&scheme);
             out.push(':');
         }
         if self.host {
-            let host = header(&self.host_header)
-                .or_else(|| uri.authority().map(http::uri::Authority::as_str))
-                .or_else(|| {
-                    headers
-                        .get(http::header::HOST)
-                        .and_then(|v| v.to_str().ok())
-                })
-                .unwrap_or("");
+            let forwarded = self
+                .host_header
+                .as_ref()
+                .and_then(|name| forwarded_authority(headers, name, &scheme));
+            let host = match forwarded {
+                Some(host) => host?,
+                None => request_authority(uri, headers, &scheme)?,
+            };
             out.push_str("//");
-            out.extend(
-                host.chars()
-                    .filter(|c| c.is_ascii_graphic() && !matches!(c, '/' | '?' | '#' | '@'))
-                    .map(|c| c.to_ascii_lowercase()),
-            );
+            out.push_str(&host);
         }
-        out
+        Ok(out)
+    }
+
+    /// The origin part of a key for an absolute URI given to the handle
+    /// (no request headers): `Err` when the host is keyed and `uri` names
+    /// none.
+    pub(crate) fn of_uri(&self, uri: &http::Uri) -> Result<String, BadAuthority> {
+        self.of(uri, &http::HeaderMap::new())
     }
 }
 
@@ -124,6 +146,8 @@ impl KeySpace {
         path: &str,
         query: Option<&str>,
     ) -> String {
+        let path = normalize_percent(path);
+        let path: &str = &path;
         let query = query.map(normalize_query).filter(|q| !q.is_empty());
         let method = method.as_str();
         let mut key = String::with_capacity(
@@ -230,20 +254,147 @@ impl KeySpace {
     }
 }
 
-/// Sorts query parameters by name; values of one name keep their order.
-/// Empty segments (`a=1&&b=2`) are dropped.
+/// Normalises a query for the key: percent-encodings as
+/// [`normalize_percent`] does, empty segments (`a=1&&b=2`) dropped, and
+/// parameters sorted by name with a stable sort, so `?a=1&b=2` and
+/// `?b=2&a=1` share an entry.
+///
+/// The sort compares names as an origin may decode them: percent-decoded,
+/// `+` read as a space, ASCII case ignored. Parameters that some origin reads
+/// as the same name therefore keep their order (`a=2&%61=1` is not
+/// `%61=1&a=2`, `A=1&a=2` is not `a=2&A=1`), while the raw bytes of each
+/// parameter stay as sent: `+` and `%20`, or `ids[]` and `ids%5B%5D`, never
+/// become one another. Two queries share a key only when every such origin
+/// reads the same values, in the same order, for every name.
 pub(crate) fn normalize_query(query: &str) -> Cow<'_, str> {
     fn name(p: &str) -> &str {
         p.split_once('=').map_or(p, |(n, _)| n)
     }
-    let mut parts: Vec<&str> = query.split('&').collect();
-    if parts.iter().all(|p| !p.is_empty()) && parts.windows(2).all(|w| name(w[0]) <= name(w[1])) {
-        return Cow::Borrowed(query);
+    let normalized = normalize_percent(query);
+    let in_order = {
+        let q: &str = &normalized;
+        q.split('&').all(|p| !p.is_empty())
+            && q.split('&')
+                .zip(q.split('&').skip(1))
+                .all(|(a, b)| sort_name(name(a)) <= sort_name(name(b)))
+    };
+    if in_order {
+        return normalized;
     }
-    parts.retain(|p| !p.is_empty());
-    parts.sort_by(|a, b| name(a).cmp(name(b)));
-    Cow::Owned(parts.join("&"))
+    let mut parts: Vec<(Cow<'_, [u8]>, &str)> = normalized
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| (sort_name(name(p)), p))
+        .collect();
+    // `sort_by` is stable: parameters of one (decoded) name keep their order.
+    parts.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::with_capacity(normalized.len());
+    for (i, (_, p)) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(p);
+    }
+    Cow::Owned(out)
 }
+
+/// A parameter name as an origin may decode it, for sorting only:
+/// percent-decoded, `+` as a space, ASCII lower case.
+fn sort_name(name: &str) -> Cow<'_, [u8]> {
+    if !name
+        .bytes()
+        .any(|b| b == b'%' || b == b'+' || b.is_ascii_uppercase())
+    {
+        return Cow::Borrowed(name.as_bytes());
+    }
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], escape_at(bytes, i)) {
+            (_, Some(b)) => {
+                out.push(b.to_ascii_lowercase());
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, None) => {
+                out.push(b.to_ascii_lowercase());
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The byte a valid `%XX` at `i` encodes.
+fn escape_at(bytes: &[u8], i: usize) -> Option<u8> {
+    if bytes.get(i) != Some(&b'%') {
+        return None;
+    }
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let hi = hex(*bytes.get(i + 1)?)?;
+    let lo = hex(*bytes.get(i + 2)?)?;
+    u8::try_from(hi * 16 + lo).ok()
+}
+
+/// Normalises percent-encodings in a path or query (RFC 3986 §6.2.2.1-2): an
+/// encoded unreserved character (`%61`, `%7E`) is decoded, every other
+/// encoding gets upper-case hex (`%2f` is `%2F`). Everything else is kept
+/// byte for byte, invalid escapes included: `%2F` and `/`, `%20` and `+`
+/// stay apart, since an origin may read them differently. The result is
+/// normalised again unchanged.
+pub(crate) fn normalize_percent(s: &str) -> Cow<'_, str> {
+    let bytes = s.as_bytes();
+    let Some(first) = bytes.iter().position(|b| *b == b'%') else {
+        return Cow::Borrowed(s);
+    };
+    // With a `%` that starts no escape, decoding could make a new escape
+    // (`%%36%31` would read `%61`): then only the hex case is normalised.
+    let decode = (first..bytes.len()).all(|i| bytes[i] != b'%' || escape_at(bytes, i).is_some());
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = first;
+    while i < bytes.len() {
+        let Some(b) = escape_at(bytes, i) else {
+            if let Some(out) = &mut out {
+                out.push(bytes[i]);
+            }
+            i += 1;
+            continue;
+        };
+        let unreserved =
+            decode && (b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        let upper = [
+            b'%',
+            HEX_UPPER[usize::from(b >> 4)],
+            HEX_UPPER[usize::from(b & 0xf)],
+        ];
+        let same = !unreserved && bytes[i..i + 3] == upper;
+        if !same && out.is_none() {
+            out = Some(bytes[..i].to_vec());
+        }
+        if let Some(out) = &mut out {
+            if unreserved {
+                out.push(b);
+            } else {
+                out.extend_from_slice(&upper);
+            }
+        }
+        i += 3;
+    }
+    match out {
+        // Only ASCII escapes were replaced by ASCII: still UTF-8.
+        Some(out) => Cow::Owned(
+            String::from_utf8(out)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        None => Cow::Borrowed(s),
+    }
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Escapes Redis glob metacharacters so `s` matches only itself in a pattern.
 pub(crate) fn glob_escape(s: &str) -> String {
@@ -344,6 +495,42 @@ mod tests {
     }
 
     #[test]
+    fn rfc3986_6_2_2_percent_encodings_are_normalised_in_path_and_query() {
+        // Unreserved characters decoded, hex case upper.
+        assert_eq!(key("/products/%38"), key("/products/8"));
+        assert_eq!(key("/%7euser/a%2fb"), key("/~user/a%2Fb"));
+        assert_eq!(key("/p?q=%41%2c"), key("/p?q=A%2C"));
+        // Reserved characters are not their encodings.
+        assert_ne!(key("/a%2Fb"), key("/a/b"));
+        assert_ne!(key("/p?a=x%26b%3Dc"), key("/p?a=x&b=c"));
+        // A lone `%` is kept, and never turns into an escape.
+        assert_eq!(
+            key("/p%%36%31"),
+            "api:v1:products:GET:/p%%36%31",
+            "no escape is made out of a lone %"
+        );
+        assert_eq!(key("/p%zz%2f"), "api:v1:products:GET:/p%zz%2F");
+    }
+
+    #[test]
+    fn parameters_that_an_origin_may_read_as_one_name_keep_their_order() {
+        // `%61` is `a`: `a=2&%61=1` is a=[2,1], `%61=1&a=2` is a=[1,2].
+        assert_ne!(key("/p?a=2&%61=1"), key("/p?%61=1&a=2"));
+        assert_eq!(key("/p?a=2&%61=1"), key("/p?a=2&a=1"));
+        // Case-insensitive origins: `A` and `a` keep their order.
+        assert_ne!(key("/p?A=1&a=2"), key("/p?a=2&A=1"));
+        // Form decoding: `+` and `%20` are one name; raw bytes kept.
+        assert_ne!(key("/p?a+b=1&a%20b=2"), key("/p?a%20b=2&a+b=1"));
+        assert_ne!(key("/p?q=a+b"), key("/p?q=a%20b"));
+        // PHP reads `ids[]` and `ids%5B%5D` as one name.
+        assert_ne!(key("/p?ids[]=1&ids%5B%5D=2"), key("/p?ids%5B%5D=2&ids[]=1"));
+        assert_ne!(key("/p?ids[]=1"), key("/p?ids%5B%5D=1"));
+        // Distinct names still sort.
+        assert_eq!(key("/p?b=1&A=2"), key("/p?A=2&b=1"));
+        assert_eq!(key("/p?b=1&A=2"), "api:v1:products:GET:/p?A=2&b=1");
+    }
+
+    #[test]
     fn long_queries_and_paths_are_hashed_and_distinct() {
         let long_q = format!("/p?x={}", "a".repeat(600));
         let long_q2 = format!("/p?x={}b", "a".repeat(600));
@@ -406,21 +593,32 @@ mod tests {
         };
         let plain = OriginKey::default();
         let (u, h) = req("/p", "a.example", "evil.example");
-        assert_eq!(plain.of(&u, &h), "");
+        assert_eq!(plain.of(&u, &h).unwrap(), "");
         let host = OriginKey {
             host: true,
             ..OriginKey::default()
         };
-        assert_eq!(host.of(&u, &h), "//a.example");
-        let (abs, h2) = req("https://B.example:8443/p", "a.example", "x");
-        assert_eq!(host.of(&abs, &h2), "//b.example:8443");
+        assert_eq!(host.of(&u, &h).unwrap(), "//a.example");
+        let (abs, h2) = req("https://B.example:8443/p", "b.example:8443", "x");
+        assert_eq!(host.of(&abs, &h2).unwrap(), "//b.example:8443");
+        // The origin may read either host: not keyed.
+        let (abs, h2) = req("https://b.example/p", "a.example", "x");
+        assert_eq!(host.of(&abs, &h2), Err(BadAuthority::Mismatch));
         let trusting = OriginKey {
             host: true,
             scheme: true,
             host_header: Some(http::HeaderName::from_static("x-forwarded-host")),
-            proto_header: None,
+            proto_header: Some(http::HeaderName::from_static("x-forwarded-proto")),
         };
-        assert_eq!(trusting.of(&u, &h), "http://evil.example");
+        assert_eq!(trusting.of(&u, &h).unwrap(), "http://evil.example");
+        let (u, mut h) = req("/p", "a.example", "Shop.example:443");
+        h.insert("x-forwarded-proto", "HTTPS".parse().unwrap());
+        assert_eq!(trusting.of(&u, &h).unwrap(), "https://shop.example");
+        h.insert("x-forwarded-proto", "gopher".parse().unwrap());
+        assert_eq!(trusting.of(&u, &h), Err(BadAuthority::Invalid));
+        h.insert("x-forwarded-proto", "http".parse().unwrap());
+        h.insert("x-forwarded-host", "shop.example/".parse().unwrap());
+        assert_eq!(trusting.of(&u, &h), Err(BadAuthority::Invalid));
         let s = space();
         let k = s.entry_key_at(
             "default",
@@ -493,6 +691,33 @@ mod fuzz {
             prop_assert_eq!(ka == kb, ua.path() == ub.path() && norm(&ua) == norm(&ub));
         }
 
+        /// Two queries share a key only when every way an origin may read
+        /// them (percent-encodings of reserved characters decoded or not,
+        /// `+` as a space or not, names case-sensitive or not) gives the same
+        /// values in the same order for every name.
+        #[test]
+        fn queries_share_a_key_only_when_every_origin_reads_them_alike(
+            a in "(a|A|%61|%41|b|\\+|%20|%2B|\\[|%5B|=|1|2|&){0,10}",
+            b in "(a|A|%61|%41|b|\\+|%20|%2B|\\[|%5B|=|1|2|&){0,10}",
+        ) {
+            let s = KeySpace::new("api", "v1").unwrap();
+            let ka = s.entry_key("ns", &Method::GET, "/p", Some(&a));
+            let kb = s.entry_key("ns", &Method::GET, "/p", Some(&b));
+            if ka == kb {
+                for decode in [false, true] {
+                    for plus in [false, true] {
+                        for fold in [false, true] {
+                            prop_assert_eq!(
+                                read(&a, decode, plus, fold),
+                                read(&b, decode, plus, fold),
+                                "{} and {} share a key", a, b
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
         /// A glob-escaped string, used as a pattern, matches only itself.
         #[test]
         fn escaped_patterns_match_only_themselves(s in "[ -~]{0,20}", other in "[ -~]{0,20}") {
@@ -500,6 +725,47 @@ mod fuzz {
             prop_assert!(glob_match(&pattern, &s));
             prop_assert_eq!(glob_match(&pattern, &other), s == other);
         }
+    }
+
+    /// How one kind of origin reads a query: each name's values, in order.
+    fn read(query: &str, decode: bool, plus: bool, fold: bool) -> Vec<(Vec<u8>, Vec<Vec<u8>>)> {
+        let dec = |s: &str| -> Vec<u8> {
+            let b = s.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                // An encoded unreserved character is that character for
+                // every origin (RFC 3986 §2.3); the rest only for those that
+                // decode.
+                let unreserved = |v: u8| v.is_ascii_alphanumeric() || b"-._~".contains(&v);
+                match escape_at(b, i).filter(|v| decode || unreserved(*v)) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    _ => {
+                        out.push(if plus && b[i] == b'+' { b' ' } else { b[i] });
+                        i += 1;
+                    }
+                }
+            }
+            out
+        };
+        let mut names: Vec<(Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
+        for p in query.split('&').filter(|p| !p.is_empty()) {
+            let (n, v) = p.split_once('=').map_or((p, None), |(n, v)| (n, Some(v)));
+            let mut n = dec(n);
+            if fold {
+                n.make_ascii_lowercase();
+            }
+            let v = v.map_or(b"\x00".to_vec(), dec);
+            match names.iter_mut().find(|(k, _)| *k == n) {
+                Some((_, vs)) => vs.push(v),
+                None => names.push((n, vec![v])),
+            }
+        }
+        names.sort();
+        names
     }
 
     /// Redis's glob rules (`*`, `?`, `[...]`, `\` escapes), enough to check

@@ -70,6 +70,7 @@
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 #![deny(unsafe_code)]
 
+mod authority;
 mod body;
 mod breaker;
 mod core;
@@ -84,6 +85,7 @@ mod key;
 mod layer;
 mod metrics;
 mod policy;
+mod request;
 mod semantics;
 mod service;
 pub mod store;
@@ -92,6 +94,7 @@ mod tags;
 #[cfg(feature = "axum")]
 pub use handle::MissingCacheHandle;
 pub use {
+    authority::{request_authority, BadAuthority},
     body::CacheBody,
     breaker::BreakerState,
     error::{Error, StoreError},

@@ -118,6 +118,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        if crate::request::is_upgrade(req.headers()) {
+            bump(&self.core.counters.bypasses);
+            req.extensions_mut()
+                .insert(CacheHandle::new(self.core.clone()));
+            return ResponseFuture::bypass(self.inner.call(req), self.core.clone());
+        }
+        crate::request::strip_connection_fields(req.headers_mut());
         if let Some(targets) = unsafe_targets(&self.core, &req) {
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
@@ -207,17 +214,11 @@ fn unsafe_targets<B>(core: &CacheCore, req: &Request<B>) -> Option<UnsafeTargets
         .lookup(matched_route(req), uri.path())
         .as_ref()
         .filter(|r| r.http.invalidate_on_unsafe)?;
-    let origin = core.settings.origin_key.of(uri, req.headers());
+    // A request whose host cannot be keyed cannot have stored entries.
+    let origin = core.settings.origin_key.of(uri, req.headers()).ok()?;
     let key = uri_key(core, rule, &origin, uri);
-    let authority = uri
-        .authority()
-        .map(|a| a.as_str().to_ascii_lowercase())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_ascii_lowercase)
-        });
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let authority = crate::request_authority(uri, req.headers(), scheme).ok();
     Some(UnsafeTargets {
         keys: vec![key],
         origin,
@@ -282,7 +283,9 @@ fn same_origin(reference: &str, targets: &UnsafeTargets) -> Option<http::Uri> {
     let uri: http::Uri = reference.trim().parse().ok()?;
     if let Some(authority) = uri.authority() {
         let ours = targets.authority.as_deref()?;
-        return (authority.as_str().eq_ignore_ascii_case(ours)).then_some(uri);
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let theirs = crate::authority::normalize(authority.as_str(), scheme).ok()?;
+        return (theirs == ours).then_some(uri);
     }
     let path = uri.path();
     if path.starts_with('/') {
@@ -381,6 +384,10 @@ fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
     if fields.passes_through {
         return None;
     }
+    if let Some(reason) = crate::request::refuse(headers) {
+        tracing::debug!(reason, path = uri.path(), "passed through uncached");
+        return None;
+    }
     let cc = if !fields.directives {
         CacheControl::default()
     } else if rule.http.request_directives {
@@ -391,7 +398,14 @@ fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
             ..CacheControl::default()
         }
     };
-    let key = uri_key(core, rule, &core.settings.origin_key.of(uri, headers), uri);
+    let origin = match core.settings.origin_key.of(uri, headers) {
+        Ok(origin) => origin,
+        Err(reason) => {
+            tracing::debug!(%reason, path = uri.path(), "passed through uncached");
+            return None;
+        }
+    };
+    let key = uri_key(core, rule, &origin, uri);
     Some(Plan {
         primary: key,
         variant: None,

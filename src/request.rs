@@ -1,0 +1,120 @@
+//! What the layer takes out of, or refuses in, a request before it keys it:
+//! the fields that describe one connection, and requests whose response
+//! depends on more than the key says.
+//!
+//! An origin must never see an input that the key ignores but that changes
+//! the response, or one client could store what every other client is
+//! served under the same key.
+
+use http::{header, HeaderMap, HeaderName};
+
+/// Whether the request asks to switch protocols (`Upgrade`, such as a
+/// WebSocket handshake). Such a request passes through untouched: its
+/// `Connection: upgrade` is meant for the server that answers it, and its
+/// response is never stored.
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+}
+
+/// Removes `Connection` and every field it names (RFC 9110 §7.6.1), and
+/// `Keep-Alive` and `Proxy-Connection`: they describe the client's
+/// connection, not the request. Removed before the key, the `Vary` variant
+/// and the service see the request, so a client cannot make the key or the
+/// variant depend on a field the service never reads (`Connection: host`,
+/// or `Connection: accept-language` on a route that varies on it).
+pub(crate) fn strip_connection_fields(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case("close"))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove("proxy-connection");
+}
+
+/// Why a `GET` or `HEAD` must not be answered from, or stored in, the cache,
+/// whatever its route says: `None` when nothing stops it.
+///
+/// - A body (`Content-Length` above 0, or any `Transfer-Encoding`): an
+///   origin that reads it could answer differently for the same key.
+/// - A method-override field (`X-HTTP-Method-Override`, `X-HTTP-Method`,
+///   `X-Method-Override`): frameworks that honour them run another method
+///   than the key says.
+pub(crate) fn refuse(headers: &HeaderMap) -> Option<&'static str> {
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH {
+            if value.as_bytes().iter().any(|b| *b != b'0') {
+                return Some("a GET or HEAD with a body");
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            return Some("a GET or HEAD with a body");
+        } else if matches!(
+            name.as_str(),
+            "x-http-method-override" | "x-http-method" | "x-method-override"
+        ) {
+            return Some("a method-override field");
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn rfc9110_7_6_1_connection_and_the_fields_it_names_are_removed() {
+        let mut h = headers(&[
+            ("connection", "Host, accept-language"),
+            ("connection", "keep-alive, close"),
+            ("host", "victim.example"),
+            ("accept-language", "fr"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("accept", "text/html"),
+        ]);
+        strip_connection_fields(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn bodies_and_method_overrides_are_refused() {
+        assert_eq!(refuse(&headers(&[("content-length", "0")])), None);
+        assert_eq!(refuse(&headers(&[("content-length", "00")])), None);
+        assert!(refuse(&headers(&[("content-length", "5")])).is_some());
+        assert!(refuse(&headers(&[("content-length", "x")])).is_some());
+        assert!(refuse(&headers(&[("transfer-encoding", "chunked")])).is_some());
+        for name in [
+            "x-http-method-override",
+            "X-HTTP-Method",
+            "x-method-override",
+        ] {
+            assert!(refuse(&headers(&[(name, "DELETE")])).is_some(), "{name}");
+        }
+        assert_eq!(refuse(&headers(&[("accept", "*/*")])), None);
+    }
+}
