@@ -11,17 +11,23 @@
 //! - `LISTEN`: where the proxy listens (default `127.0.0.1:8080`).
 //! - `REDIS_URL`: the store (`redis://...`, `redis-cluster://...`); the
 //!   in-memory store when unset.
+//! - `TRUST_FORWARDED=1`: keep the `X-Forwarded-*` and `Forwarded` fields
+//!   clients send (only behind a proxy of yours that sets them and strips
+//!   what clients send); by default they are dropped.
 //!
 //! Freshness, validators, `Vary`, request directives and invalidation by
 //! unsafe methods all come from the origin's headers; `x-cache` says what the
 //! cache did (`HIT`, `MISS`, `STALE`, `REVALIDATED`, `BYPASS`). Method, path,
 //! query, headers (minus hop-by-hop ones) and bodies are forwarded as they
-//! came; the client's `Host` is kept and is part of the cache key.
+//! came. The host is part of the cache key, and the origin is sent exactly
+//! the host that was keyed: a request whose host the cache cannot key (no
+//! `Host`, several, an invalid one, or an absolute-form target naming
+//! another host than `Host`) is answered `400 Bad Request`.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, Request, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -30,8 +36,8 @@ use hyper_util::{
     server::conn::auto,
     service::TowerToHyperService,
 };
-use tower::{service_fn, Layer};
-use tower_redis_cache::{CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder};
+use tower::{service_fn, Layer, ServiceExt};
+use tower_redis_cache::{request_authority, CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder};
 
 /// What the proxy answers with: the origin's body, streamed, or its own
 /// short error body.
@@ -77,13 +83,38 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Forwards one request to `upstream` and hands back its response.
+/// Removes the forwarding fields (`Forwarded`, `X-Forwarded-*`) a client
+/// sent: an origin that trusts them (for the host, the scheme, the client's
+/// address) would otherwise answer what the client chose, under a key that
+/// does not say so.
+fn strip_forwarded(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| *n == header::FORWARDED || n.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Forwards one request to `upstream` and hands back its response. The
+/// origin gets, as `Host`, exactly the authority the cache keyed.
 async fn forward(
     client: &Client<HttpConnector, Incoming>,
     upstream: &Uri,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
+    // The same rule as the cache's key; the cache passed such a request
+    // through uncached, and it goes no further.
+    let host = match request_authority(&parts.uri, &parts.headers, "http") {
+        Ok(host) => host,
+        Err(reason) => return error_owned(StatusCode::BAD_REQUEST, reason.to_string()),
+    };
+    let Ok(host) = HeaderValue::try_from(host) else {
+        return error(StatusCode::BAD_REQUEST, "bad host");
+    };
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -99,6 +130,7 @@ async fn forward(
     };
     parts.uri = target;
     strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(header::HOST, host);
     match client.request(Request::from_parts(parts, body)).await {
         Ok(res) => {
             let (mut parts, body) = res.into_parts();
@@ -113,27 +145,40 @@ async fn forward(
 }
 
 fn error(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
-    let mut res = Response::new(Either::Right(Full::new(Bytes::from_static(
-        message.as_bytes(),
-    ))));
+    error_owned(status, message.to_owned())
+}
+
+fn error_owned(status: StatusCode, message: String) -> Response<ProxyBody> {
+    let mut res = Response::new(Either::Right(Full::new(Bytes::from(message))));
     *res.status_mut() = status;
     res
 }
 
-/// Serves the caching proxy on `listener` until the process ends.
+/// Serves the caching proxy on `listener` until the process ends. With
+/// `trust_forwarded`, client-sent `Forwarded`/`X-Forwarded-*` fields reach
+/// the cache and the origin; otherwise they are dropped first.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     upstream: Uri,
     cache: RedisCacheLayer,
+    trust_forwarded: bool,
 ) -> std::io::Result<()> {
     let client: Client<HttpConnector, Incoming> =
         Client::builder(TokioExecutor::new()).build_http();
     let upstream = Arc::new(upstream);
-    let service = cache.layer(service_fn(move |req: Request<Incoming>| {
+    let cached = cache.layer(service_fn(move |req: Request<Incoming>| {
         let client = client.clone();
         let upstream = upstream.clone();
         async move { Ok::<_, Infallible>(forward(&client, &upstream, req).await) }
     }));
+    // Dropped before the cache sees the request: neither its key nor a
+    // `Vary` variant can depend on them.
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        if !trust_forwarded {
+            strip_forwarded(req.headers_mut());
+        }
+        cached.clone().oneshot(req)
+    });
     loop {
         let (stream, _) = listener.accept().await?;
         let service = TowerToHyperService::new(service.clone());
@@ -170,8 +215,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => println!("cache store: in-memory (set REDIS_URL to use Redis)"),
     }
     let cache = cache_layer(builder)?;
+    let trust_forwarded = std::env::var("TRUST_FORWARDED").is_ok_and(|v| v == "1");
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("caching proxy for {upstream} listening on http://{listen}");
-    serve(listener, upstream, cache).await?;
+    serve(listener, upstream, cache, trust_forwarded).await?;
     Ok(())
 }

@@ -105,6 +105,19 @@ fn respond(
                 .header("vary", "accept-language")
                 .body(format!("{lang} {n}").into())
         }
+        "/host" => b.header("cache-control", "max-age=60").body(
+            format!(
+                "host {} {n}",
+                parts
+                    .headers
+                    .get("host")
+                    .map_or("-", |v| v.to_str().unwrap())
+            )
+            .into(),
+        ),
+        "/body" => b
+            .header("cache-control", "max-age=60")
+            .body(format!("body [{}] {n}", String::from_utf8_lossy(&body)).into()),
         "/echo" => b
             .header("cache-control", "no-store")
             .header("connection", "x-origin-hop")
@@ -128,7 +141,7 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let upstream: http::Uri = format!("http://{upstream}").parse().unwrap();
-        tokio::spawn(reverse_proxy::serve(listener, upstream, cache));
+        tokio::spawn(reverse_proxy::serve(listener, upstream, cache, false));
         Self {
             addr,
             client: Client::builder(TokioExecutor::new()).build_http(),
@@ -271,4 +284,177 @@ async fn methods_headers_and_bodies_are_forwarded_faithfully_minus_hop_by_hop() 
     assert_eq!(h["content-type"], "text/plain");
     assert!(h.get("x-client-hop").is_none());
     assert_eq!(received.len(), big.len());
+}
+
+/// Sends `head` (request line and fields, without the blank line) and
+/// `body` as raw bytes, so that requests a client library would not build
+/// (absolute-form targets, two `Host` lines, odd hosts) reach the proxy;
+/// returns the status, `x-cache` and body.
+async fn raw(addr: SocketAddr, head: &str, body: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{head}\r\nconnection: close\r\n\r\n{body}");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let x_cache = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-cache: "))
+        .unwrap_or("")
+        .to_owned();
+    // Bodies here are short and sent with content-length, not chunked.
+    (status, x_cache, body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_naming_another_host_than_host_is_refused_not_keyed() {
+    let redis = RedisServer::start();
+    let (upstream, calls, _) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    let (s, _, _) = raw(
+        proxy.addr,
+        "GET http://victim.example/host HTTP/1.1\r\nhost: evil.example",
+        "",
+    )
+    .await;
+    assert_eq!(s, 400, "the origin may read either host");
+    assert_eq!(calls.load(SeqCst), 0);
+    let (s, x, body) = raw(proxy.addr, "GET /host HTTP/1.1\r\nhost: victim.example", "").await;
+    assert_eq!((s, x.as_str()), (200, "MISS"));
+    assert!(body.starts_with("host victim.example "), "{body}");
+    // Both agreeing is fine, and keyed as one host.
+    let (s, x, again) = raw(
+        proxy.addr,
+        "GET http://Victim.example:80/host HTTP/1.1\r\nhost: victim.example",
+        "",
+    )
+    .await;
+    assert_eq!((s, x.as_str(), again.as_str()), (200, "HIT", body.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_characters_a_key_would_drop_is_refused() {
+    let redis = RedisServer::start();
+    let (upstream, _, _) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    for host in [
+        "victim.example/",
+        "victim.example#",
+        "victim.example?x",
+        "user@victim.example",
+        "victim.example:x",
+        "[::1",
+    ] {
+        let (s, _, body) = raw(
+            proxy.addr,
+            &format!("GET /host HTTP/1.1\r\nhost: {host}"),
+            "",
+        )
+        .await;
+        assert!(
+            s == 400 && !body.contains("host victim.example"),
+            "{host}: {s} {body}"
+        );
+    }
+    let (s, x, body) = raw(proxy.addr, "GET /host HTTP/1.1\r\nhost: victim.example", "").await;
+    assert_eq!(
+        (s, x.as_str()),
+        (200, "MISS"),
+        "nothing was stored for the victim"
+    );
+    assert!(body.starts_with("host victim.example "), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_host_fields_are_refused() {
+    let redis = RedisServer::start();
+    let (upstream, calls, _) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    let (s, _, _) = raw(
+        proxy.addr,
+        "GET /host HTTP/1.1\r\nhost: victim.example\r\nhost: evil.example",
+        "",
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(calls.load(SeqCst), 0);
+    let (_, x, body) = raw(proxy.addr, "GET /host HTTP/1.1\r\nhost: victim.example", "").await;
+    assert_eq!(x, "MISS");
+    assert!(body.starts_with("host victim.example "), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_is_sent_exactly_the_host_that_was_keyed_and_no_client_forwarding_fields() {
+    let redis = RedisServer::start();
+    let (upstream, _, seen) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    let (s, x, body) = raw(
+        proxy.addr,
+        "GET /host HTTP/1.1\r\nhost: Shop.Example:80\r\nx-forwarded-host: evil.example\r\n\
+         forwarded: host=evil.example\r\nx-forwarded-proto: https",
+        "",
+    )
+    .await;
+    assert_eq!((s, x.as_str()), (200, "MISS"));
+    assert!(body.starts_with("host shop.example "), "{body}");
+    let seen = seen.lock().unwrap();
+    let h = &seen[0].2;
+    assert_eq!(h["host"], "shop.example");
+    for name in ["x-forwarded-host", "forwarded", "x-forwarded-proto"] {
+        assert!(h.get(name).is_none(), "{name} reached the origin");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9110_7_6_1_a_field_named_in_connection_cannot_choose_a_variant() {
+    let redis = RedisServer::start();
+    let (upstream, _, _) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    // The origin never sees `accept-language: de` (it is hop-by-hop here),
+    // so what it answers must not be stored as the `de` variant.
+    let (_, _, first) = proxy
+        .get(
+            "/vary",
+            &[("connection", "accept-language"), ("accept-language", "de")],
+        )
+        .await;
+    assert!(first.starts_with("- "), "{first}");
+    let (_, _, de) = proxy.get("/vary", &[("accept-language", "de")]).await;
+    assert!(de.starts_with("de "), "a German client got {de:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_a_body_is_never_stored() {
+    let redis = RedisServer::start();
+    let (upstream, calls, _) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    let (s, x, body) = raw(
+        proxy.addr,
+        "GET /body HTTP/1.1\r\nhost: shop.example\r\ncontent-length: 4",
+        "evil",
+    )
+    .await;
+    assert_eq!(
+        (s, x.as_str(), body.as_str()),
+        (200, "BYPASS", "body [evil] 1")
+    );
+    let (_, x, body) = raw(proxy.addr, "GET /body HTTP/1.1\r\nhost: shop.example", "").await;
+    assert_eq!((x.as_str(), body.as_str()), ("MISS", "body [] 2"));
+    let (_, x, _) = raw(
+        proxy.addr,
+        "GET /body HTTP/1.1\r\nhost: shop.example\r\ntransfer-encoding: chunked",
+        "4\r\nevil\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(x, "BYPASS");
+    let (_, x, body) = raw(proxy.addr, "GET /body HTTP/1.1\r\nhost: shop.example", "").await;
+    assert_eq!((x.as_str(), body.as_str()), ("HIT", "body [] 2"));
+    assert_eq!(calls.load(SeqCst), 3);
 }
