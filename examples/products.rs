@@ -22,8 +22,10 @@
 //! - cached list queries: `GET /products?...`, one entry per normalized query;
 //! - batch writes through a pipeline: `POST /products/batch` writes each item's
 //!   entry with `CacheHandle::put_many`, one Redis round trip;
-//! - invalidation on a stock update: `PATCH /products/{id}/stock` removes the
-//!   item's entry and every list page (they share the tag `product-lists`).
+//! - invalidation on a stock update: `PATCH /products/{id}/stock` removes
+//!   every cached page of the item, under any alias of its URL
+//!   (`/products/7?utm_source=x`, `/products/%37`: they share the tag
+//!   `product:7`), and every list page (they share the tag `product-lists`).
 
 use std::{
     collections::BTreeMap,
@@ -40,13 +42,13 @@ use axum::{
     http::{header, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::{get, patch, post},
-    Json, Router,
+    Extension, Json, Router,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 use tower_redis_cache::{
     store::{LocalTier, RedisStore, TieredStore},
-    CacheHandle, CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder,
+    CacheHandle, CachePolicy, CacheTags, RedisCacheLayer, RedisCacheLayerBuilder,
 };
 
 /// A product, with the fields of the original example.
@@ -127,6 +129,14 @@ struct AppState {
 /// The tag of every cached list page.
 const LIST_TAG: &str = "product-lists";
 
+/// The tag of every cached page of one product. The layer keys a page by
+/// its URL as sent, so `/products/7`, `/products/7?utm_source=x` and
+/// `/products/%37` are three entries; the tag, made from the id the handler
+/// read, reaches them all.
+fn product_tag(id: &str) -> String {
+    format!("product:{id}")
+}
+
 /// The cache configuration of this API, on whatever store `builder` has.
 pub fn cache_layer(
     builder: RedisCacheLayerBuilder,
@@ -169,7 +179,10 @@ pub fn router(db: Arc<Db>, cache: RedisCacheLayer) -> Router {
 /// layer serves repeats from the cache.
 async fn get_product(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     match s.db.read(|p| p.get(&id).cloned()).await {
-        Some(product) => Json(product).into_response(),
+        Some(product) => {
+            let tags = CacheTags::new([product_tag(&product.id)]);
+            (Extension(tags), Json(product)).into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({ "detail": "not found" })),
@@ -253,6 +266,7 @@ fn json_response(p: &Product) -> Option<http::Response<bytes::Bytes>> {
     let body = serde_json::to_vec(p).ok()?;
     http::Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
+        .extension(CacheTags::new([product_tag(&p.id)]))
         .body(body.into())
         .ok()
 }
@@ -262,12 +276,11 @@ struct StockUpdate {
     in_stock: bool,
 }
 
-/// Pattern 4: invalidation on a stock update: the item's entry and every
-/// cached list page.
+/// Pattern 4: invalidation on a stock update: every cached page of the item
+/// and every cached list page.
 async fn update_stock(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    uri: Uri,
     Json(update): Json<StockUpdate>,
 ) -> Response {
     let product = {
@@ -282,22 +295,13 @@ async fn update_stock(
         p.in_stock = update.in_stock;
         p.clone()
     };
-    // The item's URI as clients send it (still percent-encoded), so it
-    // names the same entry as their GETs.
-    let item_uri = uri
-        .path()
-        .strip_suffix("/stock")
-        .and_then(|path| path.parse::<Uri>().ok());
-    let item = match item_uri {
-        Some(item_uri) => s
-            .cache
-            .invalidate(&http::Method::GET, &item_uri)
-            .await
-            .map(drop),
-        None => Ok(()),
-    };
-    let lists = s.cache.invalidate_tags([LIST_TAG]).await.map(drop);
-    if let Err(e) = item.and(lists) {
+    // The item's pages under every alias (`product:{id}`), and every list
+    // page. Lists keep one shared tag rather than a tag per product they
+    // show: that would spare only the pages without this product, for up to
+    // 100 tag writes per page, and a batch insert (which shifts every page
+    // and changes the totals) needs the shared tag anyway.
+    let tags = [product_tag(&id), LIST_TAG.to_owned()];
+    if let Err(e) = s.cache.invalidate_tags(tags).await {
         // The database is updated; a stale entry lives at most its TTL.
         tracing::warn!(error = %e, "cache invalidation failed after a stock update");
     }

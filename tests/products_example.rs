@@ -157,6 +157,66 @@ async fn stock_update_invalidates_the_item_and_every_list_page(redis: RedisServe
     assert_eq!(s, 404);
 }
 
+/// Every cached page of a product (its URL with a query, or percent-encoded,
+/// is an entry of its own; one written by a batch insert too) shows the new
+/// stock right after an update.
+async fn every_alias_shows_the_new_stock_after_an_update(app: &Router) {
+    let batch = r#"[{"id":"501","name":"Lamp","category":"home","price":19.5,"in_stock":true}]"#;
+    assert_eq!(
+        call(app, json("POST", "/products/batch", batch)).await.0,
+        201
+    );
+    let aliases = [
+        "/products/8",
+        "/products/8?utm_source=x",
+        "/products/%38",
+        "/products/501",
+        "/products/501?utm_source=x",
+    ];
+    for alias in aliases {
+        let (s, _, p) = call(app, req_get(alias)).await;
+        assert_eq!((s, &p["in_stock"]), (200, &Value::Bool(true)), "{alias}");
+        let id = if alias.contains("501") { "501" } else { "8" };
+        assert_eq!(p["id"], id, "{alias}");
+        let (_, x, _) = call(app, req_get(alias)).await;
+        assert_eq!(x, "HIT", "{alias}");
+    }
+    for id in ["8", "501"] {
+        let update = json(
+            "PATCH",
+            &format!("/products/{id}/stock"),
+            r#"{"in_stock":false}"#,
+        );
+        assert_eq!(call(app, update).await.0, 200);
+    }
+    for alias in aliases {
+        let (_, x, p) = call(app, req_get(alias)).await;
+        assert_eq!(
+            (x.as_str(), &p["in_stock"]),
+            ("MISS", &Value::Bool(false)),
+            "{alias}"
+        );
+        let (_, x, p) = call(app, req_get(alias)).await;
+        assert_eq!(
+            (x.as_str(), &p["in_stock"]),
+            ("HIT", &Value::Bool(false)),
+            "{alias}"
+        );
+    }
+}
+
+async fn a_stock_update_reaches_every_alias_of_the_product(redis: RedisServer) {
+    let (app, _) = app(&redis).await;
+    every_alias_shows_the_new_stock_after_an_update(&app).await;
+}
+
+#[tokio::test]
+async fn on_the_memory_store_a_stock_update_reaches_every_alias_of_the_product() {
+    let layer = products::cache_layer(RedisCacheLayer::builder()).unwrap();
+    let app = products::router(products::Db::seeded(), layer);
+    every_alias_shows_the_new_stock_after_an_update(&app).await;
+}
+
 async fn stats_report_db_reads_and_are_never_cached(redis: RedisServer) {
     let (app, _) = app(&redis).await;
     call(&app, req_get("/products/1")).await;
@@ -258,6 +318,7 @@ on_both_topologies!(
     items_and_lists_miss_then_hit_with_keys_and_jittered_ttls,
     batch_insert_items_hit_on_first_read,
     stock_update_invalidates_the_item_and_every_list_page,
+    a_stock_update_reaches_every_alias_of_the_product,
     stats_report_db_reads_and_are_never_cached,
     a_burst_on_a_cold_product_reads_the_database_once,
 );

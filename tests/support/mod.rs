@@ -412,3 +412,11 @@ where
     let rest = body.collect().await.expect("the rest").to_bytes();
     assert_eq!(rest, "second");
 }
+
+impl RedisServer {
+    /// Sends one inline command (say `CONFIG SET maxmemory 100mb`) to node
+    /// `node` (0 for a standalone server) and returns its raw reply.
+    pub fn node_command(&self, node: usize, command: &str) -> String {
+        self.nodes[node].command(command)
+    }
+}
