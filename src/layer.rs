@@ -391,8 +391,12 @@ impl RedisCacheLayerBuilder {
     }
 
     /// Puts the request's host (and port) in the key, for a layer that serves
-    /// several hosts whose responses differ. The host comes from the request
-    /// URI's authority, else the `Host` header; a forwarding header is used
+    /// several hosts whose responses differ. The host is the request's
+    /// authority as [`request_authority`](crate::request_authority) gives
+    /// it: the URI's authority, else the single `Host` field, lower case,
+    /// without the default port. A request whose host it refuses (none,
+    /// several `Host` fields, an invalid one, a URI authority that differs
+    /// from `Host`) passes through uncached. A forwarding header is used
     /// only when named with [`host_header`](Self::host_header).
     pub fn key_host(mut self, enable: bool) -> Self {
         self.key_host = enable;
