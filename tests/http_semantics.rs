@@ -486,6 +486,29 @@ async fn rfc9111_3_no_store_private_and_set_cookie_are_never_stored(b: Backend) 
     assert_eq!(hit.header("set-cookie"), None, "never replayed to others");
 }
 
+async fn rfc9111_5_2_2_7_a_malformed_private_or_no_store_is_never_stored(b: Backend) {
+    let c = cache(&b, origin_driven(), |p, n| {
+        let cc = match p.uri.path() {
+            "/spaced" => "max-age=60, private =\"x-user\"",
+            "/semicolon" => "s-maxage=60, max-age=60;private",
+            "/empty" => "max-age=60, private=",
+            "/unquoted" => "max-age=60, private=x-user",
+            "/no-store" => "max-age=60, no-store =\"x\"",
+            _ => "max-age=60",
+        };
+        reply(&[("cache-control", cc)], format!("user page {n}"))
+    })
+    .await;
+    c.get("/control", &[]).await;
+    assert_eq!(c.get("/control", &[]).await.x_cache(), "HIT");
+    for path in ["/spaced", "/semicolon", "/empty", "/unquoted", "/no-store"] {
+        let first = c.get(path, &[]).await;
+        let second = c.get(path, &[]).await;
+        assert_eq!(second.x_cache(), "MISS", "{path} was stored");
+        assert_ne!(first.body, second.body, "{path} was served to another");
+    }
+}
+
 async fn rfc9110_7_6_1_hop_by_hop_headers_are_not_stored(b: Backend) {
     let c = cache(&b, CachePolicy::new(), |_, _| {
         reply(
@@ -1054,6 +1077,7 @@ on_both_stores!(
     rfc5861_stale_while_revalidate_from_the_response,
     rfc5861_stale_if_error_from_the_response,
     rfc9111_3_no_store_private_and_set_cookie_are_never_stored,
+    rfc9111_5_2_2_7_a_malformed_private_or_no_store_is_never_stored,
     rfc9110_7_6_1_hop_by_hop_headers_are_not_stored,
     rfc9111_5_2_1_4_request_no_cache_and_max_age_0_revalidate,
     rfc9111_5_2_1_request_max_stale_min_fresh_and_max_age,
