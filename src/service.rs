@@ -33,7 +33,7 @@ use crate::{
     body::{collect_up_to, CacheBody, Collected},
     core::{bump, CacheCore, Coalesced, HeldLock, Lookup},
     entry::{self, Entry, Extra, Freshness, Lifetimes, Marker, Served},
-    flight::{Flights, Join, Shared},
+    flight::{Join, Shared, Waited},
     future::ResponseFuture,
     policy::Resolved,
     semantics::{self, CacheControl, RequestFields, Vary},
@@ -662,41 +662,60 @@ where
 
         // One request per key in this process goes on; the others wait for it.
         // A waiter released without a result (the leader's response could not be
-        // shared, or is another variant) goes straight to the service.
+        // shared, or is another variant) goes straight to the service. A
+        // leader holds its waiters for at most `coalesce_timeout`: then they
+        // join again, one of them leads a new flight and the others wait for
+        // it (once: a second wait that runs out goes to the service).
         let mut released = false;
+        let mut took_over = false;
         let guard = if core.settings.single_flight {
-            match core.flights.join(plan.key()) {
-                Join::Leader(guard) => {
-                    plan.followers = Some(guard.followers());
-                    Some(guard)
-                }
-                Join::Follower(slot) => {
-                    // A lock this request took in its lookup is this process's:
-                    // the leader holds it and releases it.
-                    plan.lock = None;
-                    let shared = Flights::wait(slot, core.settings.coalesce_timeout).await;
-                    let usable = shared.as_ref().and_then(|shared| {
-                        let entry = shared.entry()?;
-                        answers(entry, req.headers(), &plan)
-                            .then(|| (entry.clone(), shared.outcome))
-                    });
-                    if let Some((entry, outcome)) = usable {
-                        bump(&core.counters.coalesced);
-                        let now = entry::now_ms();
-                        return Ok(answer(&core, entry, req.headers(), &plan, outcome, now));
+            let hold = core.settings.coalesce_timeout;
+            let mut join = core.flights.join(plan.key(), hold);
+            let mut rejoined = false;
+            loop {
+                let follower = match join {
+                    Join::Leader(guard) => {
+                        plan.followers = Some(guard.followers());
+                        took_over = rejoined;
+                        break Some(guard);
                     }
-                    released = true;
-                    None
+                    Join::Follower(follower) => follower,
+                };
+                // A lock this request took in its lookup is this process's:
+                // the leader holds it and releases it.
+                plan.lock = None;
+                let shared = match follower.wait().await {
+                    Waited::TimedOut if !rejoined => {
+                        rejoined = true;
+                        join = core.flights.join(plan.key(), hold);
+                        continue;
+                    }
+                    Waited::Shared(shared) => Some(shared),
+                    Waited::Released | Waited::TimedOut => None,
+                };
+                let usable = shared.as_ref().and_then(|shared| {
+                    let entry = shared.entry()?;
+                    answers(entry, req.headers(), &plan).then(|| (entry.clone(), shared.outcome))
+                });
+                if let Some((entry, outcome)) = usable {
+                    bump(&core.counters.coalesced);
+                    let now = entry::now_ms();
+                    return Ok(answer(&core, entry, req.headers(), &plan, outcome, now));
                 }
+                released = true;
+                break None;
             }
         } else {
             None
         };
 
         // One instance per key goes on; the others wait for its entry. (A
-        // request whose lookup took the lock already holds it.)
+        // request whose lookup took the lock already holds it. One that took
+        // over from a stalled leader does not wait for the lock that leader
+        // holds.)
         if generation.is_some()
             && !released
+            && !took_over
             && core.settings.distributed_lock
             && plan.lock.is_none()
         {
@@ -1141,7 +1160,10 @@ fn refresh_in_background<S, ReqBody, ResBody>(
     ReqBody: Send + 'static,
     ResBody: CachedBody,
 {
-    let Join::Leader(guard) = core.flights.join(plan.key()) else {
+    let Join::Leader(guard) = core
+        .flights
+        .join(plan.key(), core.settings.coalesce_timeout)
+    else {
         return; // already being refreshed here
     };
     tokio::spawn(async move {
