@@ -483,6 +483,7 @@ pub(crate) struct RequestFields {
     /// `Cache-Control` or `Pragma`: request directives to parse.
     pub(crate) directives: bool,
     pub(crate) authorization: bool,
+    pub(crate) cookie: bool,
     /// `If-None-Match` or `If-Modified-Since`: a conditional the cache
     /// answers itself.
     pub(crate) conditional: bool,
@@ -496,6 +497,8 @@ impl RequestFields {
                 fields.directives = true;
             } else if name == header::AUTHORIZATION {
                 fields.authorization = true;
+            } else if name == header::COOKIE {
+                fields.cookie = true;
             } else if name == header::IF_NONE_MATCH || name == header::IF_MODIFIED_SINCE {
                 fields.conditional = true;
             } else if name == header::RANGE
@@ -610,6 +613,7 @@ mod tests {
         let all = scan(&[
             ("Cache-Control", "no-cache"),
             ("Authorization", "Bearer x"),
+            ("Cookie", "session=1"),
             ("If-None-Match", "\"a\""),
             ("Range", "bytes=0-1"),
         ]);
@@ -619,6 +623,7 @@ mod tests {
                 passes_through: true,
                 directives: true,
                 authorization: true,
+                cookie: true,
                 conditional: true,
             }
         );
