@@ -740,6 +740,35 @@ mod tests {
     }
 
     #[test]
+    fn the_cookie_policy_follows_the_mode_unless_set() {
+        let cookies = |policy: CachePolicy, base: &HttpRules| policy.http(base).cookies;
+        let policy_driven = HttpRules::default();
+        assert_eq!(
+            cookies(CachePolicy::new(), &policy_driven),
+            CookiePolicy::Ignore
+        );
+        let origin = CachePolicy::new().origin_driven();
+        assert_eq!(
+            cookies(origin.clone(), &policy_driven),
+            CookiePolicy::SharedOnly
+        );
+        // A route inherits the layer's origin-driven default, and may set its own.
+        let layer = origin.http(&policy_driven);
+        assert_eq!(
+            cookies(CachePolicy::new(), &layer),
+            CookiePolicy::SharedOnly
+        );
+        assert_eq!(
+            cookies(CachePolicy::new().cookies(CookiePolicy::Pass), &layer),
+            CookiePolicy::Pass
+        );
+        assert_eq!(
+            cookies(CachePolicy::new().mode(FreshnessMode::PolicyDriven), &layer),
+            CookiePolicy::Ignore
+        );
+    }
+
+    #[test]
     fn bad_rules_fail_with_a_message() {
         let e = CachePolicy::new()
             .ttl(Duration::ZERO)
