@@ -7,7 +7,9 @@
 //! - the status as a big-endian `u16`;
 //! - stored-at, fresh-for, stale-while-revalidate, stale-if-error, kept-for,
 //!   origin time, namespace generation and initial age, as LEB128 varints
-//!   (milliseconds, or a plain number);
+//!   (milliseconds, or a plain number); a fresh-for of `0` marks a
+//!   response that was never fresh ([`Entry::never_fresh`]), so that fact
+//!   needs no field of its own and entries of every version carry it;
 //! - a flags byte: must-revalidate, shared, has a variant id, is a `Vary`
 //!   marker;
 //! - the variant id, then the marker (names, nonce), each string a `u16`
