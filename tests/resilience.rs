@@ -741,7 +741,14 @@ async fn a_stalled_leader_holds_its_waiters_only_until_the_coalesce_timeout(redi
     let cache = layer(&redis, |b| b.coalesce_timeout(Duration::from_millis(300))).await;
     let svc = cache.layer(inner);
     let stalled = tokio::spawn(get_body(svc.clone()));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The first request leads and its origin call hangs.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while calls.load(SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the first request reaches the origin");
     let waiters: Vec<_> = (0..20)
         .map(|_| tokio::spawn(get_body(svc.clone())))
         .collect();
