@@ -7,7 +7,9 @@
 //! - the status as a big-endian `u16`;
 //! - stored-at, fresh-for, stale-while-revalidate, stale-if-error, kept-for,
 //!   origin time, namespace generation and initial age, as LEB128 varints
-//!   (milliseconds, or a plain number);
+//!   (milliseconds, or a plain number); a fresh-for of `0` marks a
+//!   response that was never fresh ([`Entry::never_fresh`]), so that fact
+//!   needs no field of its own and entries of every version carry it;
 //! - a flags byte: must-revalidate, shared, has a variant id, is a `Vary`
 //!   marker;
 //! - the variant id, then the marker (names, nonce), each string a `u16`
@@ -100,7 +102,8 @@ pub(crate) struct Marker {
 pub(crate) struct Extra {
     /// The response's age when it was received (RFC 9111 §4.2.3).
     pub(crate) initial_age_ms: u64,
-    /// Never served stale without revalidation.
+    /// Never served stale without revalidation. Also set on a response
+    /// that was never fresh (see [`Entry::never_fresh`]).
     pub(crate) must_revalidate: bool,
     /// May be served to requests carrying `Authorization`.
     pub(crate) shared: bool,
@@ -189,6 +192,19 @@ impl Entry {
     /// The `Age` a client sees, in seconds.
     pub(crate) fn age_secs(&self, now_ms: u64) -> u64 {
         self.age_ms(now_ms) / 1000
+    }
+
+    /// Whether the response was never fresh: its freshness lifetime when
+    /// stored was zero (`no-cache`, `max-age=0`, an `Expires` in the past,
+    /// no explicit freshness and no heuristic, or older on arrival than its
+    /// lifetime). Such an entry is kept only to be revalidated: it is never
+    /// served without a successful revalidation, whatever the request
+    /// accepts (`max-stale`, `only-if-cached`) and whatever the windows
+    /// (stale-while-revalidate, stale-if-error) say. Read from the stored
+    /// fresh-for, so entries written by earlier versions are judged the
+    /// same way.
+    pub(crate) fn never_fresh(&self) -> bool {
+        self.ttl_ms == 0
     }
 
     /// Milliseconds of freshness left at `now_ms`; negative once stale.

@@ -8,7 +8,7 @@ use std::{
         atomic::{AtomicUsize, Ordering::Relaxed},
         Arc, Mutex, OnceLock,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -57,9 +57,16 @@ impl Shared {
 
 type Slot = watch::Receiver<Option<Arc<Shared>>>;
 
-/// A flight in the map: where its result will appear, and how many
-/// followers joined it.
-type Flight = (Slot, Arc<AtomicUsize>);
+/// A flight in the map.
+struct Flight {
+    /// Where its result will appear.
+    slot: Slot,
+    /// How many followers joined it.
+    followers: Arc<AtomicUsize>,
+    /// Until when its leader holds it: a request that joins later replaces
+    /// the flight and leads a new one.
+    until: Instant,
+}
 
 type FlightMap = HashMap<String, Flight, crate::store::KeyHasher>;
 
@@ -70,7 +77,25 @@ pub(crate) struct Flights {
 
 pub(crate) enum Join {
     Leader(FlightGuard),
-    Follower(Slot),
+    Follower(Follower),
+}
+
+/// A request waiting for a flight's leader.
+pub(crate) struct Follower {
+    slot: Slot,
+    until: Instant,
+}
+
+/// How a follower's wait ended.
+pub(crate) enum Waited {
+    /// The leader's result.
+    Shared(Arc<Shared>),
+    /// The leader ended without a result to share (an uncacheable response,
+    /// an error, a dropped request).
+    Released,
+    /// The leader's hold ran out before it answered: its request may have
+    /// stalled. Joining again finds the flight replaced (or replaces it).
+    TimedOut,
 }
 
 /// Held by the request that goes to the service. Dropping it without
@@ -84,15 +109,30 @@ pub(crate) struct FlightGuard {
 }
 
 impl Flights {
-    pub(crate) fn join(&self, key: &str) -> Join {
+    /// Joins the flight of `key`: as a follower while its leader holds it,
+    /// as the leader of a new flight when there is none or when its leader
+    /// has held it for `hold` already. A replaced leader's request goes on
+    /// and still answers its own client (and any follower that still waits
+    /// on it), but no longer keeps anyone waiting: a stalled request holds
+    /// its key's waiters for at most `hold`.
+    pub(crate) fn join(&self, key: &str, hold: Duration) -> Join {
+        let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((rx, followers)) = map.get(key) {
-            followers.fetch_add(1, Relaxed);
-            return Join::Follower(rx.clone());
+        if let Some(flight) = map.get(key).filter(|f| now < f.until) {
+            flight.followers.fetch_add(1, Relaxed);
+            return Join::Follower(Follower {
+                slot: flight.slot.clone(),
+                until: flight.until,
+            });
         }
-        let (tx, rx) = watch::channel(None);
+        let (tx, slot) = watch::channel(None);
         let followers = Arc::new(AtomicUsize::new(0));
-        map.insert(key.to_owned(), (rx, followers.clone()));
+        let flight = Flight {
+            slot,
+            followers: followers.clone(),
+            until: now + hold,
+        };
+        map.insert(key.to_owned(), flight);
         Join::Leader(FlightGuard {
             map: self.map.clone(),
             key: key.to_owned(),
@@ -100,14 +140,16 @@ impl Flights {
             followers,
         })
     }
+}
 
-    /// Waits up to `timeout` for the leader; `None` when it gave up or ran
-    /// out of time.
-    pub(crate) async fn wait(mut slot: Slot, timeout: Duration) -> Option<Arc<Shared>> {
-        let waited = tokio::time::timeout(timeout, slot.wait_for(Option::is_some)).await;
-        match waited {
-            Ok(Ok(value)) => value.clone(),
-            _ => None,
+impl Follower {
+    /// Waits for the leader, at most until its hold runs out.
+    pub(crate) async fn wait(mut self) -> Waited {
+        let until = tokio::time::Instant::from_std(self.until);
+        match tokio::time::timeout_at(until, self.slot.wait_for(Option::is_some)).await {
+            Ok(Ok(value)) => value.clone().map_or(Waited::Released, Waited::Shared),
+            Ok(Err(_)) => Waited::Released,
+            Err(_) => Waited::TimedOut,
         }
     }
 }
@@ -127,9 +169,10 @@ impl FlightGuard {
 impl Drop for FlightGuard {
     fn drop(&mut self) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Only this guard's own flight: a replaced one is another leader's.
         if map
             .get(&self.key)
-            .is_some_and(|(rx, _)| rx.same_channel(&self.tx.subscribe()))
+            .is_some_and(|f| f.slot.same_channel(&self.tx.subscribe()))
         {
             map.remove(&self.key);
         }
@@ -162,6 +205,8 @@ mod tests {
         .unwrap()
     }
 
+    const HOLD: Duration = Duration::from_secs(60);
+
     fn entry() -> Entry {
         entry::decode(&value(b"x")).unwrap()
     }
@@ -169,19 +214,21 @@ mod tests {
     #[tokio::test]
     async fn followers_get_the_leaders_result() {
         let flights = Flights::default();
-        let Join::Leader(guard) = flights.join("k") else {
+        let Join::Leader(guard) = flights.join("k", HOLD) else {
             panic!("first is leader")
         };
-        let Join::Follower(slot) = flights.join("k") else {
+        let Join::Follower(slot) = flights.join("k", HOLD) else {
             panic!("second follows")
         };
         assert_eq!(guard.followers().load(Relaxed), 1);
-        let waiter = tokio::spawn(Flights::wait(slot, Duration::from_secs(5)));
+        let waiter = tokio::spawn(slot.wait());
         guard.publish(Shared::decoded(Arc::new(entry()), "HIT"));
-        let got = waiter.await.unwrap().expect("a result");
+        let Waited::Shared(got) = waiter.await.unwrap() else {
+            panic!("a result")
+        };
         assert_eq!(got.entry().expect("an entry").body, "x");
         assert!(
-            matches!(flights.join("k"), Join::Leader(_)),
+            matches!(flights.join("k", HOLD), Join::Leader(_)),
             "the flight is over"
         );
     }
@@ -202,30 +249,57 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_leader_releases_followers_at_once() {
         let flights = Flights::default();
-        let Join::Leader(guard) = flights.join("k") else {
+        let Join::Leader(guard) = flights.join("k", HOLD) else {
             panic!()
         };
-        let Join::Follower(slot) = flights.join("k") else {
+        let Join::Follower(slot) = flights.join("k", HOLD) else {
             panic!()
         };
-        let waiter = tokio::spawn(Flights::wait(slot, Duration::from_secs(60)));
+        let waiter = tokio::spawn(slot.wait());
         drop(guard);
         let started = std::time::Instant::now();
-        assert!(waiter.await.unwrap().is_none());
+        assert!(matches!(waiter.await.unwrap(), Waited::Released));
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test]
-    async fn followers_stop_waiting_at_the_bound() {
+    async fn followers_stop_waiting_when_the_leaders_hold_ends() {
         let flights = Flights::default();
-        let Join::Leader(_guard) = flights.join("k") else {
+        let hold = Duration::from_millis(50);
+        let Join::Leader(_guard) = flights.join("k", hold) else {
             panic!()
         };
-        let Join::Follower(slot) = flights.join("k") else {
+        let Join::Follower(slot) = flights.join("k", hold) else {
             panic!()
         };
-        assert!(Flights::wait(slot, Duration::from_millis(20))
-            .await
-            .is_none());
+        assert!(matches!(slot.wait().await, Waited::TimedOut));
+    }
+
+    #[tokio::test]
+    async fn a_leader_past_its_hold_is_replaced_and_keeps_only_its_own_flight() {
+        let flights = Flights::default();
+        let hold = Duration::from_millis(50);
+        let Join::Leader(stalled) = flights.join("k", hold) else {
+            panic!()
+        };
+        let Join::Follower(early) = flights.join("k", hold) else {
+            panic!("joined within the hold")
+        };
+        tokio::time::sleep(hold).await;
+        // The hold is over: the next request leads a new flight, and the
+        // ones after it follow that one.
+        let Join::Leader(next) = flights.join("k", hold) else {
+            panic!("the stalled leader still holds the key")
+        };
+        let Join::Follower(late) = flights.join("k", hold) else {
+            panic!("a second leader")
+        };
+        assert_eq!(next.followers().load(Relaxed), 1);
+        // The stalled leader ends: the new flight stays.
+        drop(stalled);
+        assert!(matches!(early.wait().await, Waited::Released));
+        let waiter = tokio::spawn(late.wait());
+        next.publish(Shared::decoded(Arc::new(entry()), "HIT"));
+        assert!(matches!(waiter.await.unwrap(), Waited::Shared(_)));
     }
 }

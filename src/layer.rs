@@ -334,7 +334,10 @@ impl RedisCacheLayerBuilder {
 
     /// How long a request waits for another request's result (in this
     /// process, or another instance's entry) before calling the service
-    /// itself (default 5 s).
+    /// itself (default 5 s). In this process it is also the longest a
+    /// request leads the others: when it is up, its waiters gather once more
+    /// behind a new leader instead of all calling the service, so a waiter
+    /// waits at most about twice this.
     pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
         self.coalesce_timeout = timeout;
         self

@@ -102,7 +102,7 @@ pub use {
     future::ResponseFuture,
     handle::{CacheHandle, CacheStats, NamespaceBump},
     layer::{RedisCacheLayer, RedisCacheLayerBuilder},
-    policy::{CachePolicy, FreshnessMode},
+    policy::{CachePolicy, CookiePolicy, FreshnessMode},
     service::CacheService,
     tags::CacheTags,
 };

@@ -57,6 +57,7 @@ pub struct CachePolicy {
     strip_set_cookie: Option<bool>,
     invalidate_on_unsafe: Option<bool>,
     request_directives: Option<bool>,
+    cookies: Option<CookiePolicy>,
     bypass: bool,
 }
 
@@ -86,6 +87,45 @@ pub enum FreshnessMode {
     /// used. This is the mode for a cache in front of an origin you do not
     /// control (see `examples/reverse_proxy.rs`).
     OriginDriven,
+}
+
+/// What a request carrying `Cookie` may get from the cache, and give it.
+///
+/// A shared cache cannot know whether a response depends on a cookie the
+/// request carried: a session cookie usually makes the page one user's.
+/// Caches disagree on the default: Varnish's built-in rules pass such
+/// requests to the origin, nginx and Squid ignore `Cookie`. This layer
+/// follows the mode: in [`FreshnessMode::OriginDriven`] (an origin you do not
+/// control) the default is [`SharedOnly`](CookiePolicy::SharedOnly); in
+/// [`FreshnessMode::PolicyDriven`] (your own handlers, whose routes you
+/// chose to cache) it is [`Ignore`](CookiePolicy::Ignore).
+///
+/// ```
+/// use tower_redis_cache::{CachePolicy, CookiePolicy};
+///
+/// // In front of an origin whose pages never depend on cookies.
+/// let assets = CachePolicy::new().origin_driven().cookies(CookiePolicy::Ignore);
+/// // Never serve or store anything for a request with a cookie.
+/// let strict = CachePolicy::new().origin_driven().cookies(CookiePolicy::Pass);
+/// # let _ = (assets, strict);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CookiePolicy {
+    /// `Cookie` plays no part: such a request is served and stored like any
+    /// other. Right when responses do not depend on cookies, or say so with
+    /// `Cache-Control: private` or `Vary: Cookie`. The default in
+    /// policy-driven mode.
+    Ignore,
+    /// A request with `Cookie` is treated like one with `Authorization`
+    /// (RFC 9111 §3.5): it is served only a stored response that explicitly
+    /// allows sharing (`public`, `s-maxage` or `must-revalidate`), and its
+    /// own response is stored only if it says one of those. The default in
+    /// origin-driven mode.
+    SharedOnly,
+    /// A request with `Cookie` passes through (`x-cache: BYPASS`): it is not
+    /// looked up and its response is not stored.
+    Pass,
 }
 
 impl CachePolicy {
@@ -259,6 +299,14 @@ impl CachePolicy {
         self
     }
 
+    /// What a request carrying `Cookie` may be served and store; see
+    /// [`CookiePolicy`]. Default: [`CookiePolicy::SharedOnly`] in
+    /// origin-driven mode, [`CookiePolicy::Ignore`] in policy-driven mode.
+    pub fn cookies(mut self, cookies: CookiePolicy) -> Self {
+        self.cookies = Some(cookies);
+        self
+    }
+
     /// Fills what this policy leaves unset from `base` and validates the result.
     pub(crate) fn resolve(
         &self,
@@ -318,6 +366,11 @@ impl CachePolicy {
                 base.invalidate_on_unsafe
             }),
             request_directives: self.request_directives.unwrap_or(base.request_directives),
+            cookies: self.cookies.unwrap_or(if mode_changed {
+                HttpRules::default_cookies(origin)
+            } else {
+                base.cookies
+            }),
         }
     }
 }
@@ -333,6 +386,7 @@ pub(crate) struct HttpRules {
     pub(crate) strip_set_cookie: bool,
     pub(crate) invalidate_on_unsafe: bool,
     pub(crate) request_directives: bool,
+    pub(crate) cookies: CookiePolicy,
 }
 
 impl Default for HttpRules {
@@ -346,6 +400,7 @@ impl Default for HttpRules {
             strip_set_cookie: false,
             invalidate_on_unsafe: false,
             request_directives: true,
+            cookies: Self::default_cookies(false),
         }
     }
 }
@@ -356,6 +411,14 @@ impl HttpRules {
             Duration::from_secs(3600)
         } else {
             Duration::ZERO
+        }
+    }
+
+    fn default_cookies(origin: bool) -> CookiePolicy {
+        if origin {
+            CookiePolicy::SharedOnly
+        } else {
+            CookiePolicy::Ignore
         }
     }
 
@@ -674,6 +737,35 @@ mod tests {
             "item"
         );
         assert_eq!(ns(p.lookup(Some("/unknown/{x}"), "/products/9")), "item");
+    }
+
+    #[test]
+    fn the_cookie_policy_follows_the_mode_unless_set() {
+        let cookies = |policy: CachePolicy, base: &HttpRules| policy.http(base).cookies;
+        let policy_driven = HttpRules::default();
+        assert_eq!(
+            cookies(CachePolicy::new(), &policy_driven),
+            CookiePolicy::Ignore
+        );
+        let origin = CachePolicy::new().origin_driven();
+        assert_eq!(
+            cookies(origin.clone(), &policy_driven),
+            CookiePolicy::SharedOnly
+        );
+        // A route inherits the layer's origin-driven default, and may set its own.
+        let layer = origin.http(&policy_driven);
+        assert_eq!(
+            cookies(CachePolicy::new(), &layer),
+            CookiePolicy::SharedOnly
+        );
+        assert_eq!(
+            cookies(CachePolicy::new().cookies(CookiePolicy::Pass), &layer),
+            CookiePolicy::Pass
+        );
+        assert_eq!(
+            cookies(CachePolicy::new().mode(FreshnessMode::PolicyDriven), &layer),
+            CookiePolicy::Ignore
+        );
     }
 
     #[test]

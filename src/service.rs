@@ -33,9 +33,9 @@ use crate::{
     body::{collect_up_to, CacheBody, Collected},
     core::{bump, CacheCore, Coalesced, HeldLock, Lookup},
     entry::{self, Entry, Extra, Freshness, Lifetimes, Marker, Served},
-    flight::{Flights, Join, Shared},
+    flight::{Join, Shared, Waited},
     future::ResponseFuture,
-    policy::Resolved,
+    policy::{CookiePolicy, Resolved},
     semantics::{self, CacheControl, RequestFields, Vary},
     store::Write,
     tags::take_tags,
@@ -346,7 +346,8 @@ struct Plan {
     /// request directives).
     cc: CacheControl,
     /// The request carries `Authorization` and the route does not open
-    /// itself to it: only responses that allow it are served and stored.
+    /// itself to it, or `Cookie` under [`CookiePolicy::SharedOnly`]: only
+    /// responses that allow sharing are served and stored.
     authorized: bool,
     /// The request carries `If-None-Match` or `If-Modified-Since`.
     conditional: bool,
@@ -398,6 +399,14 @@ fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
             ..CacheControl::default()
         }
     };
+    let cookies = if fields.cookie {
+        rule.http.cookies
+    } else {
+        CookiePolicy::Ignore
+    };
+    if cookies == CookiePolicy::Pass {
+        return None;
+    }
     let origin = match core.settings.origin_key.of(uri, headers) {
         Ok(origin) => origin,
         Err(reason) => {
@@ -413,7 +422,8 @@ fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
         rule: rule.clone(),
         head,
         cc,
-        authorized: !rule.allow_authorization && fields.authorization,
+        authorized: (!rule.allow_authorization && fields.authorization)
+            || cookies == CookiePolicy::SharedOnly,
         conditional: fields.conditional,
         lock: None,
         followers: None,
@@ -445,7 +455,10 @@ fn judge(entry: &Entry, now: u64, cc: &CacheControl) -> Use {
     let left = entry.fresh_left_ms(now);
     let age = i128::from(entry.age_ms(now));
     let ms = |s: u64| i128::from(s) * 1000;
-    if cc.no_cache
+    // Never fresh: only a revalidation makes it servable (a clock behind
+    // the writer's must not make it look fresh either).
+    if entry.never_fresh()
+        || cc.no_cache
         || cc.max_age.is_some_and(|m| age >= ms(m))
         || cc.min_fresh.is_some_and(|m| left < ms(m))
     {
@@ -676,41 +689,63 @@ where
 
         // One request per key in this process goes on; the others wait for it.
         // A waiter released without a result (the leader's response could not be
-        // shared, or is another variant) goes straight to the service.
+        // shared, was never fresh, or is another variant) goes straight to the
+        // service. A leader holds its waiters for at most `coalesce_timeout`:
+        // then they join again, one of them leads a new flight and the others
+        // wait for it (once: a second wait that runs out goes to the service).
         let mut released = false;
+        let mut took_over = false;
         let guard = if core.settings.single_flight {
-            match core.flights.join(plan.key()) {
-                Join::Leader(guard) => {
-                    plan.followers = Some(guard.followers());
-                    Some(guard)
-                }
-                Join::Follower(slot) => {
-                    // A lock this request took in its lookup is this process's:
-                    // the leader holds it and releases it.
-                    plan.lock = None;
-                    let shared = Flights::wait(slot, core.settings.coalesce_timeout).await;
-                    let usable = shared.as_ref().and_then(|shared| {
-                        let entry = shared.entry()?;
-                        answers(entry, req.headers(), &plan)
-                            .then(|| (entry.clone(), shared.outcome))
-                    });
-                    if let Some((entry, outcome)) = usable {
-                        bump(&core.counters.coalesced);
-                        let now = entry::now_ms();
-                        return Ok(answer(&core, entry, req.headers(), &plan, outcome, now));
+            let hold = core.settings.coalesce_timeout;
+            let mut join = core.flights.join(plan.key(), hold);
+            let mut rejoined = false;
+            loop {
+                let follower = match join {
+                    Join::Leader(guard) => {
+                        plan.followers = Some(guard.followers());
+                        took_over = rejoined;
+                        break Some(guard);
                     }
-                    released = true;
-                    None
+                    Join::Follower(follower) => follower,
+                };
+                // A lock this request took in its lookup is this process's:
+                // the leader holds it and releases it.
+                plan.lock = None;
+                let shared = match follower.wait().await {
+                    Waited::TimedOut if !rejoined => {
+                        rejoined = true;
+                        join = core.flights.join(plan.key(), hold);
+                        continue;
+                    }
+                    Waited::Shared(shared) => Some(shared),
+                    Waited::Released | Waited::TimedOut => None,
+                };
+                // A response that was never fresh is not reused for a request
+                // that was not forwarded (see `Entry::never_fresh`).
+                let usable = shared.as_ref().and_then(|shared| {
+                    let entry = shared.entry()?;
+                    (!entry.never_fresh() && answers(entry, req.headers(), &plan))
+                        .then(|| (entry.clone(), shared.outcome))
+                });
+                if let Some((entry, outcome)) = usable {
+                    bump(&core.counters.coalesced);
+                    let now = entry::now_ms();
+                    return Ok(answer(&core, entry, req.headers(), &plan, outcome, now));
                 }
+                released = true;
+                break None;
             }
         } else {
             None
         };
 
         // One instance per key goes on; the others wait for its entry. (A
-        // request whose lookup took the lock already holds it.)
+        // request whose lookup took the lock already holds it. One that took
+        // over from a stalled leader does not wait for the lock that leader
+        // holds.)
         if generation.is_some()
             && !released
+            && !took_over
             && core.settings.distributed_lock
             && plan.lock.is_none()
         {
@@ -728,7 +763,9 @@ where
                 )
                 .await
             {
-                Coalesced::Entry(entry) if answers(&entry, req.headers(), &plan) => {
+                Coalesced::Entry(entry)
+                    if !entry.never_fresh() && answers(&entry, req.headers(), &plan) =>
+                {
                     bump(&core.counters.coalesced);
                     let now = entry::now_ms();
                     let response = answer(&core, entry.clone(), req.headers(), &plan, HIT, now);
@@ -785,6 +822,7 @@ where
         .as_ref()
         .filter(|e| {
             !e.must_revalidate
+                && !e.never_fresh()
                 && matches!(
                     e.freshness(now),
                     Freshness::StaleWhileRevalidate | Freshness::StaleIfError
@@ -878,7 +916,10 @@ fn stamp(
         } else {
             Duration::from_millis(lifetime.saturating_sub(extra.initial_age_ms))
         };
-        extra.must_revalidate = cc.no_cache || cc.forbids_stale();
+        // A response that is not fresh when it arrives is never served
+        // without a revalidation (see `Entry::never_fresh`): it is stored
+        // as must-revalidate, without windows for serving it stale.
+        extra.must_revalidate = cc.no_cache || cc.forbids_stale() || lifetimes.fresh.is_zero();
         if extra.must_revalidate {
             lifetimes.stale_while_revalidate = Duration::ZERO;
             lifetimes.stale_if_error = Duration::ZERO;
@@ -898,6 +939,12 @@ fn stamp(
             if let Some(s) = cc.s_maxage.or(cc.max_age) {
                 lifetimes.fresh = lifetimes.fresh.min(ms(s));
             }
+        }
+        if lifetimes.fresh.is_zero() {
+            // `max-age=0` respected: kept only to be revalidated.
+            extra.must_revalidate = true;
+            lifetimes.stale_while_revalidate = Duration::ZERO;
+            lifetimes.stale_if_error = Duration::ZERO;
         }
     }
     // Kept past freshness: to be revalidated, or served to a request whose
@@ -1155,7 +1202,10 @@ fn refresh_in_background<S, ReqBody, ResBody>(
     ReqBody: Send + 'static,
     ResBody: CachedBody,
 {
-    let Join::Leader(guard) = core.flights.join(plan.key()) else {
+    let Join::Leader(guard) = core
+        .flights
+        .join(plan.key(), core.settings.coalesce_timeout)
+    else {
         return; // already being refreshed here
     };
     tokio::spawn(async move {

@@ -18,7 +18,7 @@ use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
 use support::RedisServer;
 use tower::{util::BoxCloneService, ServiceBuilder, ServiceExt};
-use tower_redis_cache::{CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder};
+use tower_redis_cache::{CachePolicy, CookiePolicy, RedisCacheLayer, RedisCacheLayerBuilder};
 
 type Reply = Response<Full<Bytes>>;
 type Svc = BoxCloneService<
@@ -486,6 +486,29 @@ async fn rfc9111_3_no_store_private_and_set_cookie_are_never_stored(b: Backend) 
     assert_eq!(hit.header("set-cookie"), None, "never replayed to others");
 }
 
+async fn rfc9111_5_2_2_7_a_malformed_private_or_no_store_is_never_stored(b: Backend) {
+    let c = cache(&b, origin_driven(), |p, n| {
+        let cc = match p.uri.path() {
+            "/spaced" => "max-age=60, private =\"x-user\"",
+            "/semicolon" => "s-maxage=60, max-age=60;private",
+            "/empty" => "max-age=60, private=",
+            "/unquoted" => "max-age=60, private=x-user",
+            "/no-store" => "max-age=60, no-store =\"x\"",
+            _ => "max-age=60",
+        };
+        reply(&[("cache-control", cc)], format!("user page {n}"))
+    })
+    .await;
+    c.get("/control", &[]).await;
+    assert_eq!(c.get("/control", &[]).await.x_cache(), "HIT");
+    for path in ["/spaced", "/semicolon", "/empty", "/unquoted", "/no-store"] {
+        let first = c.get(path, &[]).await;
+        let second = c.get(path, &[]).await;
+        assert_eq!(second.x_cache(), "MISS", "{path} was stored");
+        assert_ne!(first.body, second.body, "{path} was served to another");
+    }
+}
+
 async fn rfc9110_7_6_1_hop_by_hop_headers_are_not_stored(b: Backend) {
     let c = cache(&b, CachePolicy::new(), |_, _| {
         reply(
@@ -929,6 +952,248 @@ async fn rfc9111_3_5_authorization_only_with_a_response_that_allows_it(b: Backen
     assert_eq!(hit.x_cache(), "HIT", "public allows it");
 }
 
+/// An origin that renders each user's own page from the session cookie, and
+/// says nothing about caching unless `cc` is given.
+fn user_page(cc: Option<&'static str>) -> impl Fn(&http::request::Parts, usize) -> Reply {
+    move |p, n| {
+        let user = p
+            .headers
+            .get("cookie")
+            .map_or("anonymous", |v| v.to_str().unwrap());
+        let modified = http_date(-100_000);
+        let mut headers = vec![("last-modified", modified.as_str())];
+        headers.extend(cc.map(|cc| ("cache-control", cc)));
+        reply(&headers, format!("account page of {user} ({n})"))
+    }
+}
+
+async fn rfc9111_4_2_4_a_never_fresh_response_is_not_served_on_max_stale(b: Backend) {
+    // Never fresh: no explicit freshness (with or without a validator),
+    // max-age=0, an Expires in the past, no-cache.
+    let past = http_date(-60);
+    let c = cache(&b, origin_driven(), move |p, n| {
+        let h: Vec<(&str, &str)> = match p.uri.path() {
+            "/plain" => vec![],
+            "/validated" => vec![("etag", "\"v\"")],
+            "/zero" => vec![("cache-control", "max-age=0")],
+            "/expired" => vec![("expires", past.as_str())],
+            _ => vec![("cache-control", "no-cache")],
+        };
+        reply(&h, format!("{} {n}", p.uri.path()))
+    })
+    .await;
+    for path in ["/plain", "/validated", "/zero", "/expired", "/no-cache"] {
+        let first = c.get(path, &[]).await;
+        for cc in ["max-stale", "max-stale=3600"] {
+            let before = c.origin.calls();
+            let other = c.get(path, &[("cache-control", cc)]).await;
+            assert_eq!(
+                c.origin.calls(),
+                before + 1,
+                "{path} {cc}: origin not asked"
+            );
+            assert_ne!(other.body, first.body, "{path} {cc}: served unrevalidated");
+            assert_ne!(other.x_cache(), "STALE", "{path} {cc}");
+        }
+        let before = c.origin.calls();
+        let head = c
+            .send(req("HEAD", path, &[("cache-control", "max-stale")]))
+            .await;
+        assert_eq!(c.origin.calls(), before + 1, "{path}: HEAD not forwarded");
+        assert_ne!(head.x_cache(), "STALE", "{path}: HEAD");
+    }
+}
+
+async fn rfc9111_5_2_1_7_only_if_cached_never_gets_a_never_fresh_response(b: Backend) {
+    let c = cache(&b, origin_driven(), user_page(None)).await;
+    c.get("/account", &[]).await;
+    for cc in ["only-if-cached", "max-stale, only-if-cached"] {
+        let got = c.get("/account", &[("cache-control", cc)]).await;
+        assert_eq!((got.status, got.body.as_str()), (504, ""), "{cc}");
+    }
+    assert_eq!(c.origin.calls(), 1, "only-if-cached never asks the origin");
+}
+
+async fn rfc5861_stale_if_error_never_serves_a_never_fresh_response(b: Backend) {
+    let policy = origin_driven().stale_if_error(Duration::from_secs(600));
+    let c = cache(&b, policy, |p, n| {
+        if n > 1 {
+            return status(503, &[], "down");
+        }
+        let cc = if p.uri.path() == "/directive" {
+            "stale-if-error=600"
+        } else {
+            "public"
+        };
+        reply(&[("cache-control", cc)], format!("call {n}"))
+    })
+    .await;
+    for path in ["/policy", "/directive"] {
+        c.get(path, &[]).await;
+    }
+    for path in ["/policy", "/directive"] {
+        let got = c.get(path, &[]).await;
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (503, "down"),
+            "{path}: a never-fresh entry stood in for the failure"
+        );
+    }
+}
+
+async fn rfc5861_stale_while_revalidate_never_serves_a_never_fresh_response(b: Backend) {
+    let policy = origin_driven().stale_while_revalidate(Duration::from_secs(600));
+    let c = cache(&b, policy, |p, n| {
+        let cc = if p.uri.path() == "/directive" {
+            "stale-while-revalidate=600"
+        } else {
+            "public"
+        };
+        reply(&[("cache-control", cc)], format!("call {n}"))
+    })
+    .await;
+    for path in ["/policy", "/directive"] {
+        let first = c.get(path, &[]).await;
+        let second = c.get(path, &[]).await;
+        assert_ne!(second.x_cache(), "STALE", "{path}");
+        assert_ne!(second.body, first.body, "{path}: served unrevalidated");
+    }
+    assert_eq!(c.origin.calls(), 4);
+}
+
+async fn rfc9111_4_a_never_fresh_response_is_not_handed_to_coalesced_requests(b: Backend) {
+    let layer = b.builder().policy(origin_driven()).build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let inner = tower::service_fn(move |req: Request<Full<Bytes>>| {
+        let n = counted.fetch_add(1, SeqCst) + 1;
+        let user = req
+            .headers()
+            .get("x-user")
+            .map_or("-", |v| v.to_str().unwrap())
+            .to_owned();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, Infallible>(reply(&[], format!("page of {user} ({n})")))
+        }
+    });
+    let svc = ServiceBuilder::new().layer(layer).service(inner);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let tasks: Vec<_> = (0..5)
+        .map(|i| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let user = format!("user{i}");
+                let res = svc
+                    .oneshot(req("GET", "/me", &[("x-user", user.as_str())]))
+                    .await
+                    .unwrap();
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                (user, String::from_utf8_lossy(&body).into_owned())
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (user, body) = task.await.unwrap();
+        assert!(
+            body.starts_with(&format!("page of {user} ")),
+            "{user} got {body}"
+        );
+    }
+    assert_eq!(calls.load(SeqCst), 5, "each request was forwarded");
+}
+
+async fn rfc9111_3_5_a_request_with_cookie_is_treated_like_one_with_authorization(b: Backend) {
+    let alice = [("cookie", "session=alice")];
+    let bob = [("cookie", "session=bob")];
+    // A per-user page that forgot `private`, with explicit freshness.
+    let c = cache(&b, origin_driven(), user_page(Some("max-age=600"))).await;
+    let mine = c.get("/account", &alice).await;
+    assert_eq!(mine.body, "account page of session=alice (1)");
+    for (who, headers) in [
+        ("bob", &bob[..]),
+        (
+            "bob, max-stale",
+            &[bob[0], ("cache-control", "max-stale")][..],
+        ),
+        ("anonymous", &[][..]),
+        (
+            "anonymous, max-stale",
+            &[("cache-control", "max-stale")][..],
+        ),
+    ] {
+        let got = c.get("/account", headers).await;
+        assert!(!got.body.contains("alice"), "{who} got {}", got.body);
+    }
+    // Stored for an anonymous request: not served to a request with a cookie.
+    let anonymous = c.get("/account", &[]).await;
+    assert_eq!(anonymous.x_cache(), "HIT");
+    let got = c.get("/account", &bob).await;
+    assert!(got.body.contains("session=bob"), "bob got {}", got.body);
+    // A page without explicit freshness, with a cookie: never served to
+    // another user, whatever they ask.
+    let c = cache_with(
+        b.builder().prefix("plain").policy(origin_driven()),
+        user_page(None),
+    )
+    .await;
+    c.get("/account", &alice).await;
+    for headers in [&bob[..], &[("cache-control", "max-stale")][..]] {
+        let got = c.get("/account", headers).await;
+        assert!(!got.body.contains("alice"), "{headers:?} got {}", got.body);
+    }
+    // A response that allows sharing is shared with requests with cookies.
+    let c = cache_with(
+        b.builder().prefix("public").policy(origin_driven()),
+        user_page(Some("public, max-age=600")),
+    )
+    .await;
+    c.get("/logo", &alice).await;
+    assert_eq!(c.get("/logo", &bob).await.x_cache(), "HIT");
+}
+
+async fn the_cookie_policy_can_pass_or_ignore_cookies(b: Backend) {
+    let alice = [("cookie", "session=alice")];
+    let ignore = cache_with(
+        b.builder()
+            .prefix("ignore")
+            .policy(origin_driven().cookies(CookiePolicy::Ignore)),
+        user_page(Some("max-age=600")),
+    )
+    .await;
+    ignore.get("/a", &alice).await;
+    assert_eq!(ignore.get("/a", &[]).await.x_cache(), "HIT");
+    let pass = cache_with(
+        b.builder()
+            .prefix("pass")
+            .policy(origin_driven().cookies(CookiePolicy::Pass)),
+        user_page(Some("public, max-age=600")),
+    )
+    .await;
+    pass.get("/a", &[]).await;
+    assert_eq!(pass.get("/a", &[]).await.x_cache(), "HIT");
+    let passed = pass.get("/a", &alice).await;
+    assert_eq!(passed.x_cache(), "BYPASS");
+    assert_eq!(pass.origin.calls(), 2);
+    // Policy-driven mode ignores cookies unless told otherwise.
+    let policy = cache_with(
+        b.builder().prefix("policy").policy(CachePolicy::new()),
+        user_page(None),
+    )
+    .await;
+    policy.get("/a", &alice).await;
+    assert_eq!(policy.get("/a", &[]).await.x_cache(), "HIT");
+    let shared_only = cache_with(
+        b.builder()
+            .prefix("policy-shared")
+            .policy(CachePolicy::new().cookies(CookiePolicy::SharedOnly)),
+        user_page(None),
+    )
+    .await;
+    shared_only.get("/a", &alice).await;
+    assert_eq!(shared_only.get("/a", &[]).await.x_cache(), "MISS");
+}
+
 async fn the_host_is_in_the_key_only_when_configured_and_forwarding_headers_are_not_trusted(
     b: Backend,
 ) {
@@ -1054,6 +1319,7 @@ on_both_stores!(
     rfc5861_stale_while_revalidate_from_the_response,
     rfc5861_stale_if_error_from_the_response,
     rfc9111_3_no_store_private_and_set_cookie_are_never_stored,
+    rfc9111_5_2_2_7_a_malformed_private_or_no_store_is_never_stored,
     rfc9110_7_6_1_hop_by_hop_headers_are_not_stored,
     rfc9111_5_2_1_4_request_no_cache_and_max_age_0_revalidate,
     rfc9111_5_2_1_request_max_stale_min_fresh_and_max_age,
@@ -1068,6 +1334,13 @@ on_both_stores!(
     rfc9111_4_3_5_head_is_answered_from_get_and_never_makes_an_entry,
     rfc9111_4_4_unsafe_methods_invalidate_target_and_same_origin_locations,
     rfc9111_3_5_authorization_only_with_a_response_that_allows_it,
+    rfc9111_4_2_4_a_never_fresh_response_is_not_served_on_max_stale,
+    rfc9111_5_2_1_7_only_if_cached_never_gets_a_never_fresh_response,
+    rfc5861_stale_if_error_never_serves_a_never_fresh_response,
+    rfc5861_stale_while_revalidate_never_serves_a_never_fresh_response,
+    rfc9111_4_a_never_fresh_response_is_not_handed_to_coalesced_requests,
+    rfc9111_3_5_a_request_with_cookie_is_treated_like_one_with_authorization,
+    the_cookie_policy_can_pass_or_ignore_cookies,
     the_host_is_in_the_key_only_when_configured_and_forwarding_headers_are_not_trusted,
     a_body_that_is_not_stored_streams_through_unbuffered,
     trailers_survive_and_such_a_response_is_not_stored,

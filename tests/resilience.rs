@@ -699,6 +699,76 @@ async fn waiters_released_by_an_unshareable_response_call_the_service_themselves
     assert_eq!(origin.calls(), 5);
 }
 
+/// Sends `GET /items/1` through `svc`; the status and the body.
+async fn get_body<S>(svc: S) -> (u16, String)
+where
+    S: tower::Service<
+        Request<Full<Bytes>>,
+        Response = Response<tower_redis_cache::CacheBody<Full<Bytes>>>,
+    >,
+    S::Error: std::fmt::Debug,
+{
+    let req = Request::get("/items/1").body(Full::default()).unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    let status = res.status().as_u16();
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn a_stalled_leader_holds_its_waiters_only_until_the_coalesce_timeout(redis: RedisServer) {
+    // The first request's origin call hangs until the gate opens; later
+    // calls answer after 100 ms.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (open, gate) = tokio::sync::oneshot::channel::<()>();
+    let gate = Arc::new(std::sync::Mutex::new(Some(gate)));
+    let counted = calls.clone();
+    let inner = service_fn(move |_req: Request<Full<Bytes>>| {
+        let n = counted.fetch_add(1, SeqCst) + 1;
+        let gate = gate.lock().unwrap().take();
+        async move {
+            match gate {
+                Some(gate) => {
+                    let _ = gate.await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("v{n}")))))
+        }
+    });
+    let cache = layer(&redis, |b| b.coalesce_timeout(Duration::from_millis(300))).await;
+    let svc = cache.layer(inner);
+    let stalled = tokio::spawn(get_body(svc.clone()));
+    // The first request leads and its origin call hangs.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while calls.load(SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the first request reaches the origin");
+    let waiters: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(get_body(svc.clone())))
+        .collect();
+    for waiter in waiters {
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("a waiter still waits on the stalled leader")
+            .unwrap();
+        assert_eq!(got, (200, "v2".to_owned()), "the new leader's response");
+    }
+    assert_eq!(
+        calls.load(SeqCst),
+        2,
+        "the stalled call and one new leader, not one call per waiter"
+    );
+    // The stalled request still answers its own client when it ends.
+    open.send(()).unwrap();
+    assert_eq!(stalled.await.unwrap(), (200, "v1".to_owned()));
+}
+
 async fn a_slow_origin_past_origin_timeout_is_covered_by_the_stale_entry_and_still_refreshes(
     redis: RedisServer,
 ) {
@@ -745,6 +815,7 @@ on_both_topologies!(
     the_redis_lock_works_without_single_flight,
     waiters_released_by_an_unshareable_response_call_the_service_themselves,
     a_slow_origin_past_origin_timeout_is_covered_by_the_stale_entry_and_still_refreshes,
+    a_stalled_leader_holds_its_waiters_only_until_the_coalesce_timeout,
 );
 
 /// A store whose Redis never answers: nothing listens on its port.
