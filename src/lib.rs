@@ -84,6 +84,7 @@ mod key;
 mod layer;
 mod metrics;
 mod policy;
+mod replay;
 mod semantics;
 mod service;
 pub mod store;
@@ -97,7 +98,7 @@ pub use {
     error::{Error, StoreError},
     fred,
     future::ResponseFuture,
-    handle::{CacheHandle, CacheStats, NamespaceBump},
+    handle::{CacheHandle, CacheStats, Invalidation},
     layer::{RedisCacheLayer, RedisCacheLayerBuilder},
     policy::{CachePolicy, FreshnessMode},
     service::CacheService,
