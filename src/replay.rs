@@ -269,15 +269,15 @@ impl Replay {
         }
     }
 
-    /// Queues `item` for replay and makes sure the worker runs.
+    /// Queues `item` for replay and makes sure the worker runs (a worker
+    /// backing off from a failure is not woken: the store is not asked
+    /// again sooner because more invalidations come).
     pub(crate) fn push(&self, core: &Arc<CacheCore>, item: Item) {
         let mut state = self.lock();
         self.push_locked(&mut state, item, false);
         self.compact(&mut state);
         self.publish(&state);
         self.start_locked(core, &mut state);
-        drop(state);
-        self.wake.notify_one();
     }
 
     /// Queues `item` as under way: a handle call ran out of time while its
@@ -292,8 +292,9 @@ impl Replay {
     }
 
     /// Ends the in-flight item `id`: removed when its store call succeeded,
-    /// left for the worker otherwise.
-    pub(crate) fn settle(&self, id: u64, ok: bool) {
+    /// left for the worker otherwise. `wake` (a handle call's item) wakes
+    /// the worker, which may be waiting for it.
+    pub(crate) fn settle(&self, id: u64, ok: bool, wake: bool) {
         let mut state = self.lock();
         if let Some(at) = state.items.iter().position(|p| p.id == id) {
             if ok {
@@ -307,7 +308,9 @@ impl Replay {
         self.publish(&state);
         drop(state);
         self.changed.notify_waiters();
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
     }
 
     fn start_locked(&self, core: &Arc<CacheCore>, state: &mut State) {
@@ -322,7 +325,8 @@ impl Replay {
         runtime.spawn(work(core.clone()));
     }
 
-    /// Starts the worker if items wait and none runs.
+    /// Starts the worker if items wait and none runs, and wakes it from its
+    /// back-off.
     pub(crate) fn start(&self, core: &Arc<CacheCore>) {
         let mut state = self.lock();
         self.start_locked(core, &mut state);
@@ -398,7 +402,7 @@ pub(crate) async fn invalidate(core: &Arc<CacheCore>, item: Item) -> Outcome {
                 }
                 Call::Abandoned(id) => {
                     drop(state);
-                    core.replay.settle(id, result.is_ok());
+                    core.replay.settle(id, result.is_ok(), true);
                 }
             }
         }
@@ -456,12 +460,15 @@ async fn work(core: Arc<CacheCore>) {
         };
         match result {
             Ok(_) => {
-                replay.settle(id, true);
+                replay.settle(id, true, false);
                 backoff = FIRST_BACKOFF;
+                // A store that answers at once (the in-memory one) never
+                // makes this task wait: let others run between items.
+                tokio::task::yield_now().await;
                 tracing::debug!(op = item.op(), "cache invalidation replayed");
             }
             Err(e) => {
-                replay.settle(id, false);
+                replay.settle(id, false, false);
                 tracing::debug!(op = item.op(), error = %e, "cache invalidation replay failed; retrying");
                 let _ = tokio::time::timeout(backoff, replay.wake.notified()).await;
                 backoff = (backoff * 2).min(LAST_BACKOFF);

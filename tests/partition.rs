@@ -239,12 +239,8 @@ async fn two_instances_with_the_l1_tier_serve_no_stale_entry_once_the_writer_rep
     assert_eq!(outcome(&b, "/lists/a").await, "MISS");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_redis_holds_a_handler_for_the_handle_budget_only() {
-    let redis = RedisServer::start();
-    let a = instance(redis_store(redis.url()).await, db(), |b| b);
-    fill(&a).await;
-    // A separate client stalls every client of Redis for 2 s.
+/// Pauses every client of `redis` for 2 s, from a separate client.
+async fn pause(redis: &RedisServer) {
     let admin = redis.client().await;
     let _: String = admin
         .custom(
@@ -253,6 +249,14 @@ async fn a_stalled_redis_holds_a_handler_for_the_handle_budget_only() {
         )
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_holds_a_handler_for_the_handle_budget_only() {
+    let redis = RedisServer::start();
+    let a = instance(redis_store(redis.url()).await, db(), |b| b);
+    fill(&a).await;
+    pause(&redis).await;
     let started = Instant::now();
     let (status, _, body) = send(&a.app, request("PATCH", "/items/1")).await;
     let took = started.elapsed();
@@ -316,4 +320,35 @@ async fn past_the_queue_bound_every_namespace_touched_is_bumped() {
     assert_eq!(outcome(&a, "/items/4").await, "MISS");
     assert_eq!(outcome(&a, "/lists/a").await, "MISS");
     assert!(h.stats().invalidations_dropped >= 4, "{:?}", h.stats());
+}
+
+/// The L1 tier answers hits from process memory (no future, no Redis): while
+/// Redis stalls it still holds the entry the update invalidated, and the
+/// queued invalidation keeps it from being served.
+#[cfg(feature = "l1")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_l1_tier_a_queued_invalidation_keeps_in_process_hits_from_being_served() {
+    use tower_redis_cache::store::{LocalTier, TieredStore};
+    let redis = RedisServer::start();
+    let store = TieredStore::connect(
+        redis_store(redis.url()).await,
+        LocalTier::new().track_prefix("part:"),
+    )
+    .await
+    .unwrap();
+    let a = instance(store, db(), |b| b);
+    fill(&a).await;
+    pause(&redis).await;
+    let (status, _, body) = send(&a.app, request("PATCH", "/items/1")).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"queued":[true,true]}"#));
+    // Redis is still paused; the L1 holds the old entry.
+    let (_, x, body) = send(&a.app, req_get("/items/1")).await;
+    assert_eq!(
+        (x.as_str(), body.as_str()),
+        ("BYPASS", "item 1 v2"),
+        "served from the L1 while the invalidation was queued"
+    );
+    never_stale_until_cached(&a, "the writer").await;
+    assert!(a.handle.drain(Duration::from_secs(10)).await);
+    assert_eq!(outcome(&a, "/lists/a").await, "MISS");
 }
