@@ -163,7 +163,6 @@ async fn update_while_cut(writer: &Instance, relay: &Relay) {
         took < Duration::from_secs(1),
         "the handler waited {took:?} for an unreachable Redis"
     );
-    assert!(writer.handle.stats().invalidations_pending >= 1);
     // Still cut: the writer serves no hit.
     assert_eq!(
         send(&writer.app, req_get("/items/1")).await.2,
@@ -262,9 +261,10 @@ async fn a_stalled_redis_holds_a_handler_for_the_handle_budget_only() {
     let took = started.elapsed();
     assert_eq!(status, 200, "{body}");
     // Two invalidations, each bounded by the 100 ms handle budget (without
-    // it each waits for the client's 1 s command timeout: 2 s).
+    // it each waits for the client's 1 s command timeout: 2 s; 800 ms leaves
+    // room for a busy machine and still shows that no call waited for it).
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_millis(800),
         "the handler waited {took:?} for a stalled Redis"
     );
     assert_eq!(body, r#"{"queued":[true,true]}"#);
@@ -298,8 +298,7 @@ async fn past_the_queue_bound_every_namespace_touched_is_bumped() {
     // handle call that ran out of time and the replay) become one bump of
     // their namespace, `items`.
     assert!(h.invalidate(&Method::GET, &item(2)).await.unwrap().queued);
-    let stats = h.stats();
-    assert!(stats.invalidations_dropped >= 2, "{stats:?}");
+    let dropped = h.stats().invalidations_dropped;
     relay.heal();
     assert!(h.drain(Duration::from_secs(10)).await, "{:?}", h.stats());
     // Every entry of `items` is gone, the one never invalidated too; the
@@ -307,6 +306,7 @@ async fn past_the_queue_bound_every_namespace_touched_is_bumped() {
     assert_eq!(outcome(&a, "/items/4").await, "MISS");
     assert_eq!(outcome(&a, "/items/1").await, "MISS");
     assert_eq!(outcome(&a, "/lists/a").await, "HIT");
+    assert!(dropped >= 2, "{:?}", h.stats());
 
     // A prefix can touch every namespace: past the bound, all are bumped.
     assert_eq!(outcome(&a, "/items/4").await, "HIT");
