@@ -57,7 +57,13 @@ fn instance(
             .store(store)
             .ttl(Duration::from_secs(900))
             .route("/items/{id}", CachePolicy::new().namespace("items"))
-            .route("/lists/{name}", CachePolicy::new().namespace("lists")),
+            .route("/lists/{name}", CachePolicy::new().namespace("lists"))
+            .route(
+                "/docs/{id}",
+                CachePolicy::new()
+                    .namespace("docs")
+                    .invalidate_on_unsafe(true),
+            ),
     )
     .build()
     .unwrap();
@@ -86,6 +92,18 @@ fn instance(
         .route(
             "/lists/{name}",
             get(|Path(name): Path<String>| async move { format!("list {name}") }),
+        )
+        // The layer itself invalidates after a successful `PUT`.
+        .route(
+            "/docs/{id}",
+            get(|State(db): State<Db>, Path(id): Path<String>| async move {
+                let key = format!("doc {id}");
+                db.lock().unwrap().get(&key).cloned().unwrap_or(key)
+            })
+            .put(|State(db): State<Db>, Path(id): Path<String>| async move {
+                let key = format!("doc {id}");
+                db.lock().unwrap().insert(key.clone(), format!("{key} v2"));
+            }),
         )
         .with_state(db)
         .layer(cache);
@@ -351,4 +369,31 @@ async fn with_the_l1_tier_a_queued_invalidation_keeps_in_process_hits_from_being
     never_stale_until_cached(&a, "the writer").await;
     assert!(a.handle.drain(Duration::from_secs(10)).await);
     assert_eq!(outcome(&a, "/lists/a").await, "MISS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invalidation_after_an_unsafe_request_is_queued_and_replayed_too() {
+    let redis = RedisServer::start();
+    let relay = Relay::start(redis.port()).await;
+    let a = instance(redis_store(relay.url()).await, db(), |b| b);
+    send(&a.app, req_get("/docs/1")).await;
+    assert_eq!(send(&a.app, req_get("/docs/1")).await.1, "HIT");
+    relay.cut();
+    let started = Instant::now();
+    assert_eq!(send(&a.app, request("PUT", "/docs/1")).await.0, 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    relay.heal();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, x, body) = send(&a.app, req_get("/docs/1")).await;
+        assert_eq!(body, "doc 1 v2", "read ({x}) served the invalidated entry");
+        if x != "BYPASS" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", a.handle.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = a.handle.stats();
+    assert_eq!(stats.unsafe_invalidations, 1, "{stats:?}");
+    assert!(stats.invalidations_queued >= 1, "{stats:?}");
 }
