@@ -655,6 +655,43 @@ mod tests {
     }
 
     #[test]
+    fn the_replay_queue_knows_each_namespace_and_its_longest_life() {
+        let layer = RedisCacheLayer::builder()
+            .prefix("t")
+            .ttl(Duration::from_secs(100))
+            .jitter(0.1)
+            .route(
+                "/a/{id}",
+                CachePolicy::new()
+                    .namespace("a")
+                    .stale_if_error(Duration::from_secs(50)),
+            )
+            .route("/b/{id}", CachePolicy::new().namespace("a"))
+            .path_prefix("/o/", CachePolicy::new().namespace("o").origin_driven())
+            .build()
+            .unwrap();
+        let lives: Vec<(String, String, Option<Duration>)> = layer
+            .core
+            .replay
+            .namespaces()
+            .iter()
+            .map(|n| (n.namespace.clone(), n.key_head.clone(), n.longest))
+            .collect();
+        assert_eq!(
+            lives,
+            vec![
+                (
+                    "default".into(),
+                    "t:v1:default:".into(),
+                    Some(Duration::from_secs(110))
+                ),
+                ("a".into(), "t:v1:a:".into(), Some(Duration::from_secs(160))),
+                ("o".into(), "t:v1:o:".into(), None),
+            ]
+        );
+    }
+
+    #[test]
     fn bad_configurations_say_what_to_fix() {
         let b = RedisCacheLayer::builder;
         assert!(err(b().prefix("")).contains("prefix is empty"));
@@ -666,6 +703,8 @@ mod tests {
         assert!(err(b().store_timeout(Duration::ZERO)).contains("store_timeout"));
         assert!(err(b().lock_ttl(Duration::ZERO)).contains("lock_ttl"));
         assert!(err(b().circuit_breaker(3, Duration::ZERO)).contains("cool-down"));
+        assert!(err(b().handle_timeout(Duration::ZERO)).contains("handle_timeout"));
+        assert!(err(b().max_pending_invalidations(0)).contains("max_pending_invalidations"));
         assert!(err(b().early_refresh(-1.0)).contains("early_refresh"));
         let e = err(b().route("/p/{id}", CachePolicy::new().ttl(Duration::ZERO)));
         assert!(e.contains("route \"/p/{id}\": TTL is zero"), "{e}");

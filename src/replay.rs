@@ -157,6 +157,11 @@ impl Replay {
         crate::metrics::invalidations_pending(state.items.len());
     }
 
+    #[cfg(test)]
+    pub(crate) fn namespaces(&self) -> &[NamespaceLife] {
+        &self.config.namespaces
+    }
+
     /// The namespace an entry key belongs to.
     fn namespace_of(&self, key: &str) -> Option<&NamespaceLife> {
         self.config
