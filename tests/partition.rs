@@ -397,3 +397,60 @@ async fn the_invalidation_after_an_unsafe_request_is_queued_and_replayed_too() {
     assert_eq!(stats.unsafe_invalidations, 1, "{stats:?}");
     assert!(stats.invalidations_queued >= 1, "{stats:?}");
 }
+
+/// On a Redis Cluster, the master holding the item's entry stalls (the
+/// others answer): the handler still answers within the handle budget, and
+/// once the master answers again and the queue is replayed the update is
+/// visible. (A stall, `CLIENT PAUSE` on that master, not a cut: the cluster
+/// announces its nodes' own ports, which a relay cannot stand in for.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_stalled_master_holds_the_handler_for_the_budget_only() {
+    use tower_redis_cache::fred::prelude::{Builder, Config, KeysInterface};
+    let redis = RedisServer::start_cluster();
+    let a = instance(redis_store(redis.url()).await, db(), |b| b);
+    fill(&a).await;
+    let key = a
+        .handle
+        .key_for(&Method::GET, &Uri::from_static("/items/1"))
+        .unwrap();
+    // The master that owns the entry's slot: the one that answers a plain
+    // GET of it (the others answer MOVED).
+    let url = redis.url();
+    let ports = url
+        .split(['/', '?', '&'])
+        .filter_map(|part| part.rsplit(':').next()?.parse::<u16>().ok());
+    let mut owner = None;
+    for port in ports {
+        let client =
+            Builder::from_config(Config::from_url(&format!("redis://127.0.0.1:{port}")).unwrap())
+                .build()
+                .unwrap();
+        client.init().await.unwrap();
+        let read: Result<tower_redis_cache::fred::types::Value, _> = client.get(&key).await;
+        if read.is_ok() {
+            owner = Some(client);
+            break;
+        }
+    }
+    let owner = owner.expect("a master owns the entry's slot");
+    let _: String = owner
+        .custom(
+            CustomCommand::new_static("CLIENT", None, false),
+            vec!["PAUSE", "2000", "ALL"],
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (status, _, body) = send(&a.app, request("PATCH", "/items/1")).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        took < Duration::from_millis(800),
+        "the handler waited {took:?} for a stalled master"
+    );
+    assert!(body.starts_with(r#"{"queued":[true"#), "{body}");
+    never_stale_until_cached(&a, "the writer").await;
+    assert!(a.handle.drain(Duration::from_secs(10)).await);
+    let (_, x, body) = send(&a.app, req_get("/items/1")).await;
+    assert_eq!((x.as_str(), body.as_str()), ("HIT", "item 1 v2"));
+}
