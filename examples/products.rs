@@ -243,17 +243,18 @@ async fn create_batch(State(s): State<AppState>, Json(products): Json<Vec<Produc
             Some((uri, json_response(p)?))
         })
         .collect();
+    // 0 when Redis did not take them in time: they are read from the
+    // database then.
     let cached = match s.cache.put_many(entries).await {
         Ok(n) => n,
         Err(e) => {
-            tracing::warn!(error = %e, "batch cache write failed; items will be read from the database");
+            tracing::warn!(error = %e, "a product could not be cached");
             0
         }
     };
-    // New products change the lists.
-    if let Err(e) = s.cache.invalidate_tags([LIST_TAG]).await {
-        tracing::warn!(error = %e, "could not invalidate list pages");
-    }
+    // New products change the lists. Never a store error: an invalidation
+    // Redis does not confirm in time is queued and replayed.
+    let _ = s.cache.invalidate_tags([LIST_TAG]).await;
     (
         StatusCode::CREATED,
         Json(serde_json::json!({ "created": products.len(), "cached": cached })),
@@ -300,10 +301,18 @@ async fn update_stock(
     // show: that would spare only the pages without this product, for up to
     // 100 tag writes per page, and a batch insert (which shifts every page
     // and changes the totals) needs the shared tag anyway.
+    //
+    // The call waits at most the handle budget (100 ms). An invalidation
+    // Redis does not confirm in time is queued and replayed once Redis
+    // answers; until then this instance serves no hit, so no stale product.
     let tags = [product_tag(&id), LIST_TAG.to_owned()];
-    if let Err(e) = s.cache.invalidate_tags(tags).await {
-        // The database is updated; a stale entry lives at most its TTL.
-        tracing::warn!(error = %e, "cache invalidation failed after a stock update");
+    match s.cache.invalidate_tags(tags).await {
+        Ok(done) if done.queued => {
+            tracing::info!("cache invalidation queued for replay after a stock update");
+        }
+        Ok(_) => {}
+        // Only bad input is an error; a tag is never bad input here.
+        Err(e) => tracing::warn!(error = %e, "cache invalidation refused"),
     }
     Json(product).into_response()
 }
@@ -364,10 +373,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             RedisCacheLayer::builder()
         }
     };
-    let app = router(Db::seeded(), cache_layer(builder)?);
+    let cache = cache_layer(builder)?;
+    let handle = cache.handle();
+    let app = router(Db::seeded(), cache);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on http://{addr}  (try: curl -i http://{addr}/products/1)");
-    axum::serve(listener, app).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    // Invalidations still queued (Redis was away) are lost when the process
+    // exits: give them a few seconds.
+    if !handle.drain(std::time::Duration::from_secs(5)).await {
+        tracing::warn!(
+            pending = handle.stats().invalidations_pending,
+            "cache invalidations lost on shutdown"
+        );
+    }
     Ok(())
 }

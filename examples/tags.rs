@@ -102,7 +102,10 @@ async fn edit(
     }
     // Every page that showed this article: its own page and the author lists.
     match cache.invalidate_tags([format!("article:{id}")]).await {
-        Ok(n) => format!("updated; {n} cached pages dropped\n").into_response(),
+        Ok(done) if done.queued => {
+            "updated; cache purge queued until Redis answers\n".into_response()
+        }
+        Ok(done) => format!("updated; {} cached pages dropped\n", done.removed).into_response(),
         Err(e) => (StatusCode::OK, format!("updated; cache not purged: {e}\n")).into_response(),
     }
 }

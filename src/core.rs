@@ -20,6 +20,7 @@ use crate::{
     flight::Flights,
     key::KeySpace,
     policy::Policies,
+    replay::{Replay, ReplayConfig},
     store::{BoxFuture, Fetched, Store, Write},
     CacheStats,
 };
@@ -39,6 +40,8 @@ pub(crate) struct Settings {
     pub(crate) breaker_cooldown: Duration,
     pub(crate) tag_headers: Vec<HeaderName>,
     pub(crate) origin_key: crate::key::OriginKey,
+    /// The time budget of a [`CacheHandle`](crate::CacheHandle) call.
+    pub(crate) handle_timeout: Duration,
 }
 
 pub(crate) struct CacheCore {
@@ -48,6 +51,8 @@ pub(crate) struct CacheCore {
     pub(crate) settings: Settings,
     pub(crate) counters: Counters,
     pub(crate) flights: Flights,
+    /// Invalidations the store has not confirmed yet.
+    pub(crate) replay: Replay,
     breaker: Breaker,
     store_healthy: AtomicBool,
     /// The lock token of this layer's flight leaders (with single-flight on):
@@ -199,8 +204,10 @@ impl CacheCore {
         keys: KeySpace,
         policies: Policies,
         settings: Settings,
+        replay: ReplayConfig,
     ) -> Self {
         Self {
+            replay: Replay::new(replay),
             breaker: Breaker::new(
                 settings.breaker_threshold,
                 settings.breaker_cooldown,
@@ -251,6 +258,10 @@ impl CacheCore {
             revalidations: c.revalidations.load(Relaxed),
             not_modified: c.not_modified.load(Relaxed),
             unsafe_invalidations: c.unsafe_invalidations.load(Relaxed),
+            invalidations_queued: self.replay.queued.load(Relaxed),
+            invalidations_replayed: self.replay.replayed.load(Relaxed),
+            invalidations_dropped: self.replay.dropped.load(Relaxed),
+            invalidations_pending: self.replay.len() as u64,
             breaker: self.breaker.state(),
             breaker_trips: self.breaker.trips.load(Relaxed),
             breaker_probes: self.breaker.probes.load(Relaxed),
@@ -280,11 +291,7 @@ impl CacheCore {
             return Err(StoreError::CircuitOpen);
         }
         let budget = self.settings.budget;
-        let clock = if tracing::enabled!(tracing::Level::TRACE) {
-            Some(Instant::now())
-        } else {
-            crate::metrics::start()
-        };
+        let clock = Self::clock();
         let mut call = call;
         // A store that answers at once (the in-process tier, the memory
         // store) needs no timer. The timer is boxed: it would otherwise make
@@ -297,6 +304,32 @@ impl CacheCore {
                 .await
                 .unwrap_or(Err(StoreError::Timeout(budget))),
         };
+        self.account(op, clock, &result);
+        result
+    }
+
+    /// Whether the circuit breaker lets a store call through now.
+    pub(crate) fn allow_store(&self) -> bool {
+        self.breaker.allow()
+    }
+
+    /// A clock for a store call, read only when someone listens.
+    pub(crate) fn clock() -> Option<Instant> {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            Some(Instant::now())
+        } else {
+            crate::metrics::start()
+        }
+    }
+
+    /// Counts and logs the end of a store call (started at `clock`), and
+    /// tells the circuit breaker.
+    pub(crate) fn account<T>(
+        &self,
+        op: &'static str,
+        clock: Option<Instant>,
+        result: &Result<T, StoreError>,
+    ) {
         if let Some(clock) = clock {
             let took = clock.elapsed();
             crate::metrics::store_call(op, took, result.is_ok());
@@ -307,7 +340,7 @@ impl CacheCore {
                 "store call"
             );
         }
-        match &result {
+        match result {
             Ok(_) => {
                 self.breaker.record_success();
                 if !self.store_healthy.load(Relaxed) && !self.store_healthy.swap(true, Relaxed) {
@@ -324,10 +357,13 @@ impl CacheCore {
                 }
             }
         }
-        result
     }
 
     pub(crate) async fn lookup(&self, key: &str, generation_key: &str) -> Lookup {
+        // Invalidations wait for replay: nothing from the store is served.
+        if self.replay.pending() {
+            return Lookup::Failed;
+        }
         let budget = self.settings.budget;
         let result = match self.store.fetch_within(key, generation_key, budget) {
             Some(call) => self.guarded("fetch", call, false).await,
@@ -357,6 +393,9 @@ impl CacheCore {
         lock_key: &str,
         token: &str,
     ) -> (Lookup, bool) {
+        if self.replay.pending() {
+            return (Lookup::Failed, false);
+        }
         let budget = self.settings.budget;
         let ttl = self.settings.lock_ttl;
         let Some(call) =
@@ -431,6 +470,10 @@ impl CacheCore {
     /// The lookup, when the store answers without waiting (see
     /// [`Store::fetch_now`]); `None` sends the caller to [`lookup`](Self::lookup).
     pub(crate) fn lookup_now(&self, key: &str, generation_key: &str) -> Option<Lookup> {
+        // Invalidations wait for replay: the request passes through.
+        if self.replay.pending() {
+            return Some(Lookup::Failed);
+        }
         // Only with the breaker closed: an open or probing one is the
         // asynchronous path's business.
         if self.breaker.state() != BreakerState::Closed {
@@ -470,6 +513,9 @@ impl CacheCore {
         wait: bool,
         replaces: Option<u64>,
     ) -> Coalesced {
+        if self.replay.pending() {
+            return Coalesced::Proceed;
+        }
         let token = self.lock_token();
         let deadline = Instant::now() + self.settings.coalesce_timeout;
         let mut delay = Duration::from_millis(2);
@@ -517,6 +563,10 @@ impl CacheCore {
     }
 
     pub(crate) async fn write(&self, writes: &[Write]) -> Result<(), StoreError> {
+        // Nothing is written while invalidations wait for replay.
+        if self.replay.pending() {
+            return Ok(());
+        }
         self.timed("put", self.store.put(writes)).await?;
         self.count_writes(writes);
         Ok(())
@@ -529,6 +579,9 @@ impl CacheCore {
         writes: &[Write],
         held: &HeldLock,
     ) -> Result<(), StoreError> {
+        if self.replay.pending() {
+            return Ok(());
+        }
         // Set less than half its TTL ago: nobody else can have taken it
         // since, and it may be deleted without a compare.
         let owned = held

@@ -1,14 +1,20 @@
 //! [`CacheHandle`]: invalidation, direct writes and statistics, cloned into
 //! application state or taken from request extensions.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Method, Response, Uri};
 use serde::Serialize;
 
 use crate::{
-    breaker::BreakerState, core::CacheCore, entry, error::Error, semantics, store::Write,
+    breaker::BreakerState,
+    core::CacheCore,
+    entry,
+    error::{Error, StoreError},
+    replay::{self, Item, Outcome},
+    semantics,
+    store::Write,
     tags::take_tags,
 };
 
@@ -19,6 +25,12 @@ use crate::{
 /// extensions; with the `axum` feature it is also an extractor. Every clone
 /// talks to the same store, with the same keys and policies, as the layer.
 ///
+/// Invalidations never fail because of the store: one the store does not
+/// confirm within [`handle_timeout`](crate::RedisCacheLayerBuilder::handle_timeout)
+/// (Redis down or slow, circuit breaker open) is queued and replayed once
+/// the store answers, and until then this layer serves no hit (see
+/// [`Invalidation`]). `Err` means bad input only.
+///
 /// ```no_run
 /// # async fn run(handle: tower_redis_cache::CacheHandle) -> Result<(), tower_redis_cache::Error> {
 /// use http::{Method, Uri};
@@ -26,10 +38,14 @@ use crate::{
 /// // One entry.
 /// handle.invalidate(&Method::GET, &Uri::from_static("/products/42")).await?;
 /// // Every cached page under /products (all query strings).
-/// let removed = handle.invalidate_prefix("/products").await?;
+/// let done = handle.invalidate_prefix("/products").await?;
 /// // A whole namespace, in O(1).
 /// handle.invalidate_namespace("products").await?;
-/// println!("{} hits so far, {removed} pages dropped", handle.stats().hits);
+/// if done.queued {
+///     println!("Redis is away: the invalidation is replayed when it is back");
+/// } else {
+///     println!("{} hits so far, {} pages dropped", handle.stats().hits, done.removed);
+/// }
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -37,16 +53,46 @@ pub struct CacheHandle {
     core: Arc<CacheCore>,
 }
 
-/// The result of [`CacheHandle::invalidate_namespace`].
+/// What an invalidation through [`CacheHandle`] did.
 ///
-/// A namespace bump makes every existing entry of the namespace unreachable at
-/// once without touching them, so how many entries that was is not known; they
-/// are left to expire on their TTL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Either the store confirmed it within the handle's time budget
+/// (`queued == false`), or it was queued (`queued == true`): the store failed,
+/// did not answer in time, or the circuit breaker was open (or earlier
+/// invalidations still wait). A queued invalidation is replayed, in order, by
+/// a background task as soon as the store answers again, and until the
+/// queue is empty this layer serves no hit and writes nothing: every
+/// cacheable request goes to the service (`x-cache: BYPASS`). Other
+/// instances sharing the store see it once it is replayed. See
+/// [`CacheHandle::drain`] for shutting down with invalidations queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub struct NamespaceBump {
-    /// The namespace's generation after the bump.
-    pub generation: u64,
+pub struct Invalidation {
+    /// How many entries the store removed (0 when queued, and for a
+    /// namespace bump, which leaves its entries to expire on their TTL).
+    pub removed: u64,
+    /// For [`CacheHandle::invalidate_namespace`] confirmed by the store: the
+    /// namespace's generation after the bump.
+    pub generation: Option<u64>,
+    /// Not confirmed yet: queued for replay.
+    pub queued: bool,
+}
+
+impl Invalidation {
+    fn done(removed: u64) -> Self {
+        Self {
+            removed,
+            generation: None,
+            queued: false,
+        }
+    }
+
+    fn queued() -> Self {
+        Self {
+            removed: 0,
+            generation: None,
+            queued: true,
+        }
+    }
 }
 
 /// Counters of one layer tree since it was built (every clone of the layer
@@ -84,8 +130,21 @@ pub struct CacheStats {
     /// `304 Not Modified` answers the cache gave to conditional requests.
     pub not_modified: u64,
     /// Successful `POST`/`PUT`/`PATCH`/`DELETE` requests whose target (and
-    /// same-origin `Location`/`Content-Location`) were invalidated.
+    /// same-origin `Location`/`Content-Location`) were invalidated (confirmed
+    /// by the store, or queued for replay).
     pub unsafe_invalidations: u64,
+    /// Invalidations queued for replay because the store did not confirm
+    /// them in time (failure, timeout, open breaker), namespace bumps that
+    /// replaced dropped ones included.
+    pub invalidations_queued: u64,
+    /// Queued invalidations the store has confirmed since.
+    pub invalidations_replayed: u64,
+    /// Queued invalidations replaced by namespace bumps (the queue passed
+    /// its bound, or they outlived every entry they could cover).
+    pub invalidations_dropped: u64,
+    /// Invalidations waiting for replay now. While this is not 0 the layer
+    /// serves no hit.
+    pub invalidations_pending: u64,
     /// The circuit breaker's state now.
     pub breaker: BreakerState,
     /// How often the circuit breaker opened (a failed probe reopening it
@@ -143,71 +202,98 @@ impl CacheHandle {
         ))
     }
 
+    /// Runs one invalidation under the handle budget and the breaker.
+    async fn run(&self, item: Item) -> Invalidation {
+        let namespace = matches!(item, Item::Namespace(_));
+        match replay::invalidate(&self.core, item).await {
+            Outcome::Done(n) if namespace => Invalidation {
+                generation: Some(n),
+                ..Invalidation::done(0)
+            },
+            Outcome::Done(n) => Invalidation::done(n),
+            Outcome::Queued => Invalidation::queued(),
+        }
+    }
+
     /// Removes the one entry for `method` and `uri` (query order does not
-    /// matter; `HEAD` means the `GET` entry it is served from). Returns how many
-    /// entries were removed (0 or 1).
-    pub async fn invalidate(&self, method: &Method, uri: &Uri) -> Result<u64, Error> {
+    /// matter; `HEAD` means the `GET` entry it is served from). `removed` is
+    /// 0 or 1; see [`Invalidation`] for a store that does not confirm.
+    pub async fn invalidate(&self, method: &Method, uri: &Uri) -> Result<Invalidation, Error> {
         let Some(key) = self.key_for(method, uri) else {
-            return Ok(0);
+            return Ok(Invalidation::done(0));
         };
-        Ok(self.core.store.delete(&[key]).await?)
+        Ok(self.run(Item::Keys(vec![key])).await)
     }
 
     /// Removes every entry whose path starts with `path_prefix` (any query,
-    /// any namespace of this layer's key space). Returns how many were removed.
+    /// any namespace of this layer's key space); `removed` says how many.
+    /// `Err` only for a prefix that does not start with `/`.
     ///
     /// On Redis this is a SCAN with the prefix glob-escaped, then UNLINK of the
-    /// matching keys, so its cost grows with the number of keys in Redis.
-    pub async fn invalidate_prefix(&self, path_prefix: &str) -> Result<u64, Error> {
+    /// matching keys, so its cost grows with the number of keys in Redis. A
+    /// scan that outlasts the handle budget goes on in the background (the
+    /// call returns queued).
+    pub async fn invalidate_prefix(&self, path_prefix: &str) -> Result<Invalidation, Error> {
         if !path_prefix.starts_with('/') {
             return Err(Error::Invalid(format!(
                 "path prefix {path_prefix:?} must start with '/'"
             )));
         }
         // Normalised as keys are: `/products/%38` is `/products/8`.
-        let path_prefix: &str = &crate::key::normalize_percent(path_prefix);
-        let keys = &self.core.keys;
-        let pattern = keys.prefix_pattern(path_prefix);
-        let filter = |key: &str| keys.is_under_path_prefix(key, path_prefix);
-        Ok(self.core.store.delete_matching(&pattern, &filter).await?)
+        let path_prefix = crate::key::normalize_percent(path_prefix).into_owned();
+        Ok(self.run(Item::Prefix(path_prefix)).await)
     }
 
     /// Drops every entry of `namespace` in O(1): the namespace's generation is
     /// bumped, so entries written before are never served again (and expire on
     /// their TTL). Every instance sharing the store sees it at its next lookup.
-    pub async fn invalidate_namespace(&self, namespace: &str) -> Result<NamespaceBump, Error> {
+    /// `generation` is the new generation when the store confirmed the bump;
+    /// `Err` only for a name that cannot be a namespace.
+    pub async fn invalidate_namespace(&self, namespace: &str) -> Result<Invalidation, Error> {
         crate::key::check_component("namespace", namespace).map_err(|e| match e {
             Error::Config(m) => Error::Invalid(m),
             other => other,
         })?;
-        let key = self.core.keys.generation_key(namespace);
-        let generation = self.core.store.bump_generation(&key).await?;
-        Ok(NamespaceBump { generation })
+        Ok(self.run(Item::Namespace(namespace.to_owned())).await)
     }
 
     /// Stores `response` as the cached answer to `GET uri`, exactly as the
     /// layer would after a miss (same key, namespace, TTL and jitter, same
-    /// rules for what may be stored). Returns whether it was stored.
+    /// rules for what may be stored). Returns whether it was stored: `false`
+    /// too when the store failed, did not answer within the handle budget, the
+    /// breaker is open, or invalidations wait for replay (a lost cache write
+    /// is safe: the next request misses). `Err` only for a response that
+    /// cannot be stored (a header value that is not text).
     pub async fn put(&self, uri: &Uri, response: Response<Bytes>) -> Result<bool, Error> {
         Ok(self.put_many([(uri.clone(), response)]).await? == 1)
     }
 
     /// Stores many responses in one store round trip (one Redis pipeline), as
-    /// [`put`](Self::put) does for one. Returns how many were stored; a
-    /// response its route would not cache (bypassed route, status not listed,
-    /// `Set-Cookie`, `no-store`...) is skipped.
+    /// [`put`](Self::put) does for one, within one handle budget. Returns how
+    /// many were stored (0 when the store did not take them, as for `put`);
+    /// a response its route would not cache (bypassed route, status not
+    /// listed, `Set-Cookie`, `no-store`...) is skipped.
     pub async fn put_many<I>(&self, responses: I) -> Result<usize, Error>
     where
         I: IntoIterator<Item = (Uri, Response<Bytes>)>,
     {
-        let mut generations: HashMap<String, u64> = HashMap::new();
-        let mut writes = Vec::new();
+        struct Candidate {
+            namespace: String,
+            uri: Uri,
+            parts: http::response::Parts,
+            body: Bytes,
+            lifetimes: entry::Lifetimes,
+            tags: Vec<String>,
+            origin: String,
+        }
+        let core = &self.core;
+        let settings = &core.settings;
+        let mut candidates = Vec::new();
         for (uri, response) in responses {
-            let Some(rule) = self.core.policies.lookup(None, uri.path()).as_ref() else {
+            let Some(rule) = core.policies.lookup(None, uri.path()).as_ref() else {
                 continue;
             };
             let (mut parts, body) = response.into_parts();
-            let settings = &self.core.settings;
             let tags = take_tags(
                 &settings.tag_headers,
                 rule.tagger.as_ref(),
@@ -226,65 +312,110 @@ impl CacheHandle {
             {
                 continue;
             }
-            let generation = match generations.get(&rule.namespace) {
-                Some(g) => *g,
-                None => {
-                    let key = self.core.keys.generation_key(&rule.namespace);
-                    let g = self.core.store.generation(&key).await?;
-                    generations.insert(rule.namespace.clone(), g);
-                    g
-                }
-            };
             let lifetimes = rule.lifetimes();
-            let value = entry::encode(
+            // Checked before any store call, so bad input is an error
+            // whatever the store does.
+            if entry::encode(
                 parts.status,
                 &parts.headers,
                 &body,
                 &lifetimes,
-                std::time::Duration::ZERO,
-                generation,
-                self.core.settings.status_header.as_ref(),
+                Duration::ZERO,
+                0,
+                settings.status_header.as_ref(),
             )
-            .ok_or_else(|| {
-                Error::Invalid(format!(
+            .is_none()
+            {
+                return Err(Error::Invalid(format!(
                     "response for {uri} has a header value that is not text"
+                )));
+            }
+            let origin = self.origin(&uri).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{uri} names no valid host, and the key has the host (key_host): \
+                     pass an absolute URI such as http://shop.example/products/7"
                 ))
             })?;
-            let key = self.core.keys.entry_key_at(
-                &rule.namespace,
-                &Method::GET,
-                &self.origin(&uri).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "{uri} names no valid host, and the key has the host (key_host): \
-                         pass an absolute URI such as http://shop.example/products/7"
-                    ))
-                })?,
-                uri.path(),
-                uri.query(),
-            );
-            writes.push(Write {
-                key,
-                value,
-                ttl: lifetimes.store_ttl(),
-                tags: tags.iter().map(|t| self.core.keys.tag_key(t)).collect(),
+            candidates.push(Candidate {
+                namespace: rule.namespace.clone(),
+                origin,
+                uri,
+                parts,
+                body,
+                lifetimes,
+                tags: tags.iter().map(|t| core.keys.tag_key(t)).collect(),
             });
         }
-        if !writes.is_empty() {
-            self.core.store.put(&writes).await?;
-            self.core.count_writes(&writes);
+        if candidates.is_empty() || core.replay.pending() || !core.allow_store() {
+            return Ok(0);
         }
-        Ok(writes.len())
+        let write = async {
+            let mut generations: HashMap<&str, u64> = HashMap::new();
+            let mut writes = Vec::with_capacity(candidates.len());
+            for c in &candidates {
+                let generation = match generations.get(c.namespace.as_str()) {
+                    Some(g) => *g,
+                    None => {
+                        let key = core.keys.generation_key(&c.namespace);
+                        let g = core.store.generation(&key).await?;
+                        generations.insert(&c.namespace, g);
+                        g
+                    }
+                };
+                let Some(value) = entry::encode(
+                    c.parts.status,
+                    &c.parts.headers,
+                    &c.body,
+                    &c.lifetimes,
+                    Duration::ZERO,
+                    generation,
+                    settings.status_header.as_ref(),
+                ) else {
+                    continue;
+                };
+                let key = core.keys.entry_key_at(
+                    &c.namespace,
+                    &Method::GET,
+                    &c.origin,
+                    c.uri.path(),
+                    c.uri.query(),
+                );
+                writes.push(Write {
+                    key,
+                    value,
+                    ttl: c.lifetimes.store_ttl(),
+                    tags: c.tags.clone(),
+                });
+            }
+            core.store.put(&writes).await?;
+            Ok::<_, StoreError>(writes)
+        };
+        let clock = CacheCore::clock();
+        let budget = settings.handle_timeout;
+        let result = tokio::time::timeout(budget, write)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(budget)));
+        core.account("put", clock, &result);
+        match result {
+            Ok(writes) => {
+                core.count_writes(&writes);
+                Ok(writes.len())
+            }
+            Err(_) => Ok(0),
+        }
     }
 
     /// Removes every entry carrying any of `tags` (from its route policy, a
     /// `cache-tag`/`surrogate-key` response header or a
     /// [`CacheTags`](crate::CacheTags) extension), whatever its URL or
-    /// namespace. Returns how many entries were removed.
+    /// namespace; `removed` says how many.
     ///
     /// On Redis each tag is a sorted set of entry keys, updated in the same
     /// round trip as the entry and pruned as entries expire; this reads each
     /// set and unlinks its entries one key at a time (safe on Redis Cluster).
-    pub async fn invalidate_tags<I, T>(&self, tags: I) -> Result<u64, Error>
+    /// A walk that outlasts the handle budget goes on in the background (the
+    /// call returns queued).
+    pub async fn invalidate_tags<I, T>(&self, tags: I) -> Result<Invalidation, Error>
     where
         I: IntoIterator<Item = T>,
         T: AsRef<str>,
@@ -293,7 +424,41 @@ impl CacheHandle {
             .into_iter()
             .map(|t| self.core.keys.tag_key(t.as_ref()))
             .collect();
-        Ok(self.core.store.invalidate_tags(&keys).await?)
+        if keys.is_empty() {
+            return Ok(Invalidation::done(0));
+        }
+        Ok(self.run(Item::Tags(keys)).await)
+    }
+
+    /// Replays the queued invalidations (see [`Invalidation`]) for up to
+    /// `timeout`; whether the queue is empty at the end. Call it on graceful
+    /// shutdown: an instance that exits with invalidations queued loses them,
+    /// and other instances keep serving the entries they were meant to remove
+    /// until those expire.
+    ///
+    /// ```no_run
+    /// # async fn run(app: axum::Router, cache: tower_redis_cache::CacheHandle) -> std::io::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let listener = tokio::net::TcpListener::bind("0.0.0.0:3000").await?;
+    /// axum::serve(listener, app)
+    ///     .with_graceful_shutdown(async {
+    ///         let _ = tokio::signal::ctrl_c().await;
+    ///     })
+    ///     .await?;
+    /// // Requests are done; give queued invalidations a few seconds.
+    /// if !cache.drain(Duration::from_secs(5)).await {
+    ///     eprintln!(
+    ///         "{} cache invalidations lost on shutdown",
+    ///         cache.stats().invalidations_pending
+    ///     );
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.core.replay.start(&self.core);
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.core.replay.drained(deadline).await
     }
 }
 

@@ -11,6 +11,7 @@ use crate::{
     error::Error,
     key::KeySpace,
     policy::{CachePolicy, Policies, Resolved},
+    replay::{NamespaceLife, ReplayConfig},
     service::CacheService,
     store::{MemoryStore, RedisStore, Store},
     CacheHandle,
@@ -102,6 +103,8 @@ enum StoreChoice {
 /// | `key_host` / `key_scheme` | off / off (the key is method, path and query) |
 /// | `host_header` / `proto_header` (trusted forwarding headers) | none |
 /// | `circuit_breaker` | open after 5 failures in a row, probe after 500 ms |
+/// | `handle_timeout` (the time budget of a [`CacheHandle`](crate::CacheHandle) call) | 100 ms |
+/// | `max_pending_invalidations` (replay queue bound) | 10 000 |
 pub struct RedisCacheLayerBuilder {
     store: StoreChoice,
     prefix: String,
@@ -127,6 +130,8 @@ pub struct RedisCacheLayerBuilder {
     origin_timeout: Option<Duration>,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
+    handle_timeout: Duration,
+    max_pending_invalidations: usize,
     tag_headers: Vec<String>,
     policy: CachePolicy,
     key_host: bool,
@@ -162,6 +167,8 @@ impl Default for RedisCacheLayerBuilder {
             origin_timeout: None,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_millis(500),
+            handle_timeout: Duration::from_millis(100),
+            max_pending_invalidations: 10_000,
             tag_headers: vec!["cache-tag".into(), "surrogate-key".into()],
             policy: CachePolicy::new(),
             key_host: false,
@@ -373,6 +380,28 @@ impl RedisCacheLayerBuilder {
         self
     }
 
+    /// The time budget of a [`CacheHandle`](crate::CacheHandle) call
+    /// (invalidations, `put`, `put_many`; default 100 ms). Like lookups, these
+    /// calls also go through the circuit breaker. An invalidation the store
+    /// has not confirmed within it returns queued (its store call goes on in
+    /// the background and is replayed if it fails); a write returns not
+    /// stored. A handler never waits for the cache longer than this per call.
+    pub fn handle_timeout(mut self, budget: Duration) -> Self {
+        self.handle_timeout = budget;
+        self
+    }
+
+    /// The most invalidations kept for replay (default 10 000). Past it the
+    /// queued invalidations are replaced by bumps of every namespace they
+    /// could touch (the entry's own namespace for an entry; every namespace
+    /// of the layer for a prefix or tags), and counted as dropped: more is
+    /// invalidated, nothing is missed. See
+    /// [`Invalidation`](crate::Invalidation).
+    pub fn max_pending_invalidations(mut self, max: usize) -> Self {
+        self.max_pending_invalidations = max;
+        self
+    }
+
     /// The policy every route starts from: its settings override the layer's
     /// for all routes, and route policies override it in turn. This is where
     /// the HTTP options live ([`CachePolicy::origin_driven`],
@@ -469,6 +498,16 @@ impl RedisCacheLayerBuilder {
                 "lock_ttl is below 1 ms: give it about the time your slowest response takes, e.g. 5 s",
             ));
         }
+        if self.handle_timeout.is_zero() {
+            return Err(Error::config(
+                "handle_timeout is zero: give handle calls a budget such as 100 ms",
+            ));
+        }
+        if self.max_pending_invalidations == 0 {
+            return Err(Error::config(
+                "max_pending_invalidations is zero: keep e.g. 10000 invalidations for replay",
+            ));
+        }
         if self.breaker_threshold > 0 && self.breaker_cooldown.is_zero() {
             return Err(Error::config(
                 "circuit_breaker cool-down is zero: use e.g. 500 ms, or 0 failures to turn the breaker off",
@@ -527,6 +566,14 @@ impl RedisCacheLayerBuilder {
             host_header: header(self.host_header, "host_header")?,
             proto_header: header(self.proto_header, "proto_header")?,
         };
+        let replay = replay_config(
+            &keys,
+            self.max_pending_invalidations,
+            std::iter::once(&default)
+                .chain(routes.iter().map(|(_, r)| r))
+                .chain(prefixes.iter().map(|(_, r)| r))
+                .flatten(),
+        );
         let policies = Policies::new(default, routes, prefixes)?;
         let store: Arc<dyn Store> = match self.store {
             StoreChoice::Memory => Arc::new(MemoryStore::default()),
@@ -546,12 +593,53 @@ impl RedisCacheLayerBuilder {
             breaker_cooldown: self.breaker_cooldown,
             tag_headers,
             origin_key,
+            handle_timeout: self.handle_timeout,
         };
-        let core = CacheCore::new(store, keys, policies, settings);
+        let core = CacheCore::new(store, keys, policies, settings, replay);
         Ok(RedisCacheLayer {
             core: Arc::new(core),
         })
     }
+}
+
+/// The namespaces of the layer's rules and how long an entry of each stays
+/// stored at most: the TTL with its jitter and the longest window after it.
+/// An origin-driven rule takes its freshness from the response: no bound.
+fn replay_config<'a>(
+    keys: &KeySpace,
+    bound: usize,
+    rules: impl Iterator<Item = &'a Arc<Resolved>>,
+) -> ReplayConfig {
+    let mut namespaces: Vec<NamespaceLife> = Vec::new();
+    for rule in rules {
+        let longest = (!rule.http.origin_driven()).then(|| {
+            let fresh = rule.ttl.mul_f64(1.0 + rule.jitter.max(0.0));
+            fresh
+                + rule
+                    .stale_while_revalidate
+                    .max(rule.stale_if_error)
+                    .max(rule.http.revalidate_window)
+        });
+        match namespaces
+            .iter_mut()
+            .find(|n| n.namespace == rule.namespace)
+        {
+            Some(n) => n.longest = n.longest.zip(longest).map(|(a, b)| a.max(b)),
+            None => {
+                let generation_key = keys.generation_key(&rule.namespace);
+                let key_head = generation_key
+                    .strip_suffix("generation")
+                    .unwrap_or(&generation_key)
+                    .to_owned();
+                namespaces.push(NamespaceLife {
+                    namespace: rule.namespace.clone(),
+                    key_head,
+                    longest,
+                });
+            }
+        }
+    }
+    ReplayConfig { bound, namespaces }
 }
 
 impl std::fmt::Debug for RedisCacheLayerBuilder {
@@ -574,6 +662,43 @@ mod tests {
     }
 
     #[test]
+    fn the_replay_queue_knows_each_namespace_and_its_longest_life() {
+        let layer = RedisCacheLayer::builder()
+            .prefix("t")
+            .ttl(Duration::from_secs(100))
+            .jitter(0.1)
+            .route(
+                "/a/{id}",
+                CachePolicy::new()
+                    .namespace("a")
+                    .stale_if_error(Duration::from_secs(50)),
+            )
+            .route("/b/{id}", CachePolicy::new().namespace("a"))
+            .path_prefix("/o/", CachePolicy::new().namespace("o").origin_driven())
+            .build()
+            .unwrap();
+        let lives: Vec<(String, String, Option<Duration>)> = layer
+            .core
+            .replay
+            .namespaces()
+            .iter()
+            .map(|n| (n.namespace.clone(), n.key_head.clone(), n.longest))
+            .collect();
+        assert_eq!(
+            lives,
+            vec![
+                (
+                    "default".into(),
+                    "t:v1:default:".into(),
+                    Some(Duration::from_secs(110))
+                ),
+                ("a".into(), "t:v1:a:".into(), Some(Duration::from_secs(160))),
+                ("o".into(), "t:v1:o:".into(), None),
+            ]
+        );
+    }
+
+    #[test]
     fn bad_configurations_say_what_to_fix() {
         let b = RedisCacheLayer::builder;
         assert!(err(b().prefix("")).contains("prefix is empty"));
@@ -585,6 +710,8 @@ mod tests {
         assert!(err(b().store_timeout(Duration::ZERO)).contains("store_timeout"));
         assert!(err(b().lock_ttl(Duration::ZERO)).contains("lock_ttl"));
         assert!(err(b().circuit_breaker(3, Duration::ZERO)).contains("cool-down"));
+        assert!(err(b().handle_timeout(Duration::ZERO)).contains("handle_timeout"));
+        assert!(err(b().max_pending_invalidations(0)).contains("max_pending_invalidations"));
         assert!(err(b().early_refresh(-1.0)).contains("early_refresh"));
         let e = err(b().route("/p/{id}", CachePolicy::new().ttl(Duration::ZERO)));
         assert!(e.contains("route \"/p/{id}\": TTL is zero"), "{e}");

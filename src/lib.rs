@@ -85,6 +85,7 @@ mod key;
 mod layer;
 mod metrics;
 mod policy;
+mod replay;
 mod request;
 mod semantics;
 mod service;
@@ -100,7 +101,7 @@ pub use {
     error::{Error, StoreError},
     fred,
     future::ResponseFuture,
-    handle::{CacheHandle, CacheStats, NamespaceBump},
+    handle::{CacheHandle, CacheStats, Invalidation},
     layer::{RedisCacheLayer, RedisCacheLayerBuilder},
     policy::{CachePolicy, CookiePolicy, FreshnessMode},
     service::CacheService,

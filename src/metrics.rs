@@ -12,6 +12,8 @@
 //! | `http_cache_stored_bytes_total` | counter | |
 //! | `http_cache_breaker_state` | gauge | 0 closed, 1 half-open, 2 open |
 //! | `http_cache_breaker_trips_total` | counter | |
+//! | `http_cache_invalidations_total` | counter | `outcome`: `queued`, `replayed`, `dropped` |
+//! | `http_cache_invalidations_pending` | gauge | |
 
 #[cfg(feature = "metrics")]
 mod enabled {
@@ -52,6 +54,14 @@ mod enabled {
         }
     }
 
+    pub(crate) fn invalidation(outcome: &'static str, n: u64) {
+        metrics::counter!("http_cache_invalidations_total", "outcome" => outcome).increment(n);
+    }
+
+    pub(crate) fn invalidations_pending(len: usize) {
+        metrics::gauge!("http_cache_invalidations_pending").set(len as f64);
+    }
+
     /// A clock for store latency, read only when metrics are on.
     pub(crate) fn start() -> Option<std::time::Instant> {
         Some(std::time::Instant::now())
@@ -78,6 +88,12 @@ mod enabled {
 
     #[inline(always)]
     pub(crate) fn breaker(_: BreakerState, _: bool) {}
+
+    #[inline(always)]
+    pub(crate) fn invalidation(_: &'static str, _: u64) {}
+
+    #[inline(always)]
+    pub(crate) fn invalidations_pending(_: usize) {}
 
     #[inline(always)]
     pub(crate) fn start() -> Option<std::time::Instant> {

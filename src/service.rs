@@ -261,13 +261,9 @@ where
             }
         }
         targets.keys.dedup();
-        if core
-            .timed("delete", core.store.delete(&targets.keys))
-            .await
-            .is_ok()
-        {
-            bump(&core.counters.unsafe_invalidations);
-        }
+        // Confirmed or queued for replay: either way no stale hit follows.
+        crate::replay::invalidate(&core, crate::replay::Item::Keys(targets.keys)).await;
+        bump(&core.counters.unsafe_invalidations);
     }
     mark(
         core.settings.status_header.as_ref(),

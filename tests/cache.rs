@@ -220,7 +220,7 @@ async fn a_v2_layer_never_reads_v1_entries_nor_another_prefix(redis: RedisServer
     assert_eq!(origin.calls(), 3);
     // Invalidating through v2 leaves v1 alone.
     let h2 = layer(&redis, |b| b.version("v2")).await.handle();
-    assert_eq!(h2.invalidate_prefix("/").await.unwrap(), 1);
+    assert_eq!(h2.invalidate_prefix("/").await.unwrap().removed, 1);
     assert_eq!(send(&v1, req_get("/items/1")).await.1, "HIT");
 }
 
@@ -235,8 +235,14 @@ async fn invalidate_one_entry(redis: RedisServer) {
         .unwrap();
     app.clone().oneshot(req_get("/items/2")).await.unwrap();
     let uri = Uri::from_static("/items/1?a=1&b=2");
-    assert_eq!(handle.invalidate(&Method::GET, &uri).await.unwrap(), 1);
-    assert_eq!(handle.invalidate(&Method::GET, &uri).await.unwrap(), 0);
+    assert_eq!(
+        handle.invalidate(&Method::GET, &uri).await.unwrap().removed,
+        1
+    );
+    assert_eq!(
+        handle.invalidate(&Method::GET, &uri).await.unwrap().removed,
+        0
+    );
     assert_eq!(send(&app, req_get("/items/1?b=2&a=1")).await.1, "MISS");
     assert_eq!(send(&app, req_get("/items/2")).await.1, "HIT");
     assert_eq!(origin.calls(), 3);
@@ -259,11 +265,17 @@ async fn invalidate_prefix_removes_exactly_the_paths_under_it(redis: RedisServer
         assert_eq!(send(&app, req_get(uri)).await.1, "MISS", "{uri}");
     }
     // A glob character in the prefix matches only itself.
-    assert_eq!(handle.invalidate_prefix("/items/*").await.unwrap(), 1);
-    assert_eq!(handle.invalidate_prefix("/items/1").await.unwrap(), 2);
+    assert_eq!(
+        handle.invalidate_prefix("/items/*").await.unwrap().removed,
+        1
+    );
+    assert_eq!(
+        handle.invalidate_prefix("/items/1").await.unwrap().removed,
+        2
+    );
     assert_eq!(send(&app, req_get("/items/22")).await.1, "HIT");
     assert_eq!(send(&app, req_get("/status/200")).await.1, "HIT");
-    assert_eq!(handle.invalidate_prefix("/items").await.unwrap(), 1);
+    assert_eq!(handle.invalidate_prefix("/items").await.unwrap().removed, 1);
     assert_eq!(send(&app, req_get("/status/200")).await.1, "HIT");
     assert_eq!(send(&app, req_get("/items/22")).await.1, "MISS");
     assert!(handle.invalidate_prefix("items").await.is_err());
@@ -291,7 +303,7 @@ async fn invalidate_namespace_is_a_generation_bump_seen_by_every_instance(redis:
     }
 
     let bump = a.handle().invalidate_namespace("items").await.unwrap();
-    assert_eq!(bump.generation, 1);
+    assert_eq!(bump.generation, Some(1));
     // The instance that bumped sees it at once; another one as soon as
     // Redis's push reaches it.
     assert_eq!(send(&app_a, req_get("/items/2")).await.1, "MISS");
@@ -391,10 +403,15 @@ async fn redis_stopped_mid_test_means_200_bypass_then_caching_resumes() {
         "the breaker opened after repeated failures"
     );
     assert!(stats.bypasses >= 20, "{stats:?}");
-    assert!(handle
-        .invalidate(&Method::GET, &Uri::from_static("/items/1"))
-        .await
-        .is_err());
+    // The breaker is open: the invalidation is queued for replay, not an
+    // error the caller must handle.
+    assert!(
+        handle
+            .invalidate(&Method::GET, &Uri::from_static("/items/1"))
+            .await
+            .unwrap()
+            .queued
+    );
 
     redis.restart();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -650,6 +667,7 @@ async fn the_handle_is_a_request_extension_and_an_axum_extractor(redis: RedisSer
                     .invalidate_prefix("/items")
                     .await
                     .unwrap()
+                    .removed
                     .to_string()
             }),
         )
@@ -678,7 +696,7 @@ async fn the_in_memory_store_behaves_the_same() {
     let app = origin.router().layer(cache);
     assert_eq!(send(&app, req_get("/items/1?b=1&a=2")).await.1, "MISS");
     assert_eq!(send(&app, req_get("/items/1?a=2&b=1")).await.1, "HIT");
-    assert_eq!(handle.invalidate_prefix("/items").await.unwrap(), 1);
+    assert_eq!(handle.invalidate_prefix("/items").await.unwrap().removed, 1);
     assert_eq!(send(&app, req_get("/items/1?a=2&b=1")).await.1, "MISS");
     handle.invalidate_namespace("default").await.unwrap();
     assert_eq!(send(&app, req_get("/items/1?a=2&b=1")).await.1, "MISS");

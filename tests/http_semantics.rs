@@ -1221,7 +1221,11 @@ async fn the_host_is_in_the_key_only_when_configured_and_forwarding_headers_are_
     // The handle takes absolute URIs when the host is keyed.
     let uri: http::Uri = "http://a.example/k".parse().unwrap();
     assert_eq!(
-        c.handle.invalidate(&http::Method::GET, &uri).await.unwrap(),
+        c.handle
+            .invalidate(&http::Method::GET, &uri)
+            .await
+            .unwrap()
+            .removed,
         1
     );
     assert_eq!(

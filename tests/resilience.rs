@@ -1362,3 +1362,48 @@ async fn with_batch_reads_off_concurrent_hits_each_send_their_own_get() {
         assert_eq!(args(line), ["GET", key], "{line}");
     }
 }
+
+#[tokio::test]
+async fn with_the_breaker_open_an_invalidation_is_queued_without_touching_the_store() {
+    use http::{Method, Uri};
+    let origin = Origin::new(0);
+    let cache = RedisCacheLayer::builder()
+        .prefix("t")
+        .store(dead_store())
+        .circuit_breaker(2, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let handle = cache.handle();
+    let app = origin.router().layer(cache);
+    for i in 0..3 {
+        send(&app, req_get(&format!("/items/{i}"))).await;
+    }
+    let before = handle.stats();
+    assert_eq!(
+        before.breaker,
+        tower_redis_cache::BreakerState::Open,
+        "{before:?}"
+    );
+    let started = Instant::now();
+    let done = handle
+        .invalidate(&Method::GET, &Uri::from_static("/items/1"))
+        .await
+        .unwrap();
+    assert!(done.queued, "{done:?}");
+    assert!(started.elapsed() < Duration::from_millis(50));
+    let stored = handle
+        .put(
+            &Uri::from_static("/items/2"),
+            Response::new(Bytes::from_static(b"x")),
+        )
+        .await
+        .unwrap();
+    assert!(!stored);
+    // Neither the call nor its replay reached the store: the breaker stays
+    // open for its whole cool-down.
+    assert!(!handle.drain(Duration::from_millis(200)).await);
+    let after = handle.stats();
+    assert_eq!(after.store_errors, before.store_errors, "{after:?}");
+    assert_eq!(after.invalidations_queued, 1);
+    assert_eq!(after.invalidations_pending, 1);
+}

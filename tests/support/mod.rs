@@ -420,3 +420,80 @@ impl RedisServer {
         self.nodes[node].command(command)
     }
 }
+
+/// A TCP relay on a free loopback port in front of a Redis port, to cut and
+/// heal the network between a layer and Redis while both keep running.
+/// `cut()` closes every open connection and closes new ones at once (the
+/// client sees them refused); `heal()` lets connections through again.
+pub struct Relay {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Listens on a free loopback port and forwards to `127.0.0.1:target`.
+    pub async fn start(target: u16) -> Self {
+        use std::sync::{atomic::Ordering::SeqCst, Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free loopback port for the relay");
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let accept = {
+            let (cut, open) = (cut.clone(), open.clone());
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if cut.load(SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    let task = tokio::spawn(async move {
+                        let Ok(mut server) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                        else {
+                            return;
+                        };
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    });
+                    let mut open = open.lock().unwrap();
+                    open.retain(|t| !t.is_finished());
+                    open.push(task.abort_handle());
+                }
+            })
+        };
+        Self {
+            port,
+            cut,
+            open,
+            accept,
+        }
+    }
+
+    /// `redis://` URL of the relay.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes every open connection; new ones are closed as they come.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.open.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
