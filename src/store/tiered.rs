@@ -116,7 +116,9 @@ impl LocalTier {
     /// connection) are followed at once. Until the tier sees such a change,
     /// keys that moved to an untracked primary can be served from the L1
     /// after a change made there, so this bounds that window. Default 1 s;
-    /// at least 10 ms. Ignored on a single Redis.
+    /// at least 10 ms. Also how often a tracking connection that could not
+    /// be opened or switched on is tried again (on a single Redis, its only
+    /// use).
     pub fn topology_refresh(mut self, every: Duration) -> Self {
         self.topology_refresh = every.max(Duration::from_millis(10));
         self
@@ -254,13 +256,11 @@ impl TieredStore {
             drop(retired);
         }
         Shared::open_missing(&shared, true).await?;
-        if clustered {
-            tokio::spawn(Shared::refresh_topology(
-                Arc::downgrade(&shared),
-                shared.wake.clone(),
-                tier.topology_refresh,
-            ));
-        }
+        tokio::spawn(Shared::refresh_topology(
+            Arc::downgrade(&shared),
+            shared.wake.clone(),
+            tier.topology_refresh,
+        ));
         Ok(Self { shared })
     }
 
@@ -417,15 +417,16 @@ impl Shared {
         });
     }
 
-    /// Reads the topology again every `every`, and opens tracking
-    /// connections to primaries that have none when woken or on time.
+    /// Reads a cluster's topology again every `every`, and opens tracking
+    /// connections to primaries (or the single Redis) that have none, when
+    /// woken or on time.
     async fn refresh_topology(weak: Weak<Self>, wake: Arc<Notify>, every: Duration) {
         loop {
             let on_time = tokio::time::timeout(every, wake.notified()).await.is_err();
             let Some(shared) = weak.upgrade() else {
                 return;
             };
-            if on_time {
+            if on_time && shared.clustered {
                 let client = shared.redis.pool().next().clone();
                 if let Err(error) = client.sync_cluster().await {
                     tracing::debug!(%error, "cache L1: cluster topology not read");
@@ -531,27 +532,10 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                let refused = !matches!(
-                    e.kind(),
-                    ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled
-                );
-                {
-                    let mut topology = shared.topology();
-                    if topology.trackers.get(server).is_some_and(|t| t.id == id) {
-                        topology.trackers.remove(server);
-                    }
-                    if refused {
-                        topology.refused.insert(server.clone());
-                    }
-                }
+                let refused = refused(&e);
+                shared.retire(server, id, refused.then_some(&e));
                 let _ = client.quit().await;
                 if refused {
-                    tracing::warn!(
-                        %server, error = %e,
-                        "cache L1 off: Redis refused CLIENT TRACKING, which keeps the L1 coherent; \
-                         every lookup of this node's keys goes to Redis (allow `client|tracking` \
-                         to the cache's user to use the L1)"
-                    );
                     Ok(())
                 } else {
                     Err(Error::Store(StoreError::Backend(format!(
@@ -560,6 +544,37 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Closes the tracker `id` of `server` after `CLIENT TRACKING` failed:
+    /// the refresh task opens a new one, unless the server refused it
+    /// (`refused` holds its answer; then the node's keys stay off the L1,
+    /// with a warning).
+    fn retire(
+        &self,
+        server: &Server,
+        id: u64,
+        refused: Option<&fred::error::Error>,
+    ) -> Option<Client> {
+        let mut topology = self.topology();
+        let retired = match topology.trackers.get(server) {
+            Some(t) if t.id == id => topology.trackers.remove(server).map(|t| t.client),
+            _ => None,
+        };
+        topology.sync(&self.slots, |_| false);
+        let Some(error) = refused else {
+            return retired;
+        };
+        if topology.refused.insert(server.clone()) {
+            drop(topology);
+            tracing::warn!(
+                %server, %error,
+                "cache L1 off: Redis refused CLIENT TRACKING, which keeps the L1 coherent; \
+                 every lookup of this node's keys goes to Redis (allow `client|tracking` \
+                 to the cache's user to use the L1)"
+            );
+        }
+        retired
     }
 
     /// Marks the tracker `id` of `server` down, and the slots of its node
@@ -668,8 +683,13 @@ impl Shared {
                     Err(error) => {
                         tracing::warn!(
                             %server, %error,
-                            "cache L1 tracking not restored; L1 stays bypassed for this node"
+                            "cache L1 tracking not restored; L1 bypassed for this node until a new tracking connection is opened"
                         );
+                        let refused = refused(&error).then_some(&error);
+                        if let Some(client) = shared.retire(&server, id, refused) {
+                            let _ = client.quit().await;
+                        }
+                        return false;
                     }
                 }
                 true
@@ -685,6 +705,18 @@ impl Shared {
         let left = (entry.stored_at_ms + lives).checked_sub(crate::entry::now_ms())?;
         Some((entry, Duration::from_millis(left).min(max)))
     }
+}
+
+/// Whether `CLIENT TRACKING` failed because the server refused it (an error
+/// reply such as `NOPERM ...` or `ERR unknown command ...`), rather than on
+/// the way there.
+fn refused(error: &fred::error::Error) -> bool {
+    let code = error.details().split(' ').next().unwrap_or("");
+    !matches!(
+        error.kind(),
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled
+    ) && code.len() >= 2
+        && code.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 impl Drop for Shared {
@@ -872,5 +904,30 @@ impl Store for TieredStore {
         token: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.shared.redis.unlock(lock_key, token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fred::error::{Error, ErrorKind};
+
+    #[test]
+    fn only_an_error_reply_of_the_server_is_a_refusal() {
+        let refusal = |kind, details: &str| super::refused(&Error::new(kind, details.to_owned()));
+        assert!(refusal(
+            ErrorKind::Unknown,
+            "NOPERM this user has no permissions to run the 'client|tracking' command"
+        ));
+        assert!(refusal(
+            ErrorKind::Unknown,
+            "ERR unknown command 'CLIENT', with args beginning with: 'TRACKING'"
+        ));
+        assert!(!refusal(
+            ErrorKind::Unknown,
+            "Too many failed write attempts."
+        ));
+        assert!(!refusal(ErrorKind::IO, "ERR connection reset"));
+        assert!(!refusal(ErrorKind::Timeout, "Request timed out."));
+        assert!(!refusal(ErrorKind::Canceled, "Canceled."));
     }
 }
