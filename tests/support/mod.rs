@@ -559,6 +559,9 @@ impl RedisServer {
 
     /// Adds a replica of `master` and returns its index once it has synced.
     pub fn add_replica(&mut self, master: usize) -> usize {
+        // The first sync would otherwise wait 5 s for more replicas.
+        let reply = self.node_command(master, "CONFIG SET repl-diskless-sync-delay 0");
+        assert!(reply.starts_with("+OK"), "{reply}");
         let replica = self.add_node(Some(master));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self
