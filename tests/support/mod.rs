@@ -563,10 +563,18 @@ impl RedisServer {
         let reply = self.node_command(master, "CONFIG SET repl-diskless-sync-delay 0");
         assert!(reply.starts_with("+OK"), "{reply}");
         let replica = self.add_node(Some(master));
+        // Synced, and known as the master's replica by every node (which a
+        // manual failover needs for the other masters' votes).
+        let (id, master_id) = (self.node_id(replica), self.node_id(master));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self
+        while !(self
             .node_command_full(replica, "INFO replication")
             .contains("master_link_status:up")
+            && (0..self.nodes.len()).all(|i| {
+                self.node_command_full(i, "CLUSTER NODES").lines().any(|l| {
+                    l.starts_with(id.as_str()) && l.contains("slave") && l.contains(&master_id)
+                })
+            }))
         {
             assert!(Instant::now() < deadline, "the replica never synced");
             std::thread::sleep(Duration::from_millis(20));
@@ -628,11 +636,17 @@ impl RedisServer {
     /// Promotes replica `replica` with `CLUSTER FAILOVER` and waits until
     /// every node sees it as a master and the cluster is ok.
     pub fn failover(&self, replica: usize) {
-        let reply = self.node_command_full(replica, "CLUSTER FAILOVER");
-        assert!(reply.starts_with("+OK"), "CLUSTER FAILOVER: {reply:?}");
         let id = self.node_id(replica);
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut asked: Option<Instant> = None;
         loop {
+            // A manual failover that did not complete (it times out after
+            // 5 s) is asked again.
+            if asked.is_none_or(|at| at.elapsed() > Duration::from_secs(6)) {
+                let reply = self.node_command_full(replica, "CLUSTER FAILOVER");
+                assert!(reply.starts_with("+OK"), "CLUSTER FAILOVER: {reply:?}");
+                asked = Some(Instant::now());
+            }
             let promoted = (0..self.nodes.len()).all(|i| {
                 self.node_command_full(i, "CLUSTER NODES")
                     .lines()
