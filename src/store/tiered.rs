@@ -355,6 +355,11 @@ impl Shared {
     /// entries are dropped; trackers of nodes that left are closed; the
     /// refresh task is woken to track new primaries.
     fn apply_routing(&self, routing: &ClusterRouting) {
+        // An empty table is a topology not known (yet), not one without
+        // owners: keep the current one rather than close every tracker.
+        if routing.slots().is_empty() {
+            return;
+        }
         let owners = topology::owners(routing);
         let (moved, retired, tracked, first) = {
             let mut topology = self.topology();
