@@ -526,9 +526,15 @@ impl Shared {
             return Ok(());
         };
         Self::watch(shared, &client, server, id);
-        let tracked = client
-            .start_tracking(shared.prefixes.clone(), true, false, false, false)
-            .await;
+        let tracking = client.start_tracking(shared.prefixes.clone(), true, false, false, false);
+        let tracked = tokio::time::timeout(within, tracking)
+            .await
+            .unwrap_or_else(|_| {
+                Err(fred::error::Error::new(
+                    ErrorKind::Timeout,
+                    "no answer to CLIENT TRACKING",
+                ))
+            });
         match tracked {
             Ok(()) => {
                 if shared.tracker_restored(server, id, 0) == Some(false) && shared.clustered {
