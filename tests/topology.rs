@@ -18,7 +18,7 @@ use axum::{extract::Path, routing::get, Router};
 use http::{Method, Uri};
 use support::{req_get, send, RedisServer};
 use tower_redis_cache::{
-    fred::util::redis_keyslot,
+    fred::{prelude::KeysInterface, util::redis_keyslot},
     store::{LocalTier, RedisStore, TieredStore},
     CacheHandle, CachePolicy, RedisCacheLayer,
 };
@@ -108,9 +108,15 @@ async fn wait_for_tracking(redis: &RedisServer, node: usize) {
     }
 }
 
-/// Invalidates every uri through `a`; then `b` must not serve any of the
-/// bodies it served before (`before`, by uri).
-async fn update_through_a_and_check_b(a: &Instance, b: &Instance, before: &[(String, String)]) {
+/// Invalidates every uri through `a`; once the entries are gone from
+/// Redis, `b` must not serve any of the bodies it served before (`before`,
+/// by uri).
+async fn update_through_a_and_check_b(
+    redis: &RedisServer,
+    a: &Instance,
+    b: &Instance,
+    before: &[(String, String)],
+) {
     for (uri, _) in before {
         let uri = uri.parse::<Uri>().unwrap();
         // Right after a failover a command can fail once, on a connection
@@ -118,6 +124,18 @@ async fn update_through_a_and_check_b(a: &Instance, b: &Instance, before: &[(Str
         let deadline = Instant::now() + Duration::from_secs(5);
         while let Err(e) = a.handle.invalidate(&Method::GET, &uri).await {
             assert!(Instant::now() < deadline, "invalidate {uri}: {e}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let client = redis.client().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (uri, _) in before {
+        let key = a
+            .handle
+            .key_for(&Method::GET, &uri.parse::<Uri>().unwrap())
+            .unwrap();
+        while client.exists::<u64, _>(key.as_str()).await.unwrap_or(1) > 0 {
+            assert!(Instant::now() < deadline, "{uri} never left Redis");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -185,7 +203,7 @@ async fn after_a_resharding_to_a_new_master_no_instance_serves_an_entry_changed_
     // The instances notice the change on a MOVED reply, or at their next
     // topology refresh (1 s): give them that long.
     wait_for_tracking(&redis, new).await;
-    update_through_a_and_check_b(&a, &b, &before).await;
+    update_through_a_and_check_b(&redis, &a, &b, &before).await;
 
     // The new master is tracked by both, and B's L1 serves its keys again.
     wait_coherent(&b, "after the resharding").await;
@@ -229,7 +247,7 @@ async fn after_a_failover_no_instance_serves_an_entry_changed_on_the_promoted_re
         before.push((uri.clone(), warm(&b, uri).await));
     }
     wait_for_tracking(&redis, replica).await;
-    update_through_a_and_check_b(&a, &b, &before).await;
+    update_through_a_and_check_b(&redis, &a, &b, &before).await;
 
     wait_coherent(&b, "after the failover").await;
     assert_eq!(
