@@ -497,3 +497,305 @@ impl Drop for Relay {
         self.cut();
     }
 }
+
+/// Cluster changes for the topology tests: nodes added, slots moved,
+/// replicas promoted, all through the same commands an operator would use.
+impl RedisServer {
+    /// Sends one inline command to node `node` and reads the whole reply (a
+    /// bulk string of any length, or a short reply).
+    pub fn node_command_full(&self, node: usize, command: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.nodes[node].port)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(2000)));
+        if s.write_all(format!("{command}\r\n").as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut reply = Vec::new();
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let n = s.read(&mut buf).unwrap_or(0);
+            reply.extend_from_slice(&buf[..n]);
+            if n == 0 || reply_complete(&reply) {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&reply).into_owned()
+    }
+
+    /// The port of node `node`.
+    pub fn node_port(&self, node: usize) -> u16 {
+        self.nodes[node].port
+    }
+
+    /// How many nodes the server has (started or added).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The cluster id of node `node`.
+    pub fn node_id(&self, node: usize) -> String {
+        let reply = self.node_command_full(node, "CLUSTER MYID");
+        let id = reply.lines().nth(1).unwrap_or("").trim().to_owned();
+        assert_eq!(id.len(), 40, "CLUSTER MYID answered {reply:?}");
+        id
+    }
+
+    /// The node that serves `slot` as primary, as node `seen_by` sees it.
+    pub fn slot_owner_seen_by(&self, slot: u16, seen_by: usize) -> Option<usize> {
+        let nodes = self.node_command_full(seen_by, "CLUSTER NODES");
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let owns = fields[8..].iter().any(|range| {
+                if range.starts_with('[') {
+                    return false;
+                }
+                let (start, end) = range.split_once('-').unwrap_or((range, range));
+                match (start.trim().parse::<u16>(), end.trim().parse::<u16>()) {
+                    (Ok(start), Ok(end)) => (start..=end).contains(&slot),
+                    _ => false,
+                }
+            });
+            if owns {
+                let port: u16 = fields[1]
+                    .split('@')
+                    .next()
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse().ok())?;
+                return self.nodes.iter().position(|n| n.port == port);
+            }
+        }
+        None
+    }
+
+    /// The node that serves `slot` as primary (as node 0 sees it).
+    pub fn slot_owner(&self, slot: u16) -> usize {
+        self.slot_owner_seen_by(slot, 0)
+            .unwrap_or_else(|| panic!("no node serves slot {slot}"))
+    }
+
+    /// Waits until every live node knows every other and reports
+    /// `cluster_state:ok`.
+    fn wait_cluster_settled(&self, what: &str) {
+        let ids: Vec<String> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .map(|i| self.node_id(i))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let settled = (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].child.is_some())
+                .all(|i| {
+                    let nodes = self.node_command_full(i, "CLUSTER NODES");
+                    self.nodes[i]
+                        .command("CLUSTER INFO")
+                        .contains("cluster_state:ok")
+                        && ids.iter().all(|id| nodes.contains(id.as_str()))
+                });
+            if settled {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not settle {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn add_node(&mut self, replica_of: Option<usize>) -> usize {
+        let node = Node::start(true);
+        let new = format!("127.0.0.1:{}", node.port);
+        let existing = format!("127.0.0.1:{}", self.nodes[0].port);
+        let mut command = Command::new("redis-cli");
+        command.args(["--cluster", "add-node", &new, &existing]);
+        if let Some(master) = replica_of {
+            let id = self.node_id(master);
+            command.args(["--cluster-slave", "--cluster-master-id", &id]);
+        }
+        let output = command.output().expect("redis-cli");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster add-node failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        self.nodes.push(node);
+        let index = self.nodes.len() - 1;
+        self.wait_cluster_settled("after add-node");
+        index
+    }
+
+    /// Adds an empty master to the cluster (`redis-cli --cluster add-node`)
+    /// and returns its index once every node knows it.
+    pub fn add_master(&mut self) -> usize {
+        self.add_node(None)
+    }
+
+    /// Adds a replica of `master` and returns its index once it has synced.
+    pub fn add_replica(&mut self, master: usize) -> usize {
+        // The first sync would otherwise wait 5 s for more replicas.
+        let reply = self.node_command(master, "CONFIG SET repl-diskless-sync-delay 0");
+        assert!(reply.starts_with("+OK"), "{reply}");
+        let replica = self.add_node(Some(master));
+        // Synced, and known as the master's replica by every node (which a
+        // manual failover needs for the other masters' votes).
+        let (id, master_id) = (self.node_id(replica), self.node_id(master));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(self
+            .node_command_full(replica, "INFO replication")
+            .contains("master_link_status:up")
+            && (0..self.nodes.len()).all(|i| {
+                self.node_command_full(i, "CLUSTER NODES").lines().any(|l| {
+                    l.starts_with(id.as_str()) && l.contains("slave") && l.contains(&master_id)
+                })
+            }))
+        {
+            assert!(Instant::now() < deadline, "the replica never synced");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        replica
+    }
+
+    /// Moves `slot` and its keys to node `to`, with the steps of
+    /// `redis-cli --cluster reshard` (`SETSLOT IMPORTING`/`MIGRATING`,
+    /// `MIGRATE`, `SETSLOT NODE` on every master), and waits until every
+    /// node agrees.
+    pub fn move_slot(&self, slot: u16, to: usize) {
+        let from = self.slot_owner(slot);
+        if from == to {
+            return;
+        }
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let ok = |node: usize, command: String| {
+            let reply = self.node_command_full(node, &command);
+            assert!(reply.starts_with("+OK"), "{command}: {reply:?}");
+        };
+        ok(to, format!("CLUSTER SETSLOT {slot} IMPORTING {from_id}"));
+        ok(from, format!("CLUSTER SETSLOT {slot} MIGRATING {to_id}"));
+        loop {
+            let reply = self.node_command_full(from, &format!("CLUSTER GETKEYSINSLOT {slot} 100"));
+            let keys: Vec<&str> = reply
+                .split("\r\n")
+                .filter(|l| !l.is_empty() && !l.starts_with('*') && !l.starts_with('$'))
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            ok(
+                from,
+                format!(
+                    "MIGRATE 127.0.0.1 {} \"\" 0 5000 KEYS {}",
+                    self.nodes[to].port,
+                    keys.join(" ")
+                ),
+            );
+        }
+        let masters: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| i != to && i != from)
+            .filter(|&i| self.nodes[i].command("ROLE").contains("master"))
+            .collect();
+        for node in [to, from].into_iter().chain(masters) {
+            ok(node, format!("CLUSTER SETSLOT {slot} NODE {to_id}"));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(0..self.nodes.len()).all(|i| self.slot_owner_seen_by(slot, i) == Some(to)) {
+            assert!(
+                Instant::now() < deadline,
+                "slot {slot} never settled on node {to}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Promotes replica `replica` with `CLUSTER FAILOVER` and waits until
+    /// every node sees it as a master and the cluster is ok.
+    pub fn failover(&self, replica: usize) {
+        let id = self.node_id(replica);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut asked: Option<Instant> = None;
+        loop {
+            // A manual failover that did not complete (it times out after
+            // 5 s) is asked again.
+            if asked.is_none_or(|at| at.elapsed() > Duration::from_secs(6)) {
+                let reply = self.node_command_full(replica, "CLUSTER FAILOVER");
+                assert!(reply.starts_with("+OK"), "CLUSTER FAILOVER: {reply:?}");
+                asked = Some(Instant::now());
+            }
+            let promoted = (0..self.nodes.len()).all(|i| {
+                self.node_command_full(i, "CLUSTER NODES")
+                    .lines()
+                    .any(|l| l.starts_with(id.as_str()) && l.contains("master"))
+            });
+            if promoted {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the replica was never promoted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.wait_cluster_settled("after failover");
+    }
+
+    /// The number of connections of node `node` that have tracking on.
+    pub fn tracking_connections(&self, node: usize) -> usize {
+        self.node_command_full(node, "CLIENT LIST")
+            .lines()
+            .filter(|l| {
+                l.split(' ')
+                    .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
+            })
+            .count()
+    }
+
+    /// How many times node `node` ran `command` (`INFO commandstats`).
+    pub fn command_calls(&self, node: usize, command: &str) -> u64 {
+        self.node_command_full(node, "INFO commandstats")
+            .lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Whether `reply` holds a whole RESP reply: a bulk string of its stated
+/// length, or any other reply up to its first line's end (arrays are read
+/// whole only when short enough for one read).
+fn reply_complete(reply: &[u8]) -> bool {
+    let Some(end) = reply.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    if reply.first() != Some(&b'$') {
+        return true;
+    }
+    match std::str::from_utf8(&reply[1..end])
+        .ok()
+        .and_then(|n| n.parse::<i64>().ok())
+    {
+        Some(len) if len >= 0 => reply.len() >= end + 2 + len as usize + 2,
+        _ => true,
+    }
+}
+
+impl RedisServer {
+    /// Kills node `node` of a cluster (SIGKILL), as a crash or a shutdown
+    /// for maintenance would.
+    pub fn stop_node(&mut self, node: usize) {
+        self.nodes[node].stop();
+    }
+}
+
+impl RedisServer {
+    /// Cuts primary `node` off from its replicas, as a partition would: it
+    /// refuses their `PSYNC` from now on and drops their links, so they stay
+    /// up and reachable to clients but no longer receive its writes.
+    pub fn cut_off_replicas(&self, node: usize) {
+        let reply = self.node_command_full(node, "ACL SETUSER default -psync -sync -replconf");
+        assert!(reply.starts_with("+OK"), "{reply}");
+        let reply = self.node_command_full(node, "CLIENT KILL TYPE replica");
+        assert!(reply.starts_with(':'), "{reply}");
+    }
+}
