@@ -323,3 +323,33 @@ async fn a_response_whose_restrictions_are_not_text_is_never_shared() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// Lost invalidation. With `key_host`, the origin (`//shop.example `) is
+/// part of the 512 readable bytes of a key, so a long path keeps fewer of
+/// its own bytes than `invalidate_prefix` puts into its SCAN pattern: a
+/// prefix longer than what the key kept (here the page's own path, to drop
+/// every query of it) matches no key, and the page stays cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open: with key_host, invalidate_prefix misses hashed keys of paths near the 512-byte limit"]
+async fn a_prefix_invalidation_reaches_long_paths_under_key_host() {
+    let redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = layer(&redis, true).await;
+    let handle = cache.handle();
+    let app = app(calls.clone()).layer(cache);
+    let path = format!("/items/{}", "a".repeat(500));
+    let get = || with(Method::GET, &path, &[("host", "shop.example")], "");
+    let (_, x, _) = send(&app, get()).await;
+    assert_eq!(x, "MISS");
+    let (_, x, _) = send(&app, get()).await;
+    assert_eq!(x, "HIT");
+    let done = handle.invalidate_prefix(&path).await.unwrap();
+    let (_, x, body) = send(&app, get()).await;
+    assert_ne!(
+        x,
+        "HIT",
+        "invalidate_prefix({} bytes) answered {done:?} and the page is still served: {}",
+        path.len(),
+        &body[body.len() - 20..]
+    );
+}
