@@ -13,12 +13,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{
-    body::Body,
-    extract::RawQuery,
-    routing::{get, post},
-    Router,
-};
+use axum::{body::Body, extract::RawQuery, routing::get, Router};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Uri};
 use support::{read, send, RedisServer};
 use tokio::sync::Notify;
