@@ -5,6 +5,10 @@
 
 mod support;
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/reverse_proxy.rs"]
+mod reverse_proxy;
+
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
@@ -422,5 +426,92 @@ async fn a_miss_in_flight_does_not_store_a_page_older_than_an_invalidation() {
     assert_eq!(
         body, "version=2",
         "a reader after the invalidation got the page from before it ({x})"
+    );
+}
+
+/// A reverse-proxy origin that answers every request with the `Host` it
+/// was sent, fresh for a minute.
+async fn host_echo_origin() -> std::net::SocketAddr {
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc =
+                hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let host = req
+                        .headers()
+                        .get(header::HOST)
+                        .map_or("-", |v| v.to_str().unwrap())
+                        .to_owned();
+                    http::Response::builder()
+                        .header(header::CACHE_CONTROL, "max-age=60")
+                        .body(Full::new(bytes::Bytes::from(format!("host {host}"))))
+                });
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One raw HTTP/1.1 exchange: the status, `x-cache` and body.
+async fn raw(addr: std::net::SocketAddr, head: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{head}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let x_cache = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-cache: "))
+        .unwrap_or("")
+        .to_owned();
+    (status, x_cache, body.to_owned())
+}
+
+/// Poisoning (proxy). For an absolute-form `https://shop.example:443/...`
+/// target the cache drops the port (the default of the target's scheme)
+/// and keys `shop.example`, while the example reads the authority as
+/// `http`, keeps `:443` and sends the origin `Host: shop.example:443`. The
+/// page the origin builds for that host (links, redirects to
+/// `http://shop.example:443/`) is stored under the plain host's key and
+/// served to every visitor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open: the reverse proxy sends Host shop.example:443 for an https target the cache keyed as shop.example"]
+async fn the_proxy_sends_the_origin_the_host_the_cache_keyed_for_an_https_target() {
+    let redis = RedisServer::start();
+    let upstream = host_echo_origin().await;
+    let cache =
+        reverse_proxy::cache_layer(RedisCacheLayer::builder().store(redis.store().await)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream: Uri = format!("http://{upstream}").parse().unwrap();
+    tokio::spawn(reverse_proxy::serve(listener, upstream, cache, false));
+
+    let (_, x, body) = raw(
+        addr,
+        "GET https://shop.example:443/page HTTP/1.1\r\nhost: shop.example:443",
+    )
+    .await;
+    assert_eq!(x, "MISS", "{body}");
+    let (_, x, body) = raw(addr, "GET /page HTTP/1.1\r\nhost: shop.example").await;
+    assert_eq!(
+        body, "host shop.example",
+        "a plain visitor got the page built for another host ({x})"
     );
 }
