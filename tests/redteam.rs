@@ -492,7 +492,6 @@ async fn raw(addr: std::net::SocketAddr, head: &str) -> (u16, String, String) {
 /// `http://shop.example:443/`) is stored under the plain host's key and
 /// served to every visitor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: the reverse proxy sends Host shop.example:443 for an https target the cache keyed as shop.example"]
 async fn the_proxy_sends_the_origin_the_host_the_cache_keyed_for_an_https_target() {
     let redis = RedisServer::start();
     let upstream = host_echo_origin().await;
