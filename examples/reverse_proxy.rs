@@ -108,7 +108,8 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     // The same rule as the cache's key; the cache passed such a request
     // through uncached, and it goes no further.
-    let host = match request_authority(&parts.uri, &parts.headers, "http") {
+    let scheme = parts.uri.scheme_str().unwrap_or("http");
+    let host = match request_authority(&parts.uri, &parts.headers, scheme) {
         Ok(host) => host,
         Err(reason) => return error_owned(StatusCode::BAD_REQUEST, reason.to_string()),
     };

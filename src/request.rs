@@ -22,6 +22,9 @@ pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
 /// and the service see the request, so a client cannot make the key or the
 /// variant depend on a field the service never reads (`Connection: host`,
 /// or `Connection: accept-language` on a route that varies on it).
+/// `Content-Length` and `Transfer-Encoding` stay even when named: they
+/// frame a body the service still reads, and hiding them would hide that
+/// body from [`refuse`].
 pub(crate) fn strip_connection_fields(headers: &mut HeaderMap) {
     if !headers.contains_key(header::CONNECTION) {
         return;
@@ -33,6 +36,11 @@ pub(crate) fn strip_connection_fields(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case("close"))
+        .filter(|n| {
+            !["content-length", "transfer-encoding"]
+                .iter()
+                .any(|f| n.eq_ignore_ascii_case(f))
+        })
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for name in named {
