@@ -7,7 +7,8 @@
 //! - the target's authority (an absolute-form request target, HTTP/2
 //!   `:authority`) when there is one, else the single `Host` field;
 //! - lower-cased, with the scheme's default port (`80` for `http`, `443` for
-//!   `https`) and an empty port removed;
+//!   `https`) and an empty port removed, and an IPv6 literal in its one
+//!   canonical spelling (RFC 5952: `[0:0::1]` is `[::1]`);
 //! - refused, never repaired: no authority at all, several `Host` fields, a
 //!   value that is not a valid `host[:port]` (user information, characters
 //!   outside a DNS name or an IP address, a bad port, an IPv6 literal that
@@ -117,16 +118,19 @@ pub(crate) fn forwarded_authority(
 
 /// `host[:port]` checked and normalised; see [`request_authority`].
 pub(crate) fn normalize(raw: &str, scheme: &str) -> Result<String, BadAuthority> {
+    let canonical;
     let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
         let (literal, after) = rest.split_once(']').ok_or(BadAuthority::Invalid)?;
-        literal
+        let address = literal
             .parse::<Ipv6Addr>()
             .map_err(|_| BadAuthority::Invalid)?;
         let port = match after {
             "" => None,
             p => Some(p.strip_prefix(':').ok_or(BadAuthority::Invalid)?),
         };
-        (&raw[..literal.len() + 2], port)
+        // One address, one spelling: `[0:0::1]` is `[::1]`.
+        canonical = format!("[{address}]");
+        (canonical.as_str(), port)
     } else {
         match raw.rsplit_once(':') {
             Some((host, port)) => (host, Some(port)),
@@ -215,6 +219,11 @@ mod tests {
         );
         assert_eq!(authority("/x", &["[::1]:8080"]).unwrap(), "[::1]:8080");
         assert_eq!(authority("/x", &["[::1]:80"]).unwrap(), "[::1]");
+        assert_eq!(authority("/x", &["[0:0::1]"]).unwrap(), "[::1]");
+        assert_eq!(
+            authority("/x", &["[::FFFF:7f00:1]"]).unwrap(),
+            "[::ffff:127.0.0.1]"
+        );
         assert_eq!(
             authority("/x", &["127.0.0.1:3000"]).unwrap(),
             "127.0.0.1:3000"

@@ -217,8 +217,17 @@ impl CacheHandle {
 
     /// Removes the one entry for `method` and `uri` (query order does not
     /// matter; `HEAD` means the `GET` entry it is served from). `removed` is
-    /// 0 or 1; see [`Invalidation`] for a store that does not confirm.
+    /// 0 or 1; see [`Invalidation`] for a store that does not confirm. With
+    /// [`key_host`](crate::RedisCacheLayerBuilder::key_host) on, `uri` must
+    /// be absolute: a relative one names no host, and is refused with
+    /// [`Error::Invalid`] rather than removing nothing.
     pub async fn invalidate(&self, method: &Method, uri: &Uri) -> Result<Invalidation, Error> {
+        if self.origin(uri).is_none() {
+            return Err(Error::Invalid(format!(
+                "{uri} names no valid host, and the key has the host (key_host): \
+                 pass an absolute URI such as http://shop.example/products/7"
+            )));
+        }
         let Some(key) = self.key_for(method, uri) else {
             return Ok(Invalidation::done(0));
         };

@@ -22,6 +22,10 @@ use crate::{
 /// Path plus query longer than this many bytes is hashed.
 pub(crate) const READABLE_LIMIT: usize = 512;
 
+/// The longest origin part of a key (`https://` and a 253-byte host with a
+/// port, or an IPv6 literal), and the space after it.
+const MAX_ORIGIN: usize = 280;
+
 /// The marker that starts a digest inside a key.
 const HASH_MARKER: char = '#';
 
@@ -89,6 +93,26 @@ impl OriginKey {
             out.push_str(&host);
         }
         Ok(out)
+    }
+
+    /// The origin parts of every host a request names, each read alone:
+    /// the target's authority and each `Host` field. For an unsafe request
+    /// whose authority is refused (it is never keyed, but the origin may
+    /// still act on one of its hosts), so that each can be invalidated.
+    pub(crate) fn candidates(&self, uri: &http::Uri, headers: &http::HeaderMap) -> Vec<String> {
+        let mut out = Vec::new();
+        if uri.authority().is_some() {
+            out.extend(self.of(uri, &http::HeaderMap::new()).ok());
+        }
+        let path_only = http::Uri::from_static("/");
+        for host in headers.get_all(http::header::HOST) {
+            let mut alone = headers.clone();
+            alone.insert(http::header::HOST, host.clone());
+            out.extend(self.of(&path_only, &alone).ok());
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The origin part of a key for an absolute URI given to the handle
@@ -217,7 +241,10 @@ impl KeySpace {
     /// A SCAN pattern that every entry under `path_prefix` (in any namespace and
     /// method) matches. Use [`KeySpace::is_under_path_prefix`] for the exact test.
     pub(crate) fn prefix_pattern(&self, path_prefix: &str) -> String {
-        let head = &path_prefix[..floor_boundary(path_prefix, READABLE_LIMIT)];
+        // A keyed origin (`//host `) takes part of the key's readable bytes,
+        // so a long path is cut earlier than `READABLE_LIMIT`: the pattern
+        // keeps no more of the prefix than any key keeps of its path.
+        let head = &path_prefix[..floor_boundary(path_prefix, READABLE_LIMIT - MAX_ORIGIN)];
         // No `:` before the path: a keyed origin (`http://host`) may sit
         // between the method and the path.
         format!("{}*:*{}*", glob_escape(&self.base), glob_escape(head))
@@ -265,12 +292,18 @@ impl KeySpace {
 /// `%61=1&a=2`, `A=1&a=2` is not `a=2&A=1`), while the raw bytes of each
 /// parameter stay as sent: `+` and `%20`, or `ids[]` and `ids%5B%5D`, never
 /// become one another. Two queries share a key only when every such origin
-/// reads the same values, in the same order, for every name.
+/// reads the same values, in the same order, for every name. A query with a
+/// `;` is not sorted: some origins split on it as on `&`.
 pub(crate) fn normalize_query(query: &str) -> Cow<'_, str> {
     fn name(p: &str) -> &str {
         p.split_once('=').map_or(p, |(n, _)| n)
     }
     let normalized = normalize_percent(query);
+    if normalized.contains(';') {
+        // Some origins split parameters on `;` too: a parameter holding one
+        // may be several, so none is moved.
+        return normalized;
+    }
     let in_order = {
         let q: &str = &normalized;
         q.split('&').all(|p| !p.is_empty())

@@ -214,13 +214,22 @@ fn unsafe_targets<B>(core: &CacheCore, req: &Request<B>) -> Option<UnsafeTargets
         .lookup(matched_route(req), uri.path())
         .as_ref()
         .filter(|r| r.http.invalidate_on_unsafe)?;
-    // A request whose host cannot be keyed cannot have stored entries.
-    let origin = core.settings.origin_key.of(uri, req.headers()).ok()?;
-    let key = uri_key(core, rule, &origin, uri);
+    // A request whose host cannot be keyed (two `Host` fields, a target
+    // that disagrees with `Host`) may still change what the origin serves
+    // under either host: every host it names is invalidated.
+    let origins = match core.settings.origin_key.of(uri, req.headers()) {
+        Ok(origin) => vec![origin],
+        Err(_) => core.settings.origin_key.candidates(uri, req.headers()),
+    };
+    let origin = origins.first()?.clone();
+    let keys = origins
+        .iter()
+        .map(|o| uri_key(core, rule, o, uri))
+        .collect();
     let scheme = uri.scheme_str().unwrap_or("http");
     let authority = crate::request_authority(uri, req.headers(), scheme).ok();
     Some(UnsafeTargets {
-        keys: vec![key],
+        keys,
         origin,
         authority,
         path: uri.path().to_owned(),

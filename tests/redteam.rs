@@ -182,14 +182,12 @@ async fn an_invalidation_is_not_undone_by_a_variant_stored_after_it() {
 /// getting the page from before the update. A host the layer refuses to
 /// key (two `Host` fields) invalidates nothing at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: an unsafe request through a host alias (trailing dot, IPv6 spelling, two Host fields) leaves the host's entry stale"]
 async fn an_update_through_a_host_alias_invalidates_the_host_entry() {
     let redis = RedisServer::start();
     let calls = Arc::new(AtomicUsize::new(0));
     let app = app(calls.clone()).layer(layer(&redis, true).await);
     let mut wrong = Vec::new();
     for (i, (host, alias)) in [
-        ("shop.example", "shop.example."),
         ("[::1]", "[0:0::1]"),
         ("[::ffff:127.0.0.1]", "[::ffff:7f00:1]"),
     ]
@@ -237,7 +235,6 @@ async fn an_update_through_a_host_alias_invalidates_the_host_entry() {
 /// below share a key while such an origin reads `a` as [2, 3] for one and
 /// [3, 2] for the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: `;`-separated parameters are reordered across `&`, one key for two URLs on `;`-splitting origins"]
 async fn parameters_an_origin_splits_on_semicolons_keep_their_order() {
     let redis = RedisServer::start();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -257,7 +254,6 @@ async fn parameters_an_origin_splits_on_semicolons_keep_their_order() {
 /// invalidation did not happen. `Err` (bad input) or the entry of every
 /// host (as `invalidate_prefix` does) would not lose it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: with key_host, invalidate(relative URI) silently removes nothing"]
 async fn invalidating_a_relative_uri_under_key_host_is_not_silently_lost() {
     let redis = RedisServer::start();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -348,7 +344,6 @@ async fn a_response_whose_restrictions_are_not_text_is_never_shared() {
 /// prefix longer than what the key kept (here the page's own path, to drop
 /// every query of it) matches no key, and the page stays cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: with key_host, invalidate_prefix misses hashed keys of paths near the 512-byte limit"]
 async fn a_prefix_invalidation_reaches_long_paths_under_key_host() {
     let redis = RedisServer::start();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -513,4 +508,22 @@ async fn the_proxy_sends_the_origin_the_host_the_cache_keyed_for_an_https_target
         body, "host shop.example",
         "a plain visitor got the page built for another host ({x})"
     );
+}
+
+/// Stale after an update: a host with a trailing dot (`shop.example.`) is
+/// another key than `shop.example`. Keying them as one would let an origin
+/// that answers the dotted name differently (an unknown virtual host) store
+/// its answer for the plain name, so they stay apart; an update sent
+/// through the dotted name then leaves the plain name's entry until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open (by design, see docs/security.md): an update through `host.` leaves `host`'s entry"]
+async fn an_update_through_a_trailing_dot_host_invalidates_the_host_entry() {
+    let redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = app(calls.clone()).layer(layer(&redis, true).await);
+    let get = || with(Method::GET, "/items/dot", &[("host", "shop.example")], "");
+    assert_eq!(send(&app, get()).await.1, "MISS");
+    let post = with(Method::POST, "/items/dot", &[("host", "shop.example.")], "");
+    assert_eq!(send(&app, post).await.0, 200);
+    assert_ne!(send(&app, get()).await.1, "HIT");
 }
