@@ -324,38 +324,54 @@ impl RedisStore {
     }
 
     /// Unlinks every entry listed in the tag indexes and removes exactly
-    /// those members from the indexes; returns the keys that existed.
+    /// those members from the indexes; returns how many entries existed.
+    /// `walked` sees each page of members once their entries are unlinked.
+    ///
+    /// Each index is walked a page at a time (`ZSCAN` with a `COUNT` of
+    /// [`TAG_PAGE`]): the page's entries are unlinked, then the page's
+    /// members are removed from the index (`ZREM`), so no command works on
+    /// more than about a page and other clients' commands run in between.
+    /// An index that is gone once emptied. Interrupted (an error, a dropped
+    /// future), it leaves every entry still stored still listed: calling it
+    /// again finishes the job. An entry tagged during the walk is either
+    /// reached by it (unlinked and unlisted) or stays listed.
     pub(crate) async fn remove_tagged(
         &self,
         tag_keys: &[String],
-    ) -> Result<Vec<String>, StoreError> {
+        mut walked: impl FnMut(&[String]),
+    ) -> Result<u64, StoreError> {
         let client = self.client()?;
-        let mut removed = Vec::new();
+        let mut removed = 0;
         for tag in tag_keys {
-            let members: Vec<String> = client
-                .zrange(tag.as_str(), 0, -1, None, false, None, false)
-                .await
-                .map_err(backend)?;
-            if members.is_empty() {
-                continue;
+            let mut cursor = "0".to_owned();
+            loop {
+                let (next, members) = scan_tag(client, tag, &cursor).await?;
+                if !members.is_empty() {
+                    removed += self.remove_members(client, tag, &members).await?;
+                    walked(&members);
+                }
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
             }
-            let existed = unlink_each_report(client, &members).await?;
-            // Only the members read: an entry tagged meanwhile stays listed.
-            let _: i64 = client
-                .zrem(tag.as_str(), members.clone())
-                .await
-                .map_err(backend)?;
-            removed.extend(
-                members
-                    .into_iter()
-                    .zip(existed)
-                    .filter(|(_, e)| *e)
-                    .map(|(k, _)| k),
-            );
         }
-        removed.sort();
-        removed.dedup();
         Ok(removed)
+    }
+
+    /// One page of a tag's invalidation: unlinks the entries of `members`,
+    /// then removes exactly those members from the index `tag` (the order
+    /// matters: stopped in between, every entry still stored is still
+    /// listed). Returns how many entries existed.
+    async fn remove_members(
+        &self,
+        client: &fred::prelude::Client,
+        tag: &str,
+        members: &[String],
+    ) -> Result<u64, StoreError> {
+        let existed = unlink_batch(client, self.clustered, members).await?;
+        let _: i64 = client.zrem(tag, members.to_vec()).await.map_err(backend)?;
+        Ok(existed)
     }
 
     fn client(&self) -> Result<&fred::prelude::Client, StoreError> {
@@ -964,7 +980,7 @@ impl Store for RedisStore {
         &'a self,
         tag_keys: &'a [String],
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move { Ok(self.remove_tagged(tag_keys).await?.len() as u64) })
+        Box::pin(self.remove_tagged(tag_keys, |_| {}))
     }
 
     fn unlock<'a>(
@@ -1021,6 +1037,62 @@ async fn queue_writes(
         }
     }
     Ok(())
+}
+
+/// How many members of a tag index one page of an invalidation asks for
+/// (`ZSCAN ... COUNT`): each command of the walk works on about this many.
+const TAG_PAGE: u32 = 256;
+
+/// One `ZSCAN` page of the tag index `tag` from `cursor`: the next cursor
+/// (`"0"` at the end) and the members read.
+async fn scan_tag(
+    client: &fred::prelude::Client,
+    tag: &str,
+    cursor: &str,
+) -> Result<(String, Vec<String>), StoreError> {
+    let zscan = CustomCommand::new_static("ZSCAN", ClusterHash::Offset(0), false);
+    let args: Vec<fred::types::Value> =
+        vec![tag.into(), cursor.into(), "COUNT".into(), TAG_PAGE.into()];
+    let reply: fred::types::Value = client.custom(zscan, args).await.map_err(backend)?;
+    let fred::types::Value::Array(mut reply) = reply else {
+        return Err(StoreError::Backend(format!("ZSCAN answered {reply:?}")));
+    };
+    let (Some(fred::types::Value::Array(items)), Some(next)) = (reply.pop(), reply.pop()) else {
+        return Err(StoreError::Backend("ZSCAN answered no page".into()));
+    };
+    let next = next
+        .as_string()
+        .ok_or_else(|| StoreError::Backend("ZSCAN answered no cursor".into()))?;
+    // Member, score, member, score...
+    let members = items
+        .into_iter()
+        .step_by(2)
+        .filter_map(|member| member.into_string())
+        .collect();
+    Ok((next, members))
+}
+
+/// UNLINKs `keys` and returns how many existed: one command on a single
+/// Redis; on a Cluster one per hash slot, pipelined, so that no command
+/// spans slots.
+async fn unlink_batch(
+    client: &fred::prelude::Client,
+    clustered: bool,
+    keys: &[String],
+) -> Result<u64, StoreError> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    if !clustered {
+        return client.unlink(keys.to_vec()).await.map_err(backend);
+    }
+    let slots = fred::util::group_by_hash_slot(keys.iter().map(String::as_str)).map_err(backend)?;
+    let pipe = client.pipeline();
+    for keys in slots.into_values() {
+        let () = pipe.unlink(Vec::from(keys)).await.map_err(backend)?;
+    }
+    let counts: Vec<u64> = pipe.all().await.map_err(backend)?;
+    Ok(counts.into_iter().sum())
 }
 
 /// Compare-and-delete: only the holder of the token releases the lock.
