@@ -25,7 +25,7 @@ mod support;
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc,
     },
     time::{Duration, Instant},
@@ -124,7 +124,13 @@ where
 /// Times hits on `/hot` through `svc` until `stop`, one sample per request.
 /// Each request first yields, so it waits its turn on the runtime's workers
 /// as a request arriving on a connection does.
-async fn probe_hits<S>(mut svc: S, stop: Arc<AtomicBool>, at_most: Duration) -> Vec<Duration>
+/// Each sample comes with the number of entries written when it was taken.
+async fn probe_hits<S>(
+    mut svc: S,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    at_most: Duration,
+) -> Vec<(Duration, u64)>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<CacheBody<Full<Bytes>>>>,
     S::Error: std::fmt::Debug,
@@ -132,10 +138,11 @@ where
     let mut samples = Vec::with_capacity(1 << 20);
     let start = Instant::now();
     while !stop.load(Relaxed) && start.elapsed() < at_most {
+        let at = written.load(Relaxed);
         let t = Instant::now();
         tokio::task::yield_now().await;
         let hit = get(&mut svc, "/hot").await;
-        samples.push(t.elapsed());
+        samples.push((t.elapsed(), at));
         assert!(hit, "the hot key must be a hit");
     }
     samples
@@ -149,7 +156,15 @@ async fn memory_store() {
     assert!(!get(&mut svc.clone(), "/hot").await, "first a miss");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let mut idle = probe_hits(svc.clone(), stop.clone(), Duration::from_secs(3)).await;
+    let written = Arc::new(AtomicU64::new(0));
+    let idle = probe_hits(
+        svc.clone(),
+        stop.clone(),
+        written.clone(),
+        Duration::from_secs(3),
+    )
+    .await;
+    let mut idle: Vec<Duration> = idle.into_iter().map(|(d, _)| d).collect();
 
     // Two writers (misses on distinct URLs), one reader, on two workers.
     let started = Instant::now();
@@ -157,6 +172,7 @@ async fn memory_store() {
         .map(|w| {
             let mut svc = svc.clone();
             let stop = stop.clone();
+            let written = written.clone();
             tokio::spawn(async move {
                 let mut took = Vec::with_capacity(entries as usize / 2);
                 for i in (w..entries).step_by(2) {
@@ -168,6 +184,7 @@ async fn memory_store() {
                     let t = Instant::now();
                     let hit = get(&mut svc, &format!("/products?x={i}")).await;
                     took.push(t.elapsed());
+                    written.fetch_add(1, Relaxed);
                     assert!(!hit, "each URL is new");
                 }
                 took
@@ -177,6 +194,7 @@ async fn memory_store() {
     let reader = tokio::spawn(probe_hits(
         svc.clone(),
         stop.clone(),
+        written.clone(),
         write_for + Duration::from_secs(5),
     ));
     let mut writes = Vec::new();
@@ -185,7 +203,20 @@ async fn memory_store() {
     }
     let wrote_for = started.elapsed();
     stop.store(true, Relaxed);
-    let mut busy = reader.await.expect("the reader");
+    let busy = reader.await.expect("the reader");
+    let buckets: Vec<(u64, u64, Vec<Duration>)> = [0, 1_000, 5_000, 10_000, 50_000]
+        .iter()
+        .zip([1_000, 5_000, 10_000, 50_000, u64::MAX])
+        .map(|(&from, to)| {
+            let samples = busy
+                .iter()
+                .filter(|(_, at)| (from..to).contains(at))
+                .map(|(d, _)| *d)
+                .collect();
+            (from, to, samples)
+        })
+        .collect();
+    let mut busy: Vec<Duration> = busy.into_iter().map(|(d, _)| d).collect();
     let written = writes.len();
     let (i50, i99, imax) = percentiles(&mut idle);
     let (b50, b99, bmax) = percentiles(&mut busy);
@@ -205,6 +236,19 @@ async fn memory_store() {
         b50 / i50,
         b99 / i99
     );
+    println!("    while writing, by entries already written:");
+    for (from, to, mut samples) in buckets {
+        let (p50, p99, max) = percentiles(&mut samples);
+        let to = if to == u64::MAX {
+            format!("{entries}")
+        } else {
+            format!("{to}")
+        };
+        println!(
+            "      {from:>6} to {to:>6}         {p50:>8.1} {p99:>8.1} {max:>9.1} {:>9}",
+            samples.len()
+        );
+    }
     println!(
         "    misses stored: {written} of {entries} distinct tagged URLs in {:.2} s ({:.0}/s){}; \
          per miss p50 {w50:.1} µs, p99 {w99:.1} µs, max {wmax:.1} µs",
