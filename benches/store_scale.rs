@@ -7,8 +7,9 @@
 //! distinct URLs (`/products?x=N`), each a miss whose response is stored
 //! with one tag common to all (`products`) and one of its own (`pN`). Each
 //! hit first yields, so it waits its turn behind the writes as a request
-//! arriving on a connection would. The writers stop after
-//! `SCALE_WRITE_SECONDS` (default 20) if they have not finished. Printed:
+//! arriving on a connection would. The writers (and the measurement) stop
+//! together when the first is done, or after `SCALE_WRITE_SECONDS`
+//! (default 20). Printed:
 //! hit p50/p99/max in both phases and their ratio, the misses' own
 //! p50/p99/max and rate, and the time to invalidate the common tag.
 //!
@@ -187,6 +188,8 @@ async fn memory_store() {
                     written.fetch_add(1, Relaxed);
                     assert!(!hit, "each URL is new");
                 }
+                // The first writer done ends the measurement for all.
+                stop.store(true, Relaxed);
                 took
             })
         })
@@ -255,7 +258,7 @@ async fn memory_store() {
         wrote_for.as_secs_f64(),
         written as f64 / wrote_for.as_secs_f64(),
         if (written as u64) < entries {
-            " (stopped at the time limit)"
+            " (stopped: the time limit, or the other writer was done)"
         } else {
             ""
         },
@@ -344,6 +347,7 @@ async fn redis_store() {
     let log = command(&admin, &["SLOWLOG", "GET", "-1"]).await;
     let mut longest = (0i64, String::new());
     let mut commands = 0usize;
+    let mut times = Vec::new();
     if let Value::Array(log) = log {
         for entry in log {
             let Value::Array(fields) = entry else {
@@ -363,6 +367,7 @@ async fn redis_store() {
                 continue;
             }
             commands += 1;
+            times.push(Duration::from_micros(u64::try_from(*us).unwrap_or(0)));
             if *us > longest.0 {
                 let shown: Vec<String> =
                     args.iter().take(4).filter_map(|a| a.as_string()).collect();
@@ -380,6 +385,8 @@ async fn redis_store() {
         "    Redis commands run: {commands}; the longest took {} µs ({} ...)",
         longest.0, longest.1
     );
+    let (p50, p99, _) = percentiles(&mut times);
+    println!("    time per command: p50 {p50:.0} µs, p99 {p99:.0} µs");
     println!(
         "    another client's GET meanwhile: longest wait {:.2} ms over {probes} GETs",
         probe_longest.as_secs_f64() * 1e3
