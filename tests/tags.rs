@@ -361,7 +361,10 @@ async fn an_invalidation_stopped_halfway_leaves_every_entry_listed_and_can_be_fi
     }
     assert!(stored.iter().any(|k| k.ends_with("/a/9000")));
     // Called again, the invalidation finishes the job.
-    let removed = store.invalidate_tags(std::slice::from_ref(&tag)).await.unwrap();
+    let removed = store
+        .invalidate_tags(std::slice::from_ref(&tag))
+        .await
+        .unwrap();
     assert_eq!(removed, stored.len() as u64);
     assert_eq!(keys(&client).await, Vec::<String>::new());
 }

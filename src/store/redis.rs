@@ -345,9 +345,10 @@ impl RedisStore {
         for tag in tag_keys {
             let mut cursor = "0".to_owned();
             loop {
-                let (next, members) = scan_tag(client, tag, &cursor).await?;
-                if !members.is_empty() {
-                    removed += self.remove_members(client, tag, &members).await?;
+                let (next, page) = scan_tag(client, tag, &cursor).await?;
+                if !page.is_empty() {
+                    removed += self.remove_members(client, tag, &page).await?;
+                    let members: Vec<String> = page.into_iter().map(|(m, _)| m).collect();
                     walked(&members);
                 }
                 if next == "0" {
@@ -359,18 +360,19 @@ impl RedisStore {
         Ok(removed)
     }
 
-    /// One page of a tag's invalidation: unlinks the entries of `members`,
-    /// then removes exactly those members from the index `tag` (the order
-    /// matters: stopped in between, every entry still stored is still
-    /// listed). Returns how many entries existed.
+    /// One page of a tag's invalidation: unlinks the entries of `page`
+    /// (members and their scores), then unlists them from the index `tag`.
+    /// The order matters: stopped in between, every entry still stored is
+    /// still listed. Returns how many entries existed.
     async fn remove_members(
         &self,
         client: &fred::prelude::Client,
         tag: &str,
-        members: &[String],
+        page: &[(String, String)],
     ) -> Result<u64, StoreError> {
-        let existed = unlink_batch(client, self.clustered, members).await?;
-        let _: i64 = client.zrem(tag, members.to_vec()).await.map_err(backend)?;
+        let members: Vec<String> = page.iter().map(|(m, _)| m.clone()).collect();
+        let existed = unlink_batch(client, self.clustered, &members).await?;
+        unlist(client, tag, page).await?;
         Ok(existed)
     }
 
@@ -1044,12 +1046,12 @@ async fn queue_writes(
 const TAG_PAGE: u32 = 256;
 
 /// One `ZSCAN` page of the tag index `tag` from `cursor`: the next cursor
-/// (`"0"` at the end) and the members read.
+/// (`"0"` at the end) and the members read, each with its score.
 async fn scan_tag(
     client: &fred::prelude::Client,
     tag: &str,
     cursor: &str,
-) -> Result<(String, Vec<String>), StoreError> {
+) -> Result<(String, Vec<(String, String)>), StoreError> {
     let zscan = CustomCommand::new_static("ZSCAN", ClusterHash::Offset(0), false);
     let args: Vec<fred::types::Value> =
         vec![tag.into(), cursor.into(), "COUNT".into(), TAG_PAGE.into()];
@@ -1064,13 +1066,44 @@ async fn scan_tag(
         .as_string()
         .ok_or_else(|| StoreError::Backend("ZSCAN answered no cursor".into()))?;
     // Member, score, member, score...
-    let members = items
-        .into_iter()
-        .step_by(2)
-        .filter_map(|member| member.into_string())
-        .collect();
-    Ok((next, members))
+    let mut items = items.into_iter();
+    let mut page = Vec::with_capacity(items.len() / 2);
+    while let (Some(member), Some(score)) = (items.next(), items.next()) {
+        if let (Some(member), Some(score)) = (member.into_string(), score.into_string()) {
+            page.push((member, score));
+        }
+    }
+    Ok((next, page))
 }
+
+/// Removes each member of `page` from the index `tag` if it still has the
+/// score it was read with. A member written again meanwhile (its entry
+/// stored anew, with a new expiry as its score) stays listed: its new entry
+/// must stay reachable by the next invalidation. One key, so one slot.
+async fn unlist(
+    client: &fred::prelude::Client,
+    tag: &str,
+    page: &[(String, String)],
+) -> Result<(), StoreError> {
+    let args: Vec<&str> = page
+        .iter()
+        .flat_map(|(member, score)| [member.as_str(), score.as_str()])
+        .collect();
+    let _: i64 = client
+        .eval(UNLIST_SCRIPT, tag, args)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// `ZREM` of each member (odd arguments) whose score is still the one given
+/// after it (even arguments).
+const UNLIST_SCRIPT: &str = "local n = 0 \
+for i = 1, #ARGV, 2 do \
+local s = redis.call('ZSCORE', KEYS[1], ARGV[i]) \
+if s and tonumber(s) == tonumber(ARGV[i + 1]) then \
+n = n + redis.call('ZREM', KEYS[1], ARGV[i]) end end \
+return n";
 
 /// UNLINKs `keys` and returns how many existed: one command on a single
 /// Redis; on a Cluster one per hash slot, pipelined, so that no command
@@ -1147,6 +1180,76 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(e.to_string().contains("pool size"), "{e}");
+    }
+
+    /// A `redis-server` of its own on a free loopback port, killed on drop.
+    struct Server(std::process::Child, u16);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn redis_server() -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let server = Server(child, port);
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+
+    #[tokio::test]
+    async fn an_entry_written_again_during_its_tags_walk_stays_listed() {
+        let server = redis_server();
+        let store = RedisStore::builder(format!("redis://127.0.0.1:{}", server.1))
+            .connect()
+            .await
+            .unwrap();
+        let client = store.client().unwrap();
+        for (key, expires) in [("a", 1000.0), ("b", 1000.0), ("c", 1000.0)] {
+            let () = client.set(key, "v", None, None, false).await.unwrap();
+            let () = client
+                .zadd("tag", None, None, false, false, (expires, key))
+                .await
+                .unwrap();
+        }
+        let (next, page) = scan_tag(client, "tag", "0").await.unwrap();
+        assert_eq!((next.as_str(), page.len()), ("0", 3));
+        let members: Vec<String> = page.iter().map(|(m, _)| m.clone()).collect();
+        assert_eq!(unlink_batch(client, false, &members).await.unwrap(), 3);
+        // A request stores `b` again (a new expiry) before the page is
+        // unlisted.
+        let () = client.set("b", "new", None, None, false).await.unwrap();
+        let () = client
+            .zadd("tag", None, None, false, false, (2000.0, "b"))
+            .await
+            .unwrap();
+        unlist(client, "tag", &page).await.unwrap();
+        let listed: Vec<String> = client
+            .zrange("tag", 0, -1, None, false, None, false)
+            .await
+            .unwrap();
+        assert_eq!(listed, ["b"], "the stored `b` stays reachable");
+        // The next walk removes it.
+        assert_eq!(store.invalidate_tags(&["tag".into()]).await.unwrap(), 1);
+        let left: u64 = client.exists(("b", "tag")).await.unwrap();
+        assert_eq!(left, 0);
     }
 
     #[test]
