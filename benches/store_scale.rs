@@ -358,6 +358,15 @@ async fn redis_store() {
             else {
                 continue;
             };
+            // A command a script ran is logged too, from the address `?:0`:
+            // its time is inside the script's.
+            if fields
+                .get(4)
+                .and_then(|a| a.as_string())
+                .is_some_and(|a| a.starts_with('?'))
+            {
+                continue;
+            }
             let name = args
                 .first()
                 .and_then(|a| a.as_string())
