@@ -329,12 +329,13 @@ impl RedisStore {
     ///
     /// Each index is walked a page at a time (`ZSCAN` with a `COUNT` of
     /// [`TAG_PAGE`]): the page's entries are unlinked, then the page's
-    /// members are removed from the index (`ZREM`), so no command works on
-    /// more than about a page and other clients' commands run in between.
-    /// An index that is gone once emptied. Interrupted (an error, a dropped
-    /// future), it leaves every entry still stored still listed: calling it
-    /// again finishes the job. An entry tagged during the walk is either
-    /// reached by it (unlinked and unlisted) or stays listed.
+    /// members are removed from the index (see [`unlist`]), so no command
+    /// works on more than about a page and other clients' commands run in
+    /// between. Redis deletes the index once it is empty. Interrupted (an
+    /// error, a dropped future), the walk leaves every entry still stored
+    /// still listed: calling it again finishes the job. An entry tagged
+    /// during the walk is either reached by it (unlinked and unlisted) or
+    /// stays listed.
     pub(crate) async fn remove_tagged(
         &self,
         tag_keys: &[String],
