@@ -34,12 +34,14 @@ const TAG_SHARDS: usize = 16;
 /// # Tags
 ///
 /// Each tag has an index of the entries carrying it. Writing an entry costs
-/// a constant amount of work per tag, whatever the number of entries: the
-/// index is a hash set, and an entry that expires, is evicted, deleted or
-/// overwritten leaves its tags' indexes when `moka` removes it (its removal
-/// listener), so no write ever scans an index. Each index has its own lock,
-/// held for one insertion or removal; requests that only read take none of
-/// them.
+/// a constant amount of work per tag, whatever the number of entries
+/// (amortised: an index is a hash map, which doubles now and then): an
+/// entry that expires, is evicted, deleted or overwritten leaves its tags'
+/// indexes when `moka` removes it (its removal listener, once per entry),
+/// so no write ever scans an index. Each index has its own lock, held for
+/// one insertion or removal, and the map of tags is spread over 16 locks;
+/// requests that only read take none of them. An invalidation takes the
+/// tag's index out whole and removes its entries holding no lock.
 ///
 /// An index lists at most 100 000 entries (see
 /// [`max_tag_members`](Self::max_tag_members)). A write whose tag index is
