@@ -210,8 +210,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Deletes every entry listed in the given tag indexes and the index
-    /// entries themselves; returns how many entries existed. Entries tagged
-    /// while this runs stay listed. The default reports that the store
+    /// entries themselves; returns how many entries existed. An entry tagged
+    /// while this runs is either removed with its listing or stays listed,
+    /// never stored but unlisted; a call stopped halfway leaves every entry
+    /// it did not remove listed, so calling it again finishes the job. The default reports that the store
     /// keeps no tag indexes.
     fn invalidate_tags<'a>(
         &'a self,

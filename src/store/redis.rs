@@ -324,38 +324,57 @@ impl RedisStore {
     }
 
     /// Unlinks every entry listed in the tag indexes and removes exactly
-    /// those members from the indexes; returns the keys that existed.
+    /// those members from the indexes; returns how many entries existed.
+    /// `walked` sees each page of members once their entries are unlinked.
+    ///
+    /// Each index is walked a page at a time (`ZSCAN` with a `COUNT` of
+    /// [`TAG_PAGE`]): the page's entries are unlinked, then the page's
+    /// members are removed from the index (see [`unlist`]), so no command
+    /// works on more than about a page and other clients' commands run in
+    /// between. Redis deletes the index once it is empty. Interrupted (an
+    /// error, a dropped future), the walk leaves every entry still stored
+    /// still listed: calling it again finishes the job. An entry tagged
+    /// during the walk is either reached by it (unlinked and unlisted) or
+    /// stays listed.
     pub(crate) async fn remove_tagged(
         &self,
         tag_keys: &[String],
-    ) -> Result<Vec<String>, StoreError> {
+        mut walked: impl FnMut(&[String]),
+    ) -> Result<u64, StoreError> {
         let client = self.client()?;
-        let mut removed = Vec::new();
+        let mut removed = 0;
         for tag in tag_keys {
-            let members: Vec<String> = client
-                .zrange(tag.as_str(), 0, -1, None, false, None, false)
-                .await
-                .map_err(backend)?;
-            if members.is_empty() {
-                continue;
+            let mut cursor = "0".to_owned();
+            loop {
+                let (next, page) = scan_tag(client, tag, &cursor).await?;
+                if !page.is_empty() {
+                    removed += self.remove_members(client, tag, &page).await?;
+                    let members: Vec<String> = page.into_iter().map(|(m, _)| m).collect();
+                    walked(&members);
+                }
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
             }
-            let existed = unlink_each_report(client, &members).await?;
-            // Only the members read: an entry tagged meanwhile stays listed.
-            let _: i64 = client
-                .zrem(tag.as_str(), members.clone())
-                .await
-                .map_err(backend)?;
-            removed.extend(
-                members
-                    .into_iter()
-                    .zip(existed)
-                    .filter(|(_, e)| *e)
-                    .map(|(k, _)| k),
-            );
         }
-        removed.sort();
-        removed.dedup();
         Ok(removed)
+    }
+
+    /// One page of a tag's invalidation: unlinks the entries of `page`
+    /// (members and their scores), then unlists them from the index `tag`.
+    /// The order matters: stopped in between, every entry still stored is
+    /// still listed. Returns how many entries existed.
+    async fn remove_members(
+        &self,
+        client: &fred::prelude::Client,
+        tag: &str,
+        page: &[(String, String)],
+    ) -> Result<u64, StoreError> {
+        let members: Vec<String> = page.iter().map(|(m, _)| m.clone()).collect();
+        let existed = unlink_batch(client, self.clustered, &members).await?;
+        unlist(client, tag, page).await?;
+        Ok(existed)
     }
 
     fn client(&self) -> Result<&fred::prelude::Client, StoreError> {
@@ -1104,7 +1123,7 @@ impl Store for RedisStore {
         &'a self,
         tag_keys: &'a [String],
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move { Ok(self.remove_tagged(tag_keys).await?.len() as u64) })
+        Box::pin(self.remove_tagged(tag_keys, |_| {}))
     }
 
     fn unlock<'a>(
@@ -1163,6 +1182,93 @@ async fn queue_writes(
     Ok(())
 }
 
+/// How many members of a tag index one page of an invalidation asks for
+/// (`ZSCAN ... COUNT`): each command of the walk works on about this many.
+const TAG_PAGE: u32 = 256;
+
+/// One `ZSCAN` page of the tag index `tag` from `cursor`: the next cursor
+/// (`"0"` at the end) and the members read, each with its score.
+async fn scan_tag(
+    client: &fred::prelude::Client,
+    tag: &str,
+    cursor: &str,
+) -> Result<(String, Vec<(String, String)>), StoreError> {
+    let zscan = CustomCommand::new_static("ZSCAN", ClusterHash::Offset(0), false);
+    let args: Vec<fred::types::Value> =
+        vec![tag.into(), cursor.into(), "COUNT".into(), TAG_PAGE.into()];
+    let reply: fred::types::Value = client.custom(zscan, args).await.map_err(backend)?;
+    let fred::types::Value::Array(mut reply) = reply else {
+        return Err(StoreError::Backend(format!("ZSCAN answered {reply:?}")));
+    };
+    let (Some(fred::types::Value::Array(items)), Some(next)) = (reply.pop(), reply.pop()) else {
+        return Err(StoreError::Backend("ZSCAN answered no page".into()));
+    };
+    let next = next
+        .as_string()
+        .ok_or_else(|| StoreError::Backend("ZSCAN answered no cursor".into()))?;
+    // Member, score, member, score...
+    let mut items = items.into_iter();
+    let mut page = Vec::with_capacity(items.len() / 2);
+    while let (Some(member), Some(score)) = (items.next(), items.next()) {
+        if let (Some(member), Some(score)) = (member.into_string(), score.into_string()) {
+            page.push((member, score));
+        }
+    }
+    Ok((next, page))
+}
+
+/// Removes each member of `page` from the index `tag` if it still has the
+/// score it was read with. A member written again meanwhile (its entry
+/// stored anew, with a new expiry as its score) stays listed: its new entry
+/// must stay reachable by the next invalidation. One key, so one slot.
+async fn unlist(
+    client: &fred::prelude::Client,
+    tag: &str,
+    page: &[(String, String)],
+) -> Result<(), StoreError> {
+    let args: Vec<&str> = page
+        .iter()
+        .flat_map(|(member, score)| [member.as_str(), score.as_str()])
+        .collect();
+    let _: i64 = client
+        .eval(UNLIST_SCRIPT, tag, args)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// `ZREM` of each member (odd arguments) whose score is still the one given
+/// after it (even arguments).
+const UNLIST_SCRIPT: &str = "local n = 0 \
+for i = 1, #ARGV, 2 do \
+local s = redis.call('ZSCORE', KEYS[1], ARGV[i]) \
+if s and tonumber(s) == tonumber(ARGV[i + 1]) then \
+n = n + redis.call('ZREM', KEYS[1], ARGV[i]) end end \
+return n";
+
+/// UNLINKs `keys` and returns how many existed: one command on a single
+/// Redis; on a Cluster one per hash slot, pipelined, so that no command
+/// spans slots.
+async fn unlink_batch(
+    client: &fred::prelude::Client,
+    clustered: bool,
+    keys: &[String],
+) -> Result<u64, StoreError> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    if !clustered {
+        return client.unlink(keys.to_vec()).await.map_err(backend);
+    }
+    let slots = fred::util::group_by_hash_slot(keys.iter().map(String::as_str)).map_err(backend)?;
+    let pipe = client.pipeline();
+    for keys in slots.into_values() {
+        let () = pipe.unlink(Vec::from(keys)).await.map_err(backend)?;
+    }
+    let counts: Vec<u64> = pipe.all().await.map_err(backend)?;
+    Ok(counts.into_iter().sum())
+}
+
 /// Compare-and-delete: only the holder of the token releases the lock.
 const UNLOCK_SCRIPT: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -1215,6 +1321,76 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(e.to_string().contains("pool size"), "{e}");
+    }
+
+    /// A `redis-server` of its own on a free loopback port, killed on drop.
+    struct Server(std::process::Child, u16);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn redis_server() -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let server = Server(child, port);
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+
+    #[tokio::test]
+    async fn an_entry_written_again_during_its_tags_walk_stays_listed() {
+        let server = redis_server();
+        let store = RedisStore::builder(format!("redis://127.0.0.1:{}", server.1))
+            .connect()
+            .await
+            .unwrap();
+        let client = store.client().unwrap();
+        for (key, expires) in [("a", 1000.0), ("b", 1000.0), ("c", 1000.0)] {
+            let () = client.set(key, "v", None, None, false).await.unwrap();
+            let () = client
+                .zadd("tag", None, None, false, false, (expires, key))
+                .await
+                .unwrap();
+        }
+        let (next, page) = scan_tag(client, "tag", "0").await.unwrap();
+        assert_eq!((next.as_str(), page.len()), ("0", 3));
+        let members: Vec<String> = page.iter().map(|(m, _)| m.clone()).collect();
+        assert_eq!(unlink_batch(client, false, &members).await.unwrap(), 3);
+        // A request stores `b` again (a new expiry) before the page is
+        // unlisted.
+        let () = client.set("b", "new", None, None, false).await.unwrap();
+        let () = client
+            .zadd("tag", None, None, false, false, (2000.0, "b"))
+            .await
+            .unwrap();
+        unlist(client, "tag", &page).await.unwrap();
+        let listed: Vec<String> = client
+            .zrange("tag", 0, -1, None, false, None, false)
+            .await
+            .unwrap();
+        assert_eq!(listed, ["b"], "the stored `b` stays reachable");
+        // The next walk removes it.
+        assert_eq!(store.invalidate_tags(&["tag".into()]).await.unwrap(), 1);
+        let left: u64 = client.exists(("b", "tag")).await.unwrap();
+        assert_eq!(left, 0);
     }
 
     #[test]

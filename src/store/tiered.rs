@@ -890,9 +890,14 @@ impl Store for TieredStore {
         tag_keys: &'a [String],
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
-            let removed = self.shared.redis.remove_tagged(tag_keys).await?;
-            removed.iter().for_each(|k| self.shared.drop_key(k));
-            Ok(removed.len() as u64)
+            // Page by page, every key walked: the tier drops what Redis
+            // dropped even when the walk stops halfway.
+            self.shared
+                .redis
+                .remove_tagged(tag_keys, |walked| {
+                    walked.iter().for_each(|k| self.shared.drop_key(k))
+                })
+                .await
         })
     }
 
