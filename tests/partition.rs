@@ -401,8 +401,8 @@ async fn the_invalidation_after_an_unsafe_request_is_queued_and_replayed_too() {
 /// On a Redis Cluster, the master holding the item's entry stalls (the
 /// others answer): the handler still answers within the handle budget, and
 /// once the master answers again and the queue is replayed the update is
-/// visible. (A stall, `CLIENT PAUSE` on that master, not a cut: the cluster
-/// announces its nodes' own ports, which a relay cannot stand in for.)
+/// visible. (A stall, `CLIENT PAUSE` on that master; a master cut off is
+/// the test after this one.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_a_stalled_master_holds_the_handler_for_the_budget_only() {
     use tower_redis_cache::fred::prelude::{Builder, Config, KeysInterface};
@@ -453,4 +453,134 @@ async fn on_a_cluster_a_stalled_master_holds_the_handler_for_the_budget_only() {
     assert!(a.handle.drain(Duration::from_secs(10)).await);
     let (_, x, body) = send(&a.app, req_get("/items/1")).await;
     assert_eq!((x.as_str(), body.as_str()), ("HIT", "item 1 v2"));
+}
+
+/// Reads `uri` through `at` until caching has resumed there (not `BYPASS`),
+/// asserting on every read that `want` is served: from the first request on,
+/// never the entry the update invalidated.
+async fn never_stale_until_cached_at(at: &Instance, uri: &str, want: &str, who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut reads = 0;
+    loop {
+        let (status, x, body) = send(&at.app, req_get(uri)).await;
+        reads += 1;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            want,
+            "{who}: read {reads} of {uri} ({x}) served the entry the update invalidated; \
+             stats {:?}",
+            at.handle.stats()
+        );
+        if x != "BYPASS" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who}: caching of {uri} never resumed; stats {:?}",
+            at.handle.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// On a Redis Cluster whose nodes announce relay ports (every client
+/// connection goes through a relay), the relay of one master is cut: the
+/// update handlers answer at once with their invalidations queued, the
+/// writer serves no old entry, and once the relay heals and the writer has
+/// drained its queue neither it nor a second instance serves an old entry,
+/// whichever master held it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_with_one_master_cut_off_no_instance_serves_a_stale_entry() {
+    let (redis, relays) = RedisServer::start_cluster_behind_relays().await;
+    let url = support::relayed_cluster_url(&relays);
+    let db = db();
+    let ids: Vec<String> = (1..=9).map(|id| id.to_string()).collect();
+    for id in &ids {
+        db.lock()
+            .unwrap()
+            .insert(id.clone(), format!("item {id} v1"));
+    }
+    let a = instance(redis_store(url.clone()).await, db.clone(), |b| b);
+    let b = instance(redis_store(url).await, db, |b| b);
+    for id in &ids {
+        let uri = format!("/items/{id}");
+        let x = outcome(&a, &uri).await;
+        assert!(x == "MISS" || x == "HIT", "{uri}: {x}");
+        assert_eq!(send(&a.app, req_get(&uri)).await.1, "HIT", "{uri}");
+        assert_eq!(outcome(&b, &uri).await, "HIT", "{uri}");
+    }
+    // The master that owns each entry: the node that answers `EXISTS` for
+    // its key rather than `MOVED`.
+    let owner = |id: &str| {
+        let uri: Uri = format!("/items/{id}").parse().unwrap();
+        let key = a.handle.key_for(&Method::GET, &uri).unwrap();
+        (0..3)
+            .find(|&node| {
+                redis
+                    .node_command(node, &format!("EXISTS \"{key}\""))
+                    .starts_with(":1")
+            })
+            .unwrap_or_else(|| panic!("no master holds the entry of {uri}"))
+    };
+    let owners: Vec<usize> = ids.iter().map(|id| owner(id)).collect();
+    for node in 0..3 {
+        assert!(
+            owners.contains(&node),
+            "master {node} holds none of the entries: {owners:?}"
+        );
+    }
+    let cut = owners[0];
+    // The items of the cut master first: from the first queued
+    // invalidation on, every later one is queued behind it.
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| owners[i] != cut);
+
+    relays[cut].cut();
+    for &i in &order {
+        let id = &ids[i];
+        let started = Instant::now();
+        let (status, _, body) = send(&a.app, request("PATCH", &format!("/items/{id}"))).await;
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            took < Duration::from_secs(1),
+            "the handler waited {took:?} for an unreachable master"
+        );
+        if owners[i] == cut {
+            assert!(body.starts_with(r#"{"queued":[true"#), "{body}");
+        }
+    }
+    assert!(a.handle.stats().invalidations_pending > 0);
+    // Still cut: the writer serves no hit, whatever master holds the entry.
+    // (The other instance is not read here: it does not know about the
+    // writer's queue, and may serve an old entry until the replay.)
+    for id in &ids {
+        let (_, x, body) = send(&a.app, req_get(&format!("/items/{id}"))).await;
+        assert_eq!(
+            (x.as_str(), body.as_str()),
+            ("BYPASS", format!("item {id} v2").as_str()),
+            "the writer served /items/{id} from the cache while its invalidation was queued"
+        );
+    }
+    relays[cut].heal();
+    for id in &ids {
+        let want = format!("item {id} v2");
+        never_stale_until_cached_at(&a, &format!("/items/{id}"), &want, "the writer").await;
+    }
+    assert!(
+        a.handle.drain(Duration::from_secs(10)).await,
+        "{:?}",
+        a.handle.stats()
+    );
+    let stats = a.handle.stats();
+    assert_eq!(
+        stats.invalidations_replayed, stats.invalidations_queued,
+        "{stats:?}"
+    );
+    for id in &ids {
+        let want = format!("item {id} v2");
+        never_stale_until_cached_at(&b, &format!("/items/{id}"), &want, "the other instance").await;
+    }
+    assert_eq!(outcome(&b, "/lists/a").await, "MISS");
 }

@@ -799,3 +799,70 @@ impl RedisServer {
         assert!(reply.starts_with(':'), "{reply}");
     }
 }
+
+/// A cluster whose clients all go through relays: every node announces the
+/// port of a relay in front of it (`cluster-announce-port`, which is what
+/// `CLUSTER SLOTS`/`SHARDS`/`NODES` and `MOVED` report), so cutting one relay
+/// cuts every client off from that master while the nodes keep talking to
+/// each other over the cluster bus (its port is left as it was: the node's
+/// own port + 10000).
+impl RedisServer {
+    /// Starts a 3-master cluster and a relay in front of each node (relay
+    /// `i` forwards to node `i`), and waits until every node announces the
+    /// relays' ports for every master and reports `cluster_state:ok`.
+    /// Connect with [`relayed_cluster_url`]. The helpers that map announced
+    /// ports back to nodes (`slot_owner`...) do not apply to this cluster.
+    pub async fn start_cluster_behind_relays() -> (RedisServer, Vec<Relay>) {
+        let redis = Self::start_cluster();
+        let mut relays = Vec::with_capacity(redis.nodes.len());
+        for node in 0..redis.nodes.len() {
+            let relay = Relay::start(redis.nodes[node].port).await;
+            let reply = redis.node_command(
+                node,
+                &format!("CONFIG SET cluster-announce-port {}", relay.port),
+            );
+            assert!(reply.starts_with("+OK"), "cluster-announce-port: {reply:?}");
+            relays.push(relay);
+        }
+        // Other nodes learn a node's announced port from its next ping.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let settled = (0..redis.nodes.len()).all(|node| {
+                let nodes = redis.node_command_full(node, "CLUSTER NODES");
+                redis.nodes[node]
+                    .command("CLUSTER INFO")
+                    .contains("cluster_state:ok")
+                    && relays.iter().zip(&redis.nodes).all(|(r, n)| {
+                        // The relay's port for clients, the node's own bus port.
+                        nodes.contains(&format!(
+                            "127.0.0.1:{}@{} ",
+                            r.port,
+                            u32::from(n.port) + 10000
+                        ))
+                    })
+            });
+            if settled {
+                return (redis, relays);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster nodes never announced the relays' ports"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The `redis-cluster://` URL of a cluster started by
+/// [`RedisServer::start_cluster_behind_relays`], every seed a relay.
+pub fn relayed_cluster_url(relays: &[Relay]) -> String {
+    let others: Vec<String> = relays[1..]
+        .iter()
+        .map(|r| format!("node=127.0.0.1:{}", r.port))
+        .collect();
+    format!(
+        "redis-cluster://127.0.0.1:{}?{}",
+        relays[0].port,
+        others.join("&")
+    )
+}
