@@ -456,27 +456,9 @@ async fn host_echo_origin() -> std::net::SocketAddr {
     addr
 }
 
-/// One raw HTTP/1.1 exchange: the status, `x-cache` and body.
+/// One raw HTTP/1.1 exchange (see `support::raw_http`).
 async fn raw(addr: std::net::SocketAddr, head: &str) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("{head}\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let x_cache = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-cache: "))
-        .unwrap_or("")
-        .to_owned();
-    (status, x_cache, body.to_owned())
+    support::raw_http(addr, head, "").await
 }
 
 /// Poisoning (proxy). For an absolute-form `https://shop.example:443/...`

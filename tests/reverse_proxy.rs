@@ -286,31 +286,9 @@ async fn methods_headers_and_bodies_are_forwarded_faithfully_minus_hop_by_hop() 
     assert_eq!(received.len(), big.len());
 }
 
-/// Sends `head` (request line and fields, without the blank line) and
-/// `body` as raw bytes, so that requests a client library would not build
-/// (absolute-form targets, two `Host` lines, odd hosts) reach the proxy;
-/// returns the status, `x-cache` and body.
+/// A raw exchange with the proxy (see `support::raw_http`).
 async fn raw(addr: SocketAddr, head: &str, body: &str) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("{head}\r\nconnection: close\r\n\r\n{body}");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let x_cache = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-cache: "))
-        .unwrap_or("")
-        .to_owned();
-    // Bodies here are short and sent with content-length, not chunked.
-    (status, x_cache, body.to_owned())
+    support::raw_http(addr, head, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -866,3 +866,31 @@ pub fn relayed_cluster_url(relays: &[Relay]) -> String {
         others.join("&")
     )
 }
+
+/// One raw HTTP/1.1 exchange with the server at `addr`: `head` (request line
+/// and fields, without the blank line) and `body` sent as bytes, so that
+/// requests a client library would not build (absolute-form targets, two
+/// `Host` lines, odd hosts, a body on a `GET`) reach it. Returns the
+/// status, `x-cache` and body (bodies here are short, sent with
+/// `content-length`).
+pub async fn raw_http(addr: std::net::SocketAddr, head: &str, body: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{head}\r\nconnection: close\r\n\r\n{body}");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let x_cache = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-cache: "))
+        .unwrap_or("")
+        .to_owned();
+    (status, x_cache, body.to_owned())
+}
