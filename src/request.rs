@@ -8,12 +8,60 @@
 
 use http::{header, HeaderMap, HeaderName};
 
-/// Whether the request asks to switch protocols (`Upgrade`, such as a
-/// WebSocket handshake). Such a request passes through untouched: its
-/// `Connection: upgrade` is meant for the server that answers it, and its
-/// response is never stored.
-pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+use crate::semantics::RequestFields;
+
+/// What one pass over a request's fields found: the checks the layer makes
+/// on every request, for the price of one walk over its field names.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fields {
+    /// `Upgrade` (such as a WebSocket handshake): the request passes
+    /// through untouched. Its `Connection: upgrade` is meant for the server
+    /// that answers it, and its response is never stored.
+    pub(crate) upgrade: bool,
+    /// `Connection`, `Keep-Alive` or `Proxy-Connection`: fields to remove
+    /// (see [`strip_connection_fields`]).
+    pub(crate) connection: bool,
+    /// Why a `GET` or `HEAD` must not be answered from, or stored in, the
+    /// cache, whatever its route says:
+    ///
+    /// - a body (`Content-Length` above 0, or any `Transfer-Encoding`): an
+    ///   origin that reads it could answer differently for the same key;
+    /// - a method-override field (`X-HTTP-Method-Override`, `X-HTTP-Method`,
+    ///   `X-Method-Override`): frameworks that honour them run another
+    ///   method than the key says.
+    pub(crate) refused: Option<&'static str>,
+    /// The fields HTTP caching acts on (directives, `Authorization`,
+    /// `Cookie`, conditionals), found in the same walk.
+    pub(crate) http: RequestFields,
+}
+
+impl Fields {
+    pub(crate) fn scan(headers: &HeaderMap) -> Self {
+        let mut fields = Self::default();
+        for (name, value) in headers {
+            if name == header::UPGRADE {
+                fields.upgrade = true;
+            } else if name == header::CONNECTION {
+                fields.connection = true;
+            } else if name == header::CONTENT_LENGTH {
+                if value.as_bytes().iter().any(|b| *b != b'0') {
+                    fields.refused = Some("a GET or HEAD with a body");
+                }
+            } else if name == header::TRANSFER_ENCODING {
+                fields.refused = Some("a GET or HEAD with a body");
+            } else {
+                fields.http.note(name);
+                match name.as_str() {
+                    "keep-alive" | "proxy-connection" => fields.connection = true,
+                    "x-http-method-override" | "x-http-method" | "x-method-override" => {
+                        fields.refused = Some("a method-override field");
+                    }
+                    _ => {}
+                }
+            }
+        }
+        fields
+    }
 }
 
 /// Removes `Connection` and every field it names (RFC 9110 §7.6.1), and
@@ -24,11 +72,8 @@ pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
 /// or `Connection: accept-language` on a route that varies on it).
 /// `Content-Length` and `Transfer-Encoding` stay even when named: they
 /// frame a body the service still reads, and hiding them would hide that
-/// body from [`refuse`].
+/// body from [`Fields::refused`].
 pub(crate) fn strip_connection_fields(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::CONNECTION) {
-        return;
-    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -47,33 +92,8 @@ pub(crate) fn strip_connection_fields(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::CONNECTION);
+    headers.remove("keep-alive");
     headers.remove("proxy-connection");
-}
-
-/// Why a `GET` or `HEAD` must not be answered from, or stored in, the cache,
-/// whatever its route says: `None` when nothing stops it.
-///
-/// - A body (`Content-Length` above 0, or any `Transfer-Encoding`): an
-///   origin that reads it could answer differently for the same key.
-/// - A method-override field (`X-HTTP-Method-Override`, `X-HTTP-Method`,
-///   `X-Method-Override`): frameworks that honour them run another method
-///   than the key says.
-pub(crate) fn refuse(headers: &HeaderMap) -> Option<&'static str> {
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH {
-            if value.as_bytes().iter().any(|b| *b != b'0') {
-                return Some("a GET or HEAD with a body");
-            }
-        } else if name == header::TRANSFER_ENCODING {
-            return Some("a GET or HEAD with a body");
-        } else if matches!(
-            name.as_str(),
-            "x-http-method-override" | "x-http-method" | "x-method-override"
-        ) {
-            return Some("a method-override field");
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -111,18 +131,38 @@ mod tests {
 
     #[test]
     fn bodies_and_method_overrides_are_refused() {
-        assert_eq!(refuse(&headers(&[("content-length", "0")])), None);
-        assert_eq!(refuse(&headers(&[("content-length", "00")])), None);
-        assert!(refuse(&headers(&[("content-length", "5")])).is_some());
-        assert!(refuse(&headers(&[("content-length", "x")])).is_some());
-        assert!(refuse(&headers(&[("transfer-encoding", "chunked")])).is_some());
+        assert_eq!(
+            Fields::scan(&headers(&[("content-length", "0")])).refused,
+            None
+        );
+        assert_eq!(
+            Fields::scan(&headers(&[("content-length", "00")])).refused,
+            None
+        );
+        assert!(Fields::scan(&headers(&[("content-length", "5")]))
+            .refused
+            .is_some());
+        assert!(Fields::scan(&headers(&[("content-length", "x")]))
+            .refused
+            .is_some());
+        assert!(Fields::scan(&headers(&[("transfer-encoding", "chunked")]))
+            .refused
+            .is_some());
         for name in [
             "x-http-method-override",
             "X-HTTP-Method",
             "x-method-override",
         ] {
-            assert!(refuse(&headers(&[(name, "DELETE")])).is_some(), "{name}");
+            assert!(
+                Fields::scan(&headers(&[(name, "DELETE")]))
+                    .refused
+                    .is_some(),
+                "{name}"
+            );
         }
-        assert_eq!(refuse(&headers(&[("accept", "*/*")])), None);
+        assert_eq!(
+            Fields::scan(&headers(&[("accept", "*/*")])),
+            Fields::default()
+        );
     }
 }

@@ -490,26 +490,34 @@ pub(crate) struct RequestFields {
 }
 
 impl RequestFields {
+    #[cfg(test)]
     pub(crate) fn scan(request: &HeaderMap) -> Self {
         let mut fields = Self::default();
         for name in request.keys() {
-            if name == header::CACHE_CONTROL || name == header::PRAGMA {
-                fields.directives = true;
-            } else if name == header::AUTHORIZATION {
-                fields.authorization = true;
-            } else if name == header::COOKIE {
-                fields.cookie = true;
-            } else if name == header::IF_NONE_MATCH || name == header::IF_MODIFIED_SINCE {
-                fields.conditional = true;
-            } else if name == header::RANGE
-                || name == header::IF_MATCH
-                || name == header::IF_UNMODIFIED_SINCE
-                || name == header::IF_RANGE
-            {
-                fields.passes_through = true;
-            }
+            fields.note(name);
         }
         fields
+    }
+
+    /// Takes note of one field name of the request (the layer walks the
+    /// names once, for these and its own checks).
+    #[inline]
+    pub(crate) fn note(&mut self, name: &HeaderName) {
+        if name == header::CACHE_CONTROL || name == header::PRAGMA {
+            self.directives = true;
+        } else if name == header::AUTHORIZATION {
+            self.authorization = true;
+        } else if name == header::COOKIE {
+            self.cookie = true;
+        } else if name == header::IF_NONE_MATCH || name == header::IF_MODIFIED_SINCE {
+            self.conditional = true;
+        } else if name == header::RANGE
+            || name == header::IF_MATCH
+            || name == header::IF_UNMODIFIED_SINCE
+            || name == header::IF_RANGE
+        {
+            self.passes_through = true;
+        }
     }
 }
 

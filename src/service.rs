@@ -36,7 +36,7 @@ use crate::{
     flight::{Join, Shared, Waited},
     future::ResponseFuture,
     policy::{CookiePolicy, Resolved},
-    semantics::{self, CacheControl, RequestFields, Vary},
+    semantics::{self, CacheControl, Vary},
     store::Write,
     tags::take_tags,
     CacheHandle,
@@ -118,13 +118,21 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        if crate::request::is_upgrade(req.headers()) {
+        let mut fields = crate::request::Fields::scan(req.headers());
+        if fields.upgrade {
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
                 .insert(CacheHandle::new(self.core.clone()));
             return ResponseFuture::bypass(self.inner.call(req), self.core.clone());
         }
-        crate::request::strip_connection_fields(req.headers_mut());
+        if fields.connection {
+            crate::request::strip_connection_fields(req.headers_mut());
+            // What the rest of the path sees is the request without them
+            // (a refusal found before stays).
+            let refused = fields.refused;
+            fields = crate::request::Fields::scan(req.headers());
+            fields.refused = fields.refused.or(refused);
+        }
         if let Some(targets) = unsafe_targets(&self.core, &req) {
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
@@ -133,7 +141,7 @@ where
             let core = self.core.clone();
             return ResponseFuture::cache(Box::pin(invalidate_after(core, call, targets)));
         }
-        let Some(plan) = plan(&self.core, &req) else {
+        let Some(plan) = plan(&self.core, &req, &fields) else {
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
                 .insert(CacheHandle::new(self.core.clone()));
@@ -375,7 +383,10 @@ fn matched_route<B>(_: &Request<B>) -> Option<&str> {
     None
 }
 
-fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
+/// The plan of a cacheable request; `None` passes it through. `fields` is
+/// what the walk over the request's field names found (see
+/// [`crate::request::Fields`]).
+fn plan<B>(core: &CacheCore, req: &Request<B>, fields: &crate::request::Fields) -> Option<Plan> {
     let head = req.method() == Method::HEAD;
     if !head && req.method() != Method::GET {
         return None;
@@ -386,11 +397,12 @@ fn plan<B>(core: &CacheCore, req: &Request<B>) -> Option<Plan> {
         .lookup(matched_route(req), uri.path())
         .as_ref()?;
     let headers = req.headers();
-    let fields = RequestFields::scan(headers);
+    let refused = fields.refused;
+    let fields = fields.http;
     if fields.passes_through {
         return None;
     }
-    if let Some(reason) = crate::request::refuse(headers) {
+    if let Some(reason) = refused {
         tracing::debug!(reason, path = uri.path(), "passed through uncached");
         return None;
     }
