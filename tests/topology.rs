@@ -6,17 +6,13 @@
 mod support;
 
 use std::{
-    io::Write,
-    sync::{
-        atomic::{AtomicUsize, Ordering::SeqCst},
-        Arc, Mutex,
-    },
+    sync::atomic::{AtomicUsize, Ordering::SeqCst},
     time::{Duration, Instant},
 };
 
 use axum::{extract::Path, routing::get, Router};
 use http::{Method, Uri};
-use support::{req_get, send, RedisServer};
+use support::{req_get, send, Captured, RedisServer};
 use tower_redis_cache::{
     fred::{prelude::KeysInterface, util::redis_keyslot},
     store::{LocalTier, RedisStore, TieredStore},
@@ -258,20 +254,6 @@ async fn after_a_failover_no_instance_serves_an_entry_changed_on_the_promoted_re
     served_from_l1(&redis, &b, &on_0, replica).await;
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_server_that_refuses_tracking_leaves_the_l1_off_with_a_warning() {
     let logs = Captured::default();
@@ -298,8 +280,7 @@ async fn a_server_that_refuses_tracking_leaves_the_l1_off_with_a_warning() {
     let a = instance_on(store().await).await;
     let b = instance_on(store().await).await;
     assert!(!a.store.is_coherent() && !b.store.is_coherent());
-    let text = logs.0.lock().unwrap().clone();
-    let text = String::from_utf8_lossy(&text);
+    let text = logs.text();
     let warning = text
         .lines()
         .find(|l| l.contains("WARN") && l.contains("L1 off"))

@@ -894,3 +894,26 @@ pub async fn raw_http(addr: std::net::SocketAddr, head: &str, body: &str) -> (u1
         .to_owned();
     (status, x_cache, body.to_owned())
 }
+
+/// Log output captured in memory, to give `tracing_subscriber`'s writer and
+/// read back as text.
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
