@@ -47,8 +47,22 @@ impl Item {
     }
 
     /// Runs the invalidation against the store: how many entries went, or
-    /// the namespace's new generation.
+    /// the namespace's new generation. A store call that panics is a failed
+    /// call: the item stays queued (an unwinding task would leave it marked
+    /// under way for ever, and every request passing through).
     pub(crate) async fn run(&self, core: &CacheCore) -> Result<u64, StoreError> {
+        let call = std::panic::AssertUnwindSafe(self.call(core));
+        futures_util::FutureExt::catch_unwind(call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Backend(format!(
+                    "the store panicked during {}",
+                    self.op()
+                )))
+            })
+    }
+
+    async fn call(&self, core: &CacheCore) -> Result<u64, StoreError> {
         let store = &core.store;
         match self {
             Item::Keys(keys) => store.delete(keys).await,

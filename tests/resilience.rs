@@ -1407,3 +1407,92 @@ async fn with_the_breaker_open_an_invalidation_is_queued_without_touching_the_st
     assert_eq!(after.invalidations_queued, 1);
     assert_eq!(after.invalidations_pending, 1);
 }
+
+/// The in-memory store, except that its first deletion panics (a bug in a
+/// user's store, say).
+#[derive(Debug, Default)]
+struct PanicsOnce {
+    inner: tower_redis_cache::store::MemoryStore,
+    panicked: AtomicBool,
+}
+
+impl Store for PanicsOnce {
+    fn fetch<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+    ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
+        self.inner.fetch(key, generation_key)
+    }
+
+    fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.put(writes)
+    }
+
+    fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            if !self.panicked.swap(true, SeqCst) {
+                panic!("a store bug");
+            }
+            self.inner.delete(keys).await
+        })
+    }
+
+    fn delete_matching<'a>(
+        &'a self,
+        pattern: &'a str,
+        filter: &'a (dyn Fn(&str) -> bool + Send + Sync),
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.inner.delete_matching(pattern, filter)
+    }
+
+    fn generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.inner.generation(key)
+    }
+
+    fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.inner.bump_generation(key)
+    }
+}
+
+/// A store call that panics during an invalidation is a failed call: the
+/// invalidation is queued and replayed, and hits come back once it is. (A
+/// panic must not leave the queue waiting for ever on a call that will
+/// never settle, with every request passing through.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_whose_store_call_panics_is_replayed_and_hits_come_back() {
+    let cache = RedisCacheLayer::builder()
+        .store(PanicsOnce::default())
+        .ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let handle = cache.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            get(move |Path(id): Path<String>| {
+                let n = c.fetch_add(1, SeqCst) + 1;
+                async move { format!("item {id} v{n}") }
+            }),
+        )
+        .layer(cache);
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "MISS");
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
+    let done = handle
+        .invalidate(&http::Method::GET, &http::Uri::from_static("/items/1"))
+        .await
+        .unwrap();
+    assert!(
+        done.queued,
+        "a call that panicked is not confirmed: {done:?}"
+    );
+    assert!(
+        handle.drain(Duration::from_secs(5)).await,
+        "the panicked call is replayed"
+    );
+    let (_, x, body) = send(&app, req_get("/items/1")).await;
+    assert_eq!((x.as_str(), body.as_str()), ("MISS", "item 1 v2"));
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
+}
