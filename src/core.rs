@@ -146,22 +146,26 @@ pub(crate) enum Lookup {
 pub(crate) struct HeldLock {
     pub(crate) key: String,
     pub(crate) token: String,
-    /// When the call that set it was sent; `None` when that moment is not
-    /// known (a lock found already held with this process's token).
-    pub(crate) since: Option<Instant>,
     /// Set once the entry's write released it in the same round trip.
     pub(crate) released: AtomicBool,
 }
 
 impl HeldLock {
-    pub(crate) fn new(key: String, token: String, since: Option<Instant>) -> Arc<Self> {
+    pub(crate) fn new(key: String, token: String) -> Arc<Self> {
         Arc::new(Self {
             key,
             token,
-            since,
             released: AtomicBool::new(false),
         })
     }
+}
+
+/// The invalidation counter as a request read it before calling the
+/// service: its write is fenced by it (see [`Fence`](crate::store::Fence)).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FenceRead {
+    pub(crate) counter: u64,
+    pub(crate) at: Instant,
 }
 
 /// What waiting for another instance's computation gave.
@@ -192,6 +196,7 @@ pub(crate) struct Counters {
     pub(crate) revalidations: AtomicU64,
     pub(crate) not_modified: AtomicU64,
     pub(crate) unsafe_invalidations: AtomicU64,
+    pub(crate) fills_fenced: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -258,6 +263,7 @@ impl CacheCore {
             revalidations: c.revalidations.load(Relaxed),
             not_modified: c.not_modified.load(Relaxed),
             unsafe_invalidations: c.unsafe_invalidations.load(Relaxed),
+            fills_fenced: c.fills_fenced.load(Relaxed),
             invalidations_queued: self.replay.queued.load(Relaxed),
             invalidations_replayed: self.replay.replayed.load(Relaxed),
             invalidations_dropped: self.replay.dropped.load(Relaxed),
@@ -562,37 +568,64 @@ impl CacheCore {
         }
     }
 
-    pub(crate) async fn write(&self, writes: &[Write]) -> Result<(), StoreError> {
-        // Nothing is written while invalidations wait for replay.
-        if self.replay.pending() {
-            return Ok(());
-        }
-        self.timed("put", self.store.put(writes)).await?;
-        self.count_writes(writes);
-        Ok(())
+    /// Reads the invalidation counter before the service computes an entry;
+    /// `None` when the store failed (the entry is then not stored).
+    pub(crate) async fn read_fence(&self) -> Option<FenceRead> {
+        let at = Instant::now();
+        let key = self.keys.fence_counter_key();
+        let counter = self.timed("fence", self.store.fence(&key)).await.ok()?;
+        Some(FenceRead { counter, at })
     }
 
-    /// Writes and releases the lock `held`, in one round trip where the
-    /// store allows it; marks the lock released when it was.
-    pub(crate) async fn write_and_unlock(
+    /// Writes what a request computed, unless an invalidation of anything
+    /// the writes touch ran since `read` (then nothing is written, and
+    /// `fills_fenced` counts it). The lock `held` is released in the same
+    /// round trip where the store can (marked released then); otherwise its
+    /// caller releases it.
+    pub(crate) async fn write_fenced(
         &self,
         writes: &[Write],
-        held: &HeldLock,
+        read: FenceRead,
+        held: Option<&HeldLock>,
     ) -> Result<(), StoreError> {
         if self.replay.pending() {
             return Ok(());
         }
-        // Set less than half its TTL ago: nobody else can have taken it
-        // since, and it may be deleted without a compare.
-        let owned = held
-            .since
-            .is_some_and(|at| at.elapsed() < self.settings.lock_ttl / 2);
-        let call = self
-            .store
-            .put_and_unlock(writes, &held.key, &held.token, owned);
-        let released = self.timed("put", call).await?;
-        held.released.store(released, Relaxed);
-        self.count_writes(writes);
+        if read.at.elapsed() >= crate::store::FENCE_WINDOW / 2 {
+            // The markers of an invalidation that ran meanwhile may be gone.
+            bump(&self.counters.fills_fenced);
+            crate::metrics::fenced();
+            return Ok(());
+        }
+        let mut markers = Vec::with_capacity(writes.len() * 2 + 1);
+        markers.push(self.keys.prefix_fence_key());
+        for w in writes {
+            markers.push(self.keys.fence_key(&w.key));
+            markers.extend(w.tags.iter().map(|t| self.keys.fence_key(t)));
+        }
+        markers.sort_unstable();
+        markers.dedup();
+        let fence = crate::store::Fence {
+            counter: read.counter,
+            markers,
+            unlock: held.map(|h| (h.key.clone(), h.token.clone())),
+        };
+        let done = self
+            .timed("put", self.store.put_fenced(writes, &fence))
+            .await?;
+        if let Some(held) = held {
+            held.released.store(done.unlocked, Relaxed);
+        }
+        if done.stored {
+            self.count_writes(writes);
+        } else {
+            bump(&self.counters.fills_fenced);
+            crate::metrics::fenced();
+            tracing::debug!(
+                key = writes.last().map_or("", |w| w.key.as_str()),
+                "not stored: an invalidation ran while the response was computed"
+            );
+        }
         Ok(())
     }
 

@@ -133,6 +133,11 @@ pub struct CacheStats {
     /// same-origin `Location`/`Content-Location`) were invalidated (confirmed
     /// by the store, or queued for replay).
     pub unsafe_invalidations: u64,
+    /// Responses computed on a miss and not stored because an invalidation
+    /// of their key, one of their tags or a path prefix ran while they were
+    /// computed: they may show data from before it. Also those whose
+    /// computation took longer than the fence window (60 s).
+    pub fills_fenced: u64,
     /// Invalidations queued for replay because the store did not confirm
     /// them in time (failure, timeout, open breaker), namespace bumps that
     /// replaced dropped ones included.

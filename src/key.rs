@@ -230,6 +230,25 @@ impl KeySpace {
         format!("{}#tag:{tag}", self.base)
     }
 
+    /// The key of the invalidation counter (see [`Fence`](crate::store::Fence)).
+    /// `#` never occurs in a namespace, so it is never an entry key.
+    pub(crate) fn fence_counter_key(&self) -> String {
+        format!("{}#fence", self.base)
+    }
+
+    /// The fence marker of `key` (an entry key or a tag index key of this
+    /// key space), raised by an invalidation that removes it.
+    pub(crate) fn fence_key(&self, key: &str) -> String {
+        let rest = key.strip_prefix(self.base.as_str()).unwrap_or(key);
+        format!("{}#fence:{rest}", self.base)
+    }
+
+    /// The fence marker raised by every path-prefix invalidation: one for
+    /// the key space, since a prefix covers keys not written yet.
+    pub(crate) fn prefix_fence_key(&self) -> String {
+        format!("{}#fence-prefix", self.base)
+    }
+
     /// The key holding a namespace's generation counter.
     ///
     /// It has a single `:` after the namespace, while every entry key has

@@ -6,10 +6,11 @@
 //! |---|---|---|
 //! | `http_cache_requests_total` | counter | `outcome`: `HIT`, `MISS`, `STALE`, `REVALIDATED`, `BYPASS` |
 //! | `http_cache_not_modified_total` | counter | |
-//! | `http_cache_store_duration_seconds` | histogram | `op`: `fetch`, `lock`, `put`, `delete`, `unlock` |
+//! | `http_cache_store_duration_seconds` | histogram | `op`: `fetch`, `lock`, `fence`, `put`, `delete`, `unlock`, ... |
 //! | `http_cache_store_errors_total` | counter | `op` |
 //! | `http_cache_stored_entries_total` | counter | |
 //! | `http_cache_stored_bytes_total` | counter | |
+//! | `http_cache_fills_fenced_total` | counter | |
 //! | `http_cache_breaker_state` | gauge | 0 closed, 1 half-open, 2 open |
 //! | `http_cache_breaker_trips_total` | counter | |
 //! | `http_cache_invalidations_total` | counter | `outcome`: `queued`, `replayed`, `dropped` |
@@ -40,6 +41,10 @@ mod enabled {
     pub(crate) fn stored(entries: usize, bytes: usize) {
         metrics::counter!("http_cache_stored_entries_total").increment(entries as u64);
         metrics::counter!("http_cache_stored_bytes_total").increment(bytes as u64);
+    }
+
+    pub(crate) fn fenced() {
+        metrics::counter!("http_cache_fills_fenced_total").increment(1);
     }
 
     pub(crate) fn breaker(state: BreakerState, tripped: bool) {
@@ -85,6 +90,9 @@ mod enabled {
 
     #[inline(always)]
     pub(crate) fn stored(_: usize, _: usize) {}
+
+    #[inline(always)]
+    pub(crate) fn fenced() {}
 
     #[inline(always)]
     pub(crate) fn breaker(_: BreakerState, _: bool) {}

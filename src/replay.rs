@@ -64,10 +64,26 @@ impl Item {
 
     async fn call(&self, core: &CacheCore) -> Result<u64, StoreError> {
         let store = &core.store;
+        let keys = &core.keys;
+        // The fence first: a fill that read its page before this point and
+        // writes after it is refused, whether its write lands before the
+        // removal below (and is removed) or after it.
+        let markers: Vec<String> = match self {
+            Item::Keys(entries) | Item::Tags(entries) => {
+                entries.iter().map(|k| keys.fence_key(k)).collect()
+            }
+            Item::Prefix(_) => vec![keys.prefix_fence_key()],
+            Item::Namespace(_) => Vec::new(),
+        };
+        if !markers.is_empty() {
+            let counter = keys.fence_counter_key();
+            store
+                .raise_fence(&counter, &markers, crate::store::FENCE_WINDOW)
+                .await?;
+        }
         match self {
             Item::Keys(keys) => store.delete(keys).await,
             Item::Prefix(prefix) => {
-                let keys = &core.keys;
                 let pattern = keys.prefix_pattern(prefix);
                 let filter = |key: &str| keys.is_under_path_prefix(key, prefix);
                 store.delete_matching(&pattern, &filter).await

@@ -579,13 +579,12 @@ where
                 unseen = true;
                 let lock_key = core.keys.lock_key(&plan.rule.namespace, plan.key());
                 let token = core.lock_token();
-                let sent = std::time::Instant::now();
                 // Boxed: this path (misses, first hits) would otherwise make
                 // every request's future larger.
                 let (found, held) =
                     Box::pin(core.lookup_or_lock(plan.key(), gen_key, &lock_key, &token)).await;
                 if held {
-                    plan.lock = Some(HeldLock::new(lock_key, token, Some(sent)));
+                    plan.lock = Some(HeldLock::new(lock_key, token));
                 }
                 found
             }
@@ -791,7 +790,7 @@ where
                     }
                     return Ok(response);
                 }
-                Coalesced::Locked(token) => plan.lock = Some(HeldLock::new(lock_key, token, None)),
+                Coalesced::Locked(token) => plan.lock = Some(HeldLock::new(lock_key, token)),
                 Coalesced::Entry(_) | Coalesced::Proceed => {}
             }
         }
@@ -1013,6 +1012,16 @@ where
             }
         }
         let uri = plan.rule.tagger.as_ref().map(|_| req.uri().clone());
+        // Read before the service reads its data: an invalidation after this
+        // point (of the key, a tag, a prefix) keeps the response from being
+        // stored, since it may show data from before it. Without the counter
+        // (the store failed) nothing is stored.
+        let fence = if may_store && generation.is_some() {
+            core.read_fence().await
+        } else {
+            None
+        };
+        let generation = generation.filter(|_| !may_store || fence.is_some());
         let started = Instant::now();
         let request_ms = entry::now_ms();
         let (mut parts, body) = inner.call(req).await?.into_parts();
@@ -1170,14 +1179,13 @@ where
                         ttl: lifetimes.store_ttl(),
                         tags: tags.iter().map(|t| core.keys.tag_key(t)).collect(),
                     });
-                    if generation.is_some() {
+                    if let Some(fence) = fence.filter(|_| generation.is_some()) {
                         // Awaited (under the budget) so the client's next request
                         // can already hit. The lock, if held, is released in the
-                        // same round trip.
-                        let _ = match &plan.lock {
-                            Some(held) => core.write_and_unlock(&writes, held).await,
-                            None => core.write(&writes).await,
-                        };
+                        // same round trip where the store can.
+                        let _ = core
+                            .write_fenced(&writes, fence, plan.lock.as_deref())
+                            .await;
                     }
                 }
                 if !conditionals.is_empty()
@@ -1239,7 +1247,7 @@ fn refresh_in_background<S, ReqBody, ResBody>(
                 )
                 .await
             {
-                Coalesced::Locked(token) => plan.lock = Some(HeldLock::new(lock_key, token, None)),
+                Coalesced::Locked(token) => plan.lock = Some(HeldLock::new(lock_key, token)),
                 // Fresh again, or another instance is refreshing it.
                 _ => return,
             }

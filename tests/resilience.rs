@@ -241,14 +241,23 @@ impl Store for CountingUnlocks {
     fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, StoreResult<()>> {
         self.redis.put(writes)
     }
-    fn put_and_unlock<'a>(
+    fn fence<'a>(&'a self, counter_key: &'a str) -> BoxFuture<'a, StoreResult<u64>> {
+        self.redis.fence(counter_key)
+    }
+    fn raise_fence<'a>(
+        &'a self,
+        counter_key: &'a str,
+        markers: &'a [String],
+        window: Duration,
+    ) -> BoxFuture<'a, StoreResult<u64>> {
+        self.redis.raise_fence(counter_key, markers, window)
+    }
+    fn put_fenced<'a>(
         &'a self,
         writes: &'a [Write],
-        lock_key: &'a str,
-        token: &'a str,
-        owned: bool,
-    ) -> BoxFuture<'a, StoreResult<bool>> {
-        self.redis.put_and_unlock(writes, lock_key, token, owned)
+        fence: &'a tower_redis_cache::store::Fence,
+    ) -> BoxFuture<'a, StoreResult<tower_redis_cache::store::Fenced>> {
+        self.redis.put_fenced(writes, fence)
     }
     fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, StoreResult<u64>> {
         self.redis.delete(keys)

@@ -6,7 +6,7 @@ use std::{
     hash::BuildHasher,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, RwLock,
     },
     time::{Duration, Instant},
 };
@@ -14,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use moka::{notification::RemovalCause, ops::compute::Op, sync::Cache, Expiry};
 
-use super::{BoxFuture, Fetched, KeyHasher, Store, Write};
+use super::{BoxFuture, Fence, Fenced, Fetched, KeyHasher, Store, Write};
 use crate::error::StoreError;
 
 /// The most entries one tag index lists unless
@@ -60,6 +60,45 @@ pub struct MemoryStore {
     entries: Cache<String, Value, KeyHasher>,
     generations: Arc<Mutex<HashMap<String, u64>>>,
     tags: Arc<Tags>,
+    fences: Arc<Fences>,
+}
+
+/// The invalidation counters and the markers they raised (see [`Fence`]),
+/// each marker with its expiry. A fenced write holds the lock for reading
+/// while it checks and writes, and raising takes it for writing, so no
+/// invalidation's markers go up between a write's check and its write.
+#[derive(Default)]
+struct Fences(RwLock<FenceState>);
+
+#[derive(Default)]
+struct FenceState {
+    counters: HashMap<String, u64>,
+    markers: HashMap<String, (u64, Instant), KeyHasher>,
+}
+
+impl Fences {
+    /// Past this many markers, expired ones are dropped on the next raise.
+    const PRUNE: usize = 4096;
+
+    fn counter(&self, key: &str) -> u64 {
+        let state = self.0.read().unwrap_or_else(|e| e.into_inner());
+        state.counters.get(key).copied().unwrap_or(0)
+    }
+
+    fn raise(&self, counter_key: &str, markers: &[String], window: Duration) -> u64 {
+        let mut state = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if state.markers.len() >= Self::PRUNE {
+            state.markers.retain(|_, (_, until)| *until > now);
+        }
+        let counter = state.counters.entry(counter_key.to_owned()).or_insert(0);
+        *counter += 1;
+        let raised = *counter;
+        for marker in markers {
+            state.markers.insert(marker.clone(), (raised, now + window));
+        }
+        raised
+    }
 }
 
 #[derive(Clone)]
@@ -233,6 +272,7 @@ impl MemoryStore {
             entries,
             generations: Arc::default(),
             tags,
+            fences: Arc::default(),
         }
     }
 
@@ -423,6 +463,43 @@ impl Store for MemoryStore {
 
     fn generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(std::future::ready(Ok(self.generation_now(key))))
+    }
+
+    fn fence<'a>(&'a self, counter_key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.fences.counter(counter_key))))
+    }
+
+    fn raise_fence<'a>(
+        &'a self,
+        counter_key: &'a str,
+        markers: &'a [String],
+        window: Duration,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let raised = self.fences.raise(counter_key, markers, window);
+        Box::pin(std::future::ready(Ok(raised)))
+    }
+
+    fn put_fenced<'a>(
+        &'a self,
+        writes: &'a [Write],
+        fence: &'a Fence,
+    ) -> BoxFuture<'a, Result<Fenced, StoreError>> {
+        let state = self.fences.0.read().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let raised = fence.markers.iter().any(|m| {
+            state
+                .markers
+                .get(m)
+                .is_some_and(|&(value, until)| until > now && value > fence.counter)
+        });
+        if !raised {
+            for w in writes {
+                self.write(w);
+            }
+        }
+        drop(state);
+        // No locks in one process: nothing to release.
+        Box::pin(std::future::ready(Ok(Fenced::new(!raised, false))))
     }
 
     fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {

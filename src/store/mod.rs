@@ -100,6 +100,49 @@ pub struct Write {
     pub tags: Vec<String>,
 }
 
+/// What a fill's write is conditional on: the invalidation counter read
+/// before the service was called, and the marker keys of everything the
+/// write touches (its entry keys, its tag indexes, every path prefix). An
+/// invalidation raises the markers of what it removes to a new counter
+/// value ([`Store::raise_fence`]) before removing it; a write whose markers
+/// hold a value above [`counter`](Self::counter) read a page from before
+/// that invalidation, and is not stored ([`Store::put_fenced`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Fence {
+    /// The invalidation counter, read before the service was called.
+    pub counter: u64,
+    /// The marker keys the write is checked against; an absent one counts
+    /// as 0.
+    pub markers: Vec<String>,
+    /// The cross-instance lock the writer holds (key, token): a store that
+    /// can release it in the write's round trip does so whether or not the
+    /// write lands, if it still holds the token, and says so in
+    /// [`Fenced::unlocked`]; otherwise the layer releases it afterwards.
+    pub unlock: Option<(String, String)>,
+}
+
+/// What [`Store::put_fenced`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Fenced {
+    /// The writes were stored (no marker rose above the fence's counter).
+    pub stored: bool,
+    /// The lock of [`Fence::unlock`] was released in the same call.
+    pub unlocked: bool,
+}
+
+impl Fenced {
+    /// A fenced write's outcome.
+    pub fn new(stored: bool, unlocked: bool) -> Self {
+        Self { stored, unlocked }
+    }
+}
+
+/// How long an invalidation's markers live. A fill that read the counter
+/// longer ago than half of it does not write (its markers may be gone).
+pub(crate) const FENCE_WINDOW: Duration = Duration::from_secs(120);
+
 /// The operations the cache needs from a key-value store.
 ///
 /// Implement it to put the cache on another backend; the crate's integration
@@ -225,24 +268,47 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         ))))
     }
 
-    /// Writes as [`put`](Self::put) does and releases `lock_key` as
-    /// [`unlock`](Self::unlock) does, in one round trip where the backend
-    /// allows it; returns whether the lock was released. A request that
-    /// took the lock and stores what it computed calls this, so the lock
-    /// costs no round trip of its own after the write. `owned` says the
-    /// caller knows the lock is still its own (it set it with
-    /// `token` less than half its TTL ago), so it may be deleted without
-    /// comparing the token first. The default only writes and returns
-    /// `false`: the caller then releases the lock itself.
-    fn put_and_unlock<'a>(
+    /// Reads the invalidation counter at `counter_key` (0 when unset). A
+    /// request about to compute an entry reads it before calling the
+    /// service, and writes with [`put_fenced`](Self::put_fenced).
+    ///
+    /// The default (with the defaults of [`raise_fence`](Self::raise_fence)
+    /// and `put_fenced`) keeps no fences: a miss that read the database
+    /// before an update may then store its page after the update's
+    /// invalidation.
+    fn fence<'a>(&'a self, counter_key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let _ = counter_key;
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    /// Increments the counter at `counter_key` and raises each of `markers`
+    /// to its new value (a marker already higher keeps its value), each
+    /// marker living at least `window`; returns the new value. An
+    /// invalidation calls it before it removes anything. The default does
+    /// nothing and returns 0.
+    fn raise_fence<'a>(
+        &'a self,
+        counter_key: &'a str,
+        markers: &'a [String],
+        window: Duration,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let _ = (counter_key, markers, window);
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    /// Writes as [`put`](Self::put) does, unless one of `fence.markers` holds
+    /// a value above `fence.counter`: then nothing is written. The check and
+    /// the writes must be one step as seen by `raise_fence` (a script, a
+    /// lock), or the write checked again after it and taken back if a
+    /// marker rose meanwhile. The default writes unconditionally and
+    /// releases no lock.
+    fn put_fenced<'a>(
         &'a self,
         writes: &'a [Write],
-        lock_key: &'a str,
-        token: &'a str,
-        owned: bool,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let _ = (lock_key, token, owned);
-        Box::pin(async move { self.put(writes).await.map(|()| false) })
+        fence: &'a Fence,
+    ) -> BoxFuture<'a, Result<Fenced, StoreError>> {
+        let _ = fence;
+        Box::pin(async move { self.put(writes).await.map(|()| Fenced::new(true, false)) })
     }
 
     /// Releases `lock_key` if it still holds `token` (a lock that expired and

@@ -23,7 +23,7 @@ use fred::{
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
-use super::{generations::Tracked, BoxFuture, Fetched, Store, Write};
+use super::{generations::Tracked, BoxFuture, Fence, Fenced, Fetched, Store, Write};
 use crate::error::{Error, StoreError};
 
 /// A [`Store`] on Redis (standalone or Cluster) through a fred connection pool.
@@ -964,60 +964,6 @@ impl Store for RedisStore {
         })
     }
 
-    fn put_and_unlock<'a>(
-        &'a self,
-        writes: &'a [Write],
-        lock_key: &'a str,
-        token: &'a str,
-        owned: bool,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async move {
-            if let ([w], true) = (writes, owned) {
-                if w.tags.is_empty() {
-                    // The common case as two plain commands on one
-                    // connection, the entry's first (`join` polls them in
-                    // order): a fred pipeline would cost about 8 000
-                    // instructions more, and on a slow machine 30 µs more.
-                    let client = self.client()?;
-                    let set = pin!(client.set::<(), _, _>(
-                        w.key.as_str(),
-                        w.value.clone(),
-                        Some(px(w.ttl)),
-                        None,
-                        false,
-                    ));
-                    let del = pin!(client.del::<i64, _>(lock_key));
-                    let (set, del) = futures_util::future::join(set, del).await;
-                    set.map_err(backend)?;
-                    del.map_err(backend)?;
-                    return Ok(true);
-                }
-            }
-            let pipe = self.client()?.pipeline();
-            queue_writes(&pipe, writes).await?;
-            if owned {
-                // Still ours: a plain DEL. A script costs Redis several
-                // microseconds and, on a busy machine, lengthens the round
-                // trip the response waits for.
-                let () = pipe.del(lock_key).await.map_err(backend)?;
-                let _: Vec<fred::types::Value> = pipe.all().await.map_err(backend)?;
-                return Ok(true);
-            }
-            // Pipelines take no script commands; EVAL as a custom command,
-            // routed (on a cluster) by the lock key, its third argument.
-            let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
-            let args: Vec<fred::types::Value> = vec![
-                UNLOCK_SCRIPT.into(),
-                1.into(),
-                lock_key.into(),
-                token.into(),
-            ];
-            let () = pipe.custom(eval, args).await.map_err(backend)?;
-            let _: Vec<fred::types::Value> = pipe.all().await.map_err(backend)?;
-            Ok(true)
-        })
-    }
-
     fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move { unlink_each(self.client()?, keys).await })
     }
@@ -1126,6 +1072,92 @@ impl Store for RedisStore {
         Box::pin(self.remove_tagged(tag_keys, |_| {}))
     }
 
+    fn fence<'a>(&'a self, counter_key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let raw: Option<Bytes> = self.client()?.get(counter_key).await.map_err(backend)?;
+            parse_generation(raw)
+        })
+    }
+
+    fn raise_fence<'a>(
+        &'a self,
+        counter_key: &'a str,
+        markers: &'a [String],
+        window: Duration,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let client = self.client()?;
+            let window_ms = window.as_millis().to_string();
+            if !self.clustered {
+                let keys: Vec<&str> = std::iter::once(counter_key)
+                    .chain(markers.iter().map(String::as_str))
+                    .collect();
+                return client
+                    .eval(RAISE_SCRIPT, keys, window_ms)
+                    .await
+                    .map_err(backend);
+            }
+            // On a Cluster the markers live on other nodes: the counter
+            // first, then each marker with a script of its own key.
+            let raised: u64 = client.incr(counter_key).await.map_err(backend)?;
+            let value = raised.to_string();
+            let calls = markers.iter().map(|marker| {
+                let args = vec![value.as_str(), window_ms.as_str()];
+                client.eval::<i64, _, _, _>(RAISE_ONE_SCRIPT, marker.as_str(), args)
+            });
+            for result in futures_util::future::join_all(calls).await {
+                result.map_err(backend)?;
+            }
+            Ok(raised)
+        })
+    }
+
+    fn put_fenced<'a>(
+        &'a self,
+        writes: &'a [Write],
+        fence: &'a Fence,
+    ) -> BoxFuture<'a, Result<Fenced, StoreError>> {
+        Box::pin(async move {
+            let client = self.client()?;
+            if !self.clustered {
+                return put_fenced_script(client, writes, fence).await;
+            }
+            // Markers, entries and tag indexes live on several nodes: check,
+            // write, and check again. A marker raised between the two checks
+            // belongs to an invalidation that may have missed the write; the
+            // write is then taken back (each entry only if it still holds
+            // the value written here). The lock, on a node of its own, is
+            // released with the second check.
+            let release = async {
+                let Some((lock_key, token)) = &fence.unlock else {
+                    return Ok(false);
+                };
+                let _: i64 = client
+                    .eval(UNLOCK_SCRIPT, lock_key.as_str(), token.as_str())
+                    .await
+                    .map_err(backend)?;
+                Ok::<_, StoreError>(true)
+            };
+            if raised(client, fence).await? {
+                return Ok(Fenced::new(false, release.await?));
+            }
+            self.put(writes).await?;
+            let (raised_since, unlocked) =
+                futures_util::future::join(raised(client, fence), release).await;
+            let unlocked = unlocked?;
+            if !raised_since? {
+                return Ok(Fenced::new(true, unlocked));
+            }
+            let calls = writes.iter().map(|w| {
+                client.eval::<i64, _, _, _>(TAKE_BACK_SCRIPT, w.key.as_str(), w.value.clone())
+            });
+            for result in futures_util::future::join_all(calls).await {
+                result.map_err(backend)?;
+            }
+            Ok(Fenced::new(false, unlocked))
+        })
+    }
+
     fn unlock<'a>(
         &'a self,
         lock_key: &'a str,
@@ -1140,6 +1172,106 @@ impl Store for RedisStore {
             Ok(())
         })
     }
+}
+
+/// Increments the counter (`KEYS[1]`) and raises every marker (the other
+/// keys) to its new value for `ARGV[1]` milliseconds; returns the new value.
+const RAISE_SCRIPT: &str = "local n = redis.call('INCR', KEYS[1]) \
+for i = 2, #KEYS do \
+local v = tonumber(redis.call('GET', KEYS[i])) \
+if not v or v < n then redis.call('SET', KEYS[i], n, 'PX', ARGV[1]) end end \
+return n";
+
+/// Raises one marker (`KEYS[1]`) to `ARGV[1]` for `ARGV[2]` milliseconds,
+/// unless it already holds more.
+const RAISE_ONE_SCRIPT: &str = "local v = tonumber(redis.call('GET', KEYS[1])) \
+if not v or v < tonumber(ARGV[1]) then \
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end return 1";
+
+/// Deletes `KEYS[1]` if it still holds `ARGV[1]`.
+const TAKE_BACK_SCRIPT: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// The fenced write on one Redis, as one script: `KEYS` are the markers
+/// (`ARGV[2]` of them), the lock to release when `ARGV[4]` (its token) is
+/// not empty, then each write's key followed by its tag indexes; `ARGV` are
+/// the fence's counter, the number of markers, the time now (milliseconds),
+/// the lock's token, then for each write its value, TTL (milliseconds) and
+/// number of tags. Nothing is written when a marker holds more than the
+/// counter (or anything but a number); the writes are those of
+/// [`queue_writes`]. The lock is released after them, or alone, if it still
+/// holds the token. Returns 1 when written, 0 when not.
+const PUT_FENCED_SCRIPT: &str = "local c = tonumber(ARGV[1]) \
+local m = tonumber(ARGV[2]) \
+local ok = 1 \
+for i = 1, m do \
+local raw = redis.call('GET', KEYS[i]) \
+if raw and not (tonumber(raw) and tonumber(raw) <= c) then ok = 0 end end \
+local lock = m + 1 \
+local k = m + 1 \
+if ARGV[4] ~= '' then k = k + 1 end \
+local now = tonumber(ARGV[3]) \
+if ok == 1 then for a = 5, #ARGV, 3 do \
+local key = KEYS[k] \
+k = k + 1 \
+local ttl = tonumber(ARGV[a + 1]) \
+redis.call('SET', key, ARGV[a], 'PX', ttl) \
+for t = 1, tonumber(ARGV[a + 2]) do \
+local tag = KEYS[k] \
+k = k + 1 \
+redis.call('ZADD', tag, now + ttl, key) \
+redis.call('ZREMRANGEBYSCORE', tag, '-inf', now) \
+redis.call('PEXPIRE', tag, ttl, 'NX') \
+redis.call('PEXPIRE', tag, ttl, 'GT') end end end \
+if ARGV[4] ~= '' and redis.call('GET', KEYS[lock]) == ARGV[4] then \
+redis.call('DEL', KEYS[lock]) end \
+return ok";
+
+async fn put_fenced_script(
+    client: &fred::prelude::Client,
+    writes: &[Write],
+    fence: &Fence,
+) -> Result<Fenced, StoreError> {
+    let mut keys: Vec<&str> = fence.markers.iter().map(String::as_str).collect();
+    let mut args: Vec<fred::types::Value> = Vec::with_capacity(4 + writes.len() * 3);
+    args.push(fence.counter.to_string().into());
+    args.push(fence.markers.len().to_string().into());
+    args.push(crate::entry::now_ms().to_string().into());
+    match &fence.unlock {
+        Some((lock_key, token)) => {
+            keys.push(lock_key);
+            args.push(token.as_str().into());
+        }
+        None => args.push("".into()),
+    }
+    for w in writes {
+        keys.push(&w.key);
+        keys.extend(w.tags.iter().map(String::as_str));
+        args.push(w.value.clone().into());
+        args.push(w.ttl.as_millis().max(1).to_string().into());
+        args.push(w.tags.len().to_string().into());
+    }
+    let written: i64 = client
+        .eval(PUT_FENCED_SCRIPT, keys, args)
+        .await
+        .map_err(backend)?;
+    Ok(Fenced {
+        stored: written == 1,
+        unlocked: fence.unlock.is_some(),
+    })
+}
+
+/// Whether one of the fence's markers holds more than its counter (or
+/// anything but a number).
+async fn raised(client: &fred::prelude::Client, fence: &Fence) -> Result<bool, StoreError> {
+    let pipe = client.pipeline();
+    for marker in &fence.markers {
+        let () = pipe.get(marker.as_str()).await.map_err(backend)?;
+    }
+    let values: Vec<Option<Bytes>> = pipe.all().await.map_err(backend)?;
+    Ok(values
+        .into_iter()
+        .any(|v| parse_generation(v).map_or(true, |v| v > fence.counter)))
 }
 
 /// Queues `writes` on a pipeline: each value with `SET ... PX`, and its tag

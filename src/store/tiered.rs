@@ -40,7 +40,10 @@ use tokio::sync::Notify;
 
 use self::topology::{Slots, Topology};
 
-use super::{generations::Generations, BoxFuture, Fetched, KeyHasher, RedisStore, Store, Write};
+use super::{
+    generations::Generations, BoxFuture, Fence, Fenced, Fetched, KeyHasher, RedisStore, Store,
+    Write,
+};
 use crate::error::{Error, StoreError};
 
 /// The size and scope of the in-process tier.
@@ -828,21 +831,29 @@ impl Store for TieredStore {
         })
     }
 
-    fn put_and_unlock<'a>(
+    fn fence<'a>(&'a self, counter_key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.shared.redis.fence(counter_key)
+    }
+
+    fn raise_fence<'a>(
+        &'a self,
+        counter_key: &'a str,
+        markers: &'a [String],
+        window: Duration,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.shared.redis.raise_fence(counter_key, markers, window)
+    }
+
+    fn put_fenced<'a>(
         &'a self,
         writes: &'a [Write],
-        lock_key: &'a str,
-        token: &'a str,
-        owned: bool,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        fence: &'a Fence,
+    ) -> BoxFuture<'a, Result<Fenced, StoreError>> {
         Box::pin(async move {
             for w in writes {
                 self.shared.drop_key(&w.key);
             }
-            self.shared
-                .redis
-                .put_and_unlock(writes, lock_key, token, owned)
-                .await
+            self.shared.redis.put_fenced(writes, fence).await
         })
     }
 
