@@ -324,7 +324,7 @@ pub(crate) fn encode_with(
     for (name, value) in headers {
         if NOT_STORED.contains(name)
             || skip == Some(name)
-            || crate::semantics::is_hop_by_hop(name, headers)
+            || crate::http::is_hop_by_hop(name, headers)
         {
             continue;
         }

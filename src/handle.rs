@@ -12,8 +12,8 @@ use crate::{
     core::CacheCore,
     entry,
     error::{Error, StoreError},
+    http as semantics,
     replay::{self, Item, Outcome},
-    semantics,
     store::Write,
     tags::take_tags,
 };

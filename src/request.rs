@@ -8,7 +8,7 @@
 
 use http::{header, HeaderMap, HeaderName};
 
-use crate::semantics::RequestFields;
+use crate::http::RequestFields;
 
 /// What one pass over a request's fields found: the checks the layer makes
 /// on every request, for the price of one walk over its field names.

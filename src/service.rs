@@ -35,8 +35,11 @@ use crate::{
     entry::{self, Entry, Extra, Freshness, Lifetimes, Marker, Served},
     flight::{Join, Shared, Waited},
     future::ResponseFuture,
+    http::{
+        body_etag, judge, merge_not_modified, not_modified, same_origin, selects, storable,
+        take_conditionals, variant_id, vary, CacheControl, Use, Vary, NOT_MODIFIED_HEADERS,
+    },
     policy::{CookiePolicy, Resolved},
-    semantics::{self, CacheControl, Vary},
     store::Write,
     tags::take_tags,
     CacheHandle,
@@ -267,7 +270,7 @@ where
                 .headers
                 .get(&name)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| same_origin(v, &targets))
+                .and_then(|v| same_origin(v, targets.authority.as_deref(), &targets.path))
             else {
                 continue;
             };
@@ -288,29 +291,6 @@ where
         BYPASS,
     );
     Ok(Response::from_parts(parts, CacheBody::inner(body)))
-}
-
-/// `reference` (a `Location` value) resolved against the request, when it
-/// points at the same origin.
-fn same_origin(reference: &str, targets: &UnsafeTargets) -> Option<http::Uri> {
-    let uri: http::Uri = reference.trim().parse().ok()?;
-    if let Some(authority) = uri.authority() {
-        let ours = targets.authority.as_deref()?;
-        let scheme = uri.scheme_str().unwrap_or("http");
-        let theirs = crate::authority::normalize(authority.as_str(), scheme).ok()?;
-        return (theirs == ours).then_some(uri);
-    }
-    let path = uri.path();
-    if path.starts_with('/') {
-        return Some(uri);
-    }
-    // A relative reference: against the request path's directory.
-    let dir = &targets.path[..targets.path.rfind('/').map_or(0, |i| i + 1)];
-    let resolved = match uri.query() {
-        Some(q) => format!("{dir}{path}?{q}"),
-        None => format!("{dir}{path}"),
-    };
-    resolved.parse().ok()
 }
 
 /// The inner service as the cache path needs it (its future may run in a
@@ -455,63 +435,9 @@ impl Plan {
     }
 }
 
-/// What a stored entry is good for, for this request.
-enum Use {
-    /// Fresh enough: serve it.
-    Fresh,
-    /// Stale, inside its stale-while-revalidate window: serve it and refresh
-    /// in the background.
-    StaleWhileRevalidate,
-    /// Stale, but the request's `max-stale` accepts it.
-    AcceptedStale,
-    /// Must be revalidated (or fetched) before it is served.
-    Revalidate,
-}
-
-fn judge(entry: &Entry, now: u64, cc: &CacheControl) -> Use {
-    let left = entry.fresh_left_ms(now);
-    let age = i128::from(entry.age_ms(now));
-    let ms = |s: u64| i128::from(s) * 1000;
-    // Never fresh: only a revalidation makes it servable (a clock behind
-    // the writer's must not make it look fresh either).
-    if entry.never_fresh()
-        || cc.no_cache
-        || cc.max_age.is_some_and(|m| age >= ms(m))
-        || cc.min_fresh.is_some_and(|m| left < ms(m))
-    {
-        return Use::Revalidate;
-    }
-    if left > 0 {
-        return Use::Fresh;
-    }
-    if !entry.must_revalidate && cc.max_stale.is_some_and(|m| -left <= ms(m.min(1 << 40))) {
-        return Use::AcceptedStale;
-    }
-    match entry.freshness(now) {
-        Freshness::StaleWhileRevalidate if !entry.must_revalidate => Use::StaleWhileRevalidate,
-        _ => Use::Revalidate,
-    }
-}
-
-/// Whether `entry` answers a request with these headers: not a `Vary`
-/// marker, the variant the request selects, and (for a request with
-/// `Authorization`) a response that allows it.
-fn answers(entry: &Entry, headers: &HeaderMap, plan: &Plan) -> bool {
-    if entry.marker.is_some() || (plan.authorized && !entry.shared) {
-        return false;
-    }
-    match &entry.variant {
-        None => true,
-        Some(id) => match semantics::vary(&entry.headers) {
-            Vary::Headers(names) => *semantics::variant_id(headers, &names) == **id,
-            _ => false,
-        },
-    }
-}
-
 /// The key of the variant a request selects under `marker`.
 fn variant_key(primary: &str, marker: &Marker, headers: &HeaderMap) -> String {
-    let id = semantics::variant_id(headers, &marker.names);
+    let id = variant_id(headers, &marker.names);
     format!("{primary}#v{}.{id}", marker.nonce)
 }
 
@@ -527,7 +453,7 @@ fn serve_now<B: Body>(
 ) -> Result<Response<CacheBody<B>>, Arc<Entry>> {
     let usable = entry.marker.is_none()
         && plan.rule.early_refresh <= 0.0
-        && answers(&entry, request, plan)
+        && selects(&entry, request, plan.authorized)
         && matches!(judge(&entry, now, &plan.cc), Use::Fresh);
     if !usable {
         return Err(entry);
@@ -608,40 +534,46 @@ where
                 entry,
                 generation,
                 now,
-            } if answers(&entry, req.headers(), &plan) => match judge(&entry, now, &plan.cc) {
-                Use::Revalidate => (Some(entry), Some(generation)),
-                usable => {
-                    let (outcome, refresh) = match usable {
-                        Use::Fresh => {
-                            bump(&core.counters.hits);
-                            let beta = plan.rule.early_refresh;
-                            let due = beta > 0.0
-                                && !plan.head
-                                && entry.early_refresh_due(now, beta, 1.0 - rand::random::<f64>());
-                            if due {
-                                bump(&core.counters.early_refreshes);
+            } if selects(&entry, req.headers(), plan.authorized) => {
+                match judge(&entry, now, &plan.cc) {
+                    Use::Revalidate => (Some(entry), Some(generation)),
+                    usable => {
+                        let (outcome, refresh) = match usable {
+                            Use::Fresh => {
+                                bump(&core.counters.hits);
+                                let beta = plan.rule.early_refresh;
+                                let due = beta > 0.0
+                                    && !plan.head
+                                    && entry.early_refresh_due(
+                                        now,
+                                        beta,
+                                        1.0 - rand::random::<f64>(),
+                                    );
+                                if due {
+                                    bump(&core.counters.early_refreshes);
+                                }
+                                (HIT, due)
                             }
-                            (HIT, due)
+                            Use::StaleWhileRevalidate => {
+                                bump(&core.counters.stale);
+                                (STALE, !plan.head)
+                            }
+                            _ => {
+                                bump(&core.counters.stale);
+                                (STALE, false)
+                            }
+                        };
+                        // Served from the cache: a lock the lookup took is not needed.
+                        give_back_lock(&core, &mut plan.lock);
+                        let replaces = entry.stored_at_ms;
+                        let response = answer(&core, entry, req.headers(), &plan, outcome, now);
+                        if refresh {
+                            refresh_in_background(core, inner, req, plan, generation, replaces);
                         }
-                        Use::StaleWhileRevalidate => {
-                            bump(&core.counters.stale);
-                            (STALE, !plan.head)
-                        }
-                        _ => {
-                            bump(&core.counters.stale);
-                            (STALE, false)
-                        }
-                    };
-                    // Served from the cache: a lock the lookup took is not needed.
-                    give_back_lock(&core, &mut plan.lock);
-                    let replaces = entry.stored_at_ms;
-                    let response = answer(&core, entry, req.headers(), &plan, outcome, now);
-                    if refresh {
-                        refresh_in_background(core, inner, req, plan, generation, replaces);
+                        return Ok(response);
                     }
-                    return Ok(response);
                 }
-            },
+            }
             Lookup::Found { generation, .. } | Lookup::Miss { generation } => {
                 (None, Some(generation))
             }
@@ -740,7 +672,7 @@ where
                 // that was not forwarded (see `Entry::never_fresh`).
                 let usable = shared.as_ref().and_then(|shared| {
                     let entry = shared.entry()?;
-                    (!entry.never_fresh() && answers(entry, req.headers(), &plan))
+                    (!entry.never_fresh() && selects(entry, req.headers(), plan.authorized))
                         .then(|| (entry.clone(), shared.outcome))
                 });
                 if let Some((entry, outcome)) = usable {
@@ -780,7 +712,7 @@ where
                 .await
             {
                 Coalesced::Entry(entry)
-                    if !entry.never_fresh() && answers(&entry, req.headers(), &plan) =>
+                    if !entry.never_fresh() && selects(&entry, req.headers(), plan.authorized) =>
                 {
                     bump(&core.counters.coalesced);
                     let now = entry::now_ms();
@@ -885,90 +817,6 @@ where
     Ok((response, Some(shared)))
 }
 
-/// Takes the conditional headers out of a request: the cache asks for the
-/// whole response (to store it) and answers the condition itself.
-fn take_conditionals(headers: &mut HeaderMap) -> HeaderMap {
-    let mut taken = HeaderMap::new();
-    for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
-        if let http::header::Entry::Occupied(e) = headers.entry(name) {
-            let (name, values) = e.remove_entry_mult();
-            for v in values {
-                taken.append(name.clone(), v);
-            }
-        }
-    }
-    taken
-}
-
-/// How long a response is fresh and kept, and the HTTP facts stored with it,
-/// by the route's mode. `None` when the response is not to be stored.
-fn stamp(
-    rule: &Resolved,
-    status: StatusCode,
-    headers: &HeaderMap,
-    cc: &CacheControl,
-    request_ms: u64,
-    response_ms: u64,
-) -> Option<(Lifetimes, Extra)> {
-    let mut lifetimes = rule.lifetimes();
-    let mut extra = Extra {
-        initial_age_ms: semantics::initial_age_ms(headers, request_ms, response_ms),
-        shared: cc.allows_authorized() || rule.allow_authorization,
-        ..Extra::default()
-    };
-    let ms = |s: u64| Duration::from_millis(s.saturating_mul(1000));
-    if rule.http.origin_driven() {
-        let explicit =
-            cc.max_age.is_some() || cc.s_maxage.is_some() || headers.contains_key(header::EXPIRES);
-        if !semantics::storable_status(status)
-            || !(explicit || cc.public || semantics::heuristically_cacheable(status))
-        {
-            return None;
-        }
-        let lifetime =
-            semantics::freshness_lifetime_ms(status, headers, cc, response_ms, rule.http.heuristic);
-        lifetimes.fresh = if cc.no_cache {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(lifetime.saturating_sub(extra.initial_age_ms))
-        };
-        // A response that is not fresh when it arrives is never served
-        // without a revalidation (see `Entry::never_fresh`): it is stored
-        // as must-revalidate, without windows for serving it stale.
-        extra.must_revalidate = cc.no_cache || cc.forbids_stale() || lifetimes.fresh.is_zero();
-        if extra.must_revalidate {
-            lifetimes.stale_while_revalidate = Duration::ZERO;
-            lifetimes.stale_if_error = Duration::ZERO;
-        } else {
-            if let Some(s) = cc.stale_while_revalidate {
-                lifetimes.stale_while_revalidate = ms(s);
-            }
-            if let Some(s) = cc.stale_if_error {
-                lifetimes.stale_if_error = ms(s);
-            }
-        }
-    } else {
-        if !rule.stores_status(status) {
-            return None;
-        }
-        if rule.http.respect_max_age {
-            if let Some(s) = cc.s_maxage.or(cc.max_age) {
-                lifetimes.fresh = lifetimes.fresh.min(ms(s));
-            }
-        }
-        if lifetimes.fresh.is_zero() {
-            // `max-age=0` respected: kept only to be revalidated.
-            extra.must_revalidate = true;
-            lifetimes.stale_while_revalidate = Duration::ZERO;
-            lifetimes.stale_if_error = Duration::ZERO;
-        }
-    }
-    // Kept past freshness: to be revalidated, or served to a request whose
-    // `max-stale` accepts it.
-    lifetimes.revalidate = rule.http.revalidate_window;
-    (!lifetimes.store_ttl().is_zero()).then_some((lifetimes, extra))
-}
-
 /// Calls the service, then buffers and stores its response if the route and
 /// the response allow it. With `stored`, the request carries its validators
 /// and a `304` freshens it. With `has_fallback` (a stale entry will stand in
@@ -1033,7 +881,7 @@ where
             // RFC 9111 §4.3.4: the stored response, with the 304's headers.
             bump(&core.counters.revalidations);
             let mut headers = stored.headers.clone();
-            semantics::merge_not_modified(&mut headers, &parts.headers);
+            merge_not_modified(&mut headers, &parts.headers);
             parts.status = stored.status;
             parts.headers = headers;
             known = Some(stored.body.clone());
@@ -1056,23 +904,19 @@ where
         // streams.
         let wanted =
             generation.is_some() || plan.followers.as_ref().is_some_and(|f| f.load(Relaxed) > 0);
-        let storable = may_store
-            && wanted
-            && !covered_failure
-            && (!plan.authorized || cc.allows_authorized())
-            && semantics::refuse_to_store(&parts.headers, &cc, plan.rule.http.strip_set_cookie)
-                .is_none();
-        if storable && !parts.headers.contains_key(header::DATE) {
-            // RFC 9110 §6.6.1: a recipient that caches a response without `Date`
-            // adds one. (One that only passes through gets it from the server.)
-            parts.headers.insert(
-                header::DATE,
-                semantics::format_http_date(response_ms / 1000),
-            );
-        }
-        let stamped = if storable {
-            let (status, headers) = (parts.status, &parts.headers);
-            stamp(&plan.rule, status, headers, &cc, request_ms, response_ms)
+        let stamped = if may_store && wanted && !covered_failure {
+            let status = parts.status;
+            let authorized = plan.authorized;
+            let times = (request_ms, response_ms);
+            storable(
+                &plan.rule,
+                status,
+                &mut parts.headers,
+                &cc,
+                authorized,
+                times.0,
+                times.1,
+            )
         } else {
             None
         };
@@ -1100,15 +944,13 @@ where
         let body = match collected {
             Collected::Complete(bytes) => {
                 if plan.rule.http.etag && !parts.headers.contains_key(header::ETAG) {
-                    parts
-                        .headers
-                        .insert(header::ETAG, semantics::body_etag(&bytes));
+                    parts.headers.insert(header::ETAG, body_etag(&bytes));
                 }
                 let mut writes = Vec::with_capacity(2);
                 let mut entry_key = plan.primary.clone();
                 let status_header = core.settings.status_header.as_ref();
                 let gen = generation.unwrap_or(0);
-                if let Vary::Headers(names) = semantics::vary(&parts.headers) {
+                if let Vary::Headers(names) = vary(&parts.headers) {
                     let marker = match &plan.marker {
                         Some(m) if m.names == names => Marker::clone(m),
                         _ => Marker {
@@ -1117,7 +959,7 @@ where
                         },
                     };
                     entry_key = variant_key(&plan.primary, &marker, &request_headers);
-                    extra.variant = Some(semantics::variant_id(&request_headers, &marker.names));
+                    extra.variant = Some(variant_id(&request_headers, &marker.names));
                     let index = Lifetimes {
                         fresh: lifetimes.store_ttl(),
                         stale_while_revalidate: Duration::ZERO,
@@ -1190,7 +1032,7 @@ where
                 }
                 if !conditionals.is_empty()
                     && parts.status == StatusCode::OK
-                    && semantics::not_modified(&conditionals, &parts.headers, response_ms)
+                    && not_modified(&conditionals, &parts.headers, response_ms)
                 {
                     bump(&core.counters.not_modified);
                     crate::metrics::not_modified();
@@ -1356,7 +1198,7 @@ fn answer<B: Body>(
 ) -> Response<CacheBody<B>> {
     if entry.status == StatusCode::OK
         && plan.conditional
-        && semantics::not_modified(request, &entry.headers, entry.stored_at_ms)
+        && not_modified(request, &entry.headers, entry.stored_at_ms)
     {
         bump(&core.counters.not_modified);
         crate::metrics::not_modified();
@@ -1375,10 +1217,7 @@ fn not_modified_response<B: Body>(stored: &HeaderMap) -> Response<CacheBody<B>> 
     let mut response = Response::new(CacheBody::empty());
     *response.status_mut() = StatusCode::NOT_MODIFIED;
     let headers = response.headers_mut();
-    for name in semantics::NOT_MODIFIED_HEADERS
-        .iter()
-        .chain([&header::LAST_MODIFIED])
-    {
+    for name in NOT_MODIFIED_HEADERS.iter().chain([&header::LAST_MODIFIED]) {
         for value in stored.get_all(name) {
             headers.append(name.clone(), value.clone());
         }
