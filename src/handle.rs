@@ -12,7 +12,6 @@ use crate::{
     core::CacheCore,
     entry,
     error::{Error, StoreError},
-    http as semantics,
     replay::{self, Item, Outcome},
     store::Write,
     tags::take_tags,
@@ -272,8 +271,10 @@ impl CacheHandle {
     }
 
     /// Stores `response` as the cached answer to `GET uri`, exactly as the
-    /// layer would after a miss (same key, namespace, TTL and jitter, same
-    /// rules for what may be stored). Returns whether it was stored: `false`
+    /// layer would after a miss (same key and namespace, the same decision on
+    /// whether and how long: the route's TTL and jitter on a policy-driven
+    /// route, the response's own freshness on an origin-driven one; a `Date`
+    /// added when missing). Returns whether it was stored: `false`
     /// too when the store failed, did not answer within the handle budget, the
     /// breaker is open, or invalidations wait for replay (a lost cache write
     /// is safe: the next request misses). `Err` only for a response that
@@ -297,6 +298,7 @@ impl CacheHandle {
             parts: http::response::Parts,
             body: Bytes,
             lifetimes: entry::Lifetimes,
+            extra: entry::Extra,
             tags: Vec<String>,
             origin: String,
         }
@@ -314,32 +316,26 @@ impl CacheHandle {
                 Some(&uri),
                 &mut parts,
             );
-            if !rule.stores_status(parts.status)
-                || semantics::refuse_to_store(
-                    &parts.headers,
-                    &semantics::CacheControl::parse(&parts.headers),
-                    rule.http.strip_set_cookie,
-                )
-                .is_some()
-                // A variant needs the request that selects it.
-                || parts.headers.contains_key(http::header::VARY)
-            {
+            // A variant needs the request that selects it.
+            if parts.headers.contains_key(http::header::VARY) {
                 continue;
             }
-            let lifetimes = rule.lifetimes();
+            // Whether and how long: the layer's own decision after a miss.
+            let cc = crate::http::CacheControl::parse(&parts.headers);
+            let now = entry::now_ms();
+            let status = parts.status;
+            let Some((lifetimes, extra)) =
+                crate::http::storable(rule, status, &mut parts.headers, &cc, false, now, now)
+            else {
+                continue;
+            };
+            // `no-cache="field"` and `private="field"`: not stored.
+            for name in &cc.omit {
+                parts.headers.remove(name.as_str());
+            }
             // Checked before any store call, so bad input is an error
             // whatever the store does.
-            if entry::encode(
-                parts.status,
-                &parts.headers,
-                &body,
-                &lifetimes,
-                Duration::ZERO,
-                0,
-                settings.status_header.as_ref(),
-            )
-            .is_none()
-            {
+            if encode(&parts, &body, &lifetimes, &extra, 0, settings).is_none() {
                 return Err(Error::Invalid(format!(
                     "response for {uri} has a header value that is not text"
                 )));
@@ -357,6 +353,7 @@ impl CacheHandle {
                 parts,
                 body,
                 lifetimes,
+                extra,
                 tags: tags.iter().map(|t| core.keys.tag_key(t)).collect(),
             });
         }
@@ -376,15 +373,8 @@ impl CacheHandle {
                         g
                     }
                 };
-                let Some(value) = entry::encode(
-                    c.parts.status,
-                    &c.parts.headers,
-                    &c.body,
-                    &c.lifetimes,
-                    Duration::ZERO,
-                    generation,
-                    settings.status_header.as_ref(),
-                ) else {
+                let Some(value) = encode(&c.parts, &c.body, &c.lifetimes, &c.extra, generation, settings)
+                else {
                     continue;
                 };
                 let key = core.keys.entry_key_at(
@@ -474,6 +464,28 @@ impl CacheHandle {
         let deadline = tokio::time::Instant::now() + timeout;
         self.core.replay.drained(deadline).await
     }
+}
+
+/// A response given to [`CacheHandle::put_many`], encoded as the layer
+/// stores one: `None` for a header value that is not text.
+fn encode(
+    parts: &http::response::Parts,
+    body: &Bytes,
+    lifetimes: &entry::Lifetimes,
+    extra: &entry::Extra,
+    generation: u64,
+    settings: &crate::core::Settings,
+) -> Option<Bytes> {
+    entry::encode_with(
+        parts.status,
+        &parts.headers,
+        body,
+        lifetimes,
+        Duration::ZERO,
+        generation,
+        settings.status_header.as_ref(),
+        extra,
+    )
 }
 
 impl std::fmt::Debug for CacheHandle {

@@ -187,6 +187,38 @@ fn http_date(offset_secs: i64) -> String {
 
 // ---------------------------------------------------------------- freshness
 
+async fn rfc9111_3_handle_put_stores_as_the_layer_would_after_a_miss(b: Backend) {
+    let c = cache(&b, origin_driven(), |_, n| {
+        reply(&[("cache-control", "max-age=600")], format!("call {n}"))
+    })
+    .await;
+    // Fresh for one second by its own `max-age`, and without a `Date`.
+    let put = Response::builder()
+        .header("cache-control", "max-age=1")
+        .body(Bytes::from("put"))
+        .unwrap();
+    assert!(c.handle.put(&"/short".parse().unwrap(), put).await.unwrap());
+    let hit = c.get("/short", &[]).await;
+    assert_eq!((hit.x_cache(), hit.body.as_str()), ("HIT", "put"));
+    assert!(
+        hit.header("date").is_some(),
+        "a stored response without Date gets one (RFC 9110 §6.6.1)"
+    );
+    // Not storable by a shared cache: `private` (as the layer decides).
+    let private = Response::builder()
+        .header("cache-control", "private, max-age=600")
+        .body(Bytes::from("private"))
+        .unwrap();
+    assert!(!c.handle.put(&"/private".parse().unwrap(), private).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = c.get("/short", &[]).await;
+    assert_eq!(
+        (after.x_cache(), after.body.as_str()),
+        ("MISS", "call 1"),
+        "the put response's own max-age=1 decides its freshness"
+    );
+}
+
 async fn rfc9111_4_2_1_max_age_and_s_maxage_decide_freshness(b: Backend) {
     let c = cache(&b, origin_driven(), |p, n| {
         let cc = if p.uri.path() == "/shared" {
@@ -1317,6 +1349,7 @@ on_both_stores!(
     rfc9111_4_2_3_age_includes_the_upstream_age,
     rfc9110_6_6_1_date_is_kept_and_added_when_missing,
     rfc9111_3_policy_driven_ttl_may_be_shortened_by_max_age,
+    rfc9111_3_handle_put_stores_as_the_layer_would_after_a_miss,
     rfc9111_5_2_2_4_no_cache_response_is_revalidated_every_time,
     rfc9111_5_2_2_4_qualified_no_cache_leaves_the_named_fields_out,
     rfc9111_5_2_2_2_must_revalidate_forbids_serving_stale,
