@@ -14,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::entry::Entry;
+use crate::{entry::Entry, status::CacheStatus};
 
 /// What a leader hands its followers: the entry to serve and the cache
 /// status to serve it with (`HIT`, or `STALE` when the service failed).
@@ -24,12 +24,12 @@ pub(crate) struct Shared {
     /// leader nobody waits for decodes nothing).
     entry: OnceLock<Option<Arc<Entry>>>,
     value: Bytes,
-    pub(crate) outcome: &'static str,
+    pub(crate) outcome: CacheStatus,
 }
 
 impl Shared {
     /// An entry already at hand.
-    pub(crate) fn decoded(entry: Arc<Entry>, outcome: &'static str) -> Self {
+    pub(crate) fn decoded(entry: Arc<Entry>, outcome: CacheStatus) -> Self {
         Self {
             entry: OnceLock::from(Some(entry)),
             value: Bytes::new(),
@@ -38,7 +38,7 @@ impl Shared {
     }
 
     /// An entry as stored, decoded when a follower first asks for it.
-    pub(crate) fn encoded(value: Bytes, outcome: &'static str) -> Self {
+    pub(crate) fn encoded(value: Bytes, outcome: CacheStatus) -> Self {
         Self {
             entry: OnceLock::new(),
             value,
@@ -222,7 +222,7 @@ mod tests {
         };
         assert_eq!(guard.followers().load(Relaxed), 1);
         let waiter = tokio::spawn(slot.wait());
-        guard.publish(Shared::decoded(Arc::new(entry()), "HIT"));
+        guard.publish(Shared::decoded(Arc::new(entry()), CacheStatus::Hit));
         let Waited::Shared(got) = waiter.await.unwrap() else {
             panic!("a result")
         };
@@ -235,15 +235,17 @@ mod tests {
 
     #[test]
     fn a_stored_value_is_decoded_once_when_a_follower_asks() {
-        let shared = Shared::encoded(value(b"stored"), "HIT");
+        let shared = Shared::encoded(value(b"stored"), CacheStatus::Hit);
         let first = shared.entry().expect("an entry").clone();
         assert_eq!(first.body, "stored");
         // The same decoded entry for every follower.
         assert!(Arc::ptr_eq(&first, shared.entry().unwrap()));
         // A value that does not decode sends the followers to the service.
-        assert!(Shared::encoded(Bytes::from_static(b"junk"), "HIT")
-            .entry()
-            .is_none());
+        assert!(
+            Shared::encoded(Bytes::from_static(b"junk"), CacheStatus::Hit)
+                .entry()
+                .is_none()
+        );
     }
 
     #[tokio::test]
@@ -299,7 +301,7 @@ mod tests {
         drop(stalled);
         assert!(matches!(early.wait().await, Waited::Released));
         let waiter = tokio::spawn(late.wait());
-        next.publish(Shared::decoded(Arc::new(entry()), "HIT"));
+        next.publish(Shared::decoded(Arc::new(entry()), CacheStatus::Hit));
         assert!(matches!(waiter.await.unwrap(), Waited::Shared(_)));
     }
 }

@@ -20,7 +20,7 @@ use pin_project_lite::pin_project;
 use crate::{
     body::CacheBody,
     core::CacheCore,
-    service::{mark, BYPASS},
+    status::{mark, CacheStatus},
     store::BoxFuture,
     tags::CacheTags,
 };
@@ -96,7 +96,11 @@ where
                     parts.headers.remove(name);
                 }
                 parts.extensions.remove::<CacheTags>();
-                mark(settings.status_header.as_ref(), &mut parts.headers, BYPASS);
+                mark(
+                    settings.status_header.as_ref(),
+                    &mut parts.headers,
+                    CacheStatus::Bypass,
+                );
                 Poll::Ready(Ok(Response::from_parts(parts, CacheBody::inner(body))))
             }
             StateProj::Cache { future } => future.as_mut().poll(cx),

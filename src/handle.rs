@@ -373,8 +373,14 @@ impl CacheHandle {
                         g
                     }
                 };
-                let Some(value) = encode(&c.parts, &c.body, &c.lifetimes, &c.extra, generation, settings)
-                else {
+                let Some(value) = encode(
+                    &c.parts,
+                    &c.body,
+                    &c.lifetimes,
+                    &c.extra,
+                    generation,
+                    settings,
+                ) else {
                     continue;
                 };
                 let key = core.keys.entry_key_at(

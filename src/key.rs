@@ -208,6 +208,18 @@ impl KeySpace {
         key
     }
 
+    /// The key of the stored response for `GET uri` in `namespace` (its
+    /// `Vary` marker, for a response with `Vary`), under the keyed `origin`.
+    pub(crate) fn uri_key(&self, namespace: &str, origin: &str, uri: &http::Uri) -> String {
+        self.entry_key_at(
+            namespace,
+            &http::Method::GET,
+            origin,
+            uri.path(),
+            uri.query(),
+        )
+    }
+
     /// The key of the short lock that lets one instance compute the entry at
     /// `entry_key` (in `namespace`): the entry key with `LOCK` in place of
     /// the method. Entries are stored under `GET` only, so it is never an
@@ -520,6 +532,18 @@ fn floor_boundary(s: &str, max: usize) -> usize {
         .rev()
         .find(|&i| s.is_char_boundary(i))
         .unwrap_or(0)
+}
+
+/// The key of the variant a request with `headers` selects under the `Vary`
+/// marker stored at `primary`: the nonce names the marker's set of
+/// variants, the id the request's values of the marker's fields.
+pub(crate) fn variant_key(
+    primary: &str,
+    marker: &crate::entry::Marker,
+    headers: &http::HeaderMap,
+) -> String {
+    let id = crate::http::variant_id(headers, &marker.names);
+    format!("{primary}#v{}.{id}", marker.nonce)
 }
 
 #[cfg(test)]

@@ -85,10 +85,12 @@ mod jitter;
 mod key;
 mod layer;
 mod metrics;
+mod pipeline;
 mod policy;
 mod replay;
 mod request;
 mod service;
+mod status;
 pub mod store;
 mod tags;
 

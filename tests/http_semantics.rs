@@ -209,7 +209,11 @@ async fn rfc9111_3_handle_put_stores_as_the_layer_would_after_a_miss(b: Backend)
         .header("cache-control", "private, max-age=600")
         .body(Bytes::from("private"))
         .unwrap();
-    assert!(!c.handle.put(&"/private".parse().unwrap(), private).await.unwrap());
+    assert!(!c
+        .handle
+        .put(&"/private".parse().unwrap(), private)
+        .await
+        .unwrap());
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let after = c.get("/short", &[]).await;
     assert_eq!(

@@ -1,0 +1,273 @@
+//! Fill: the service's response is buffered and stored when the route and
+//! the response allow it (fenced against invalidations that ran meanwhile),
+//! or streams through.
+
+use std::{
+    future::Future,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{
+    header::{self},
+    HeaderMap, Request, Response, StatusCode,
+};
+use http_body::Body;
+use tower_service::Service;
+
+use super::{miss::Answered, plan::Plan, respond::not_modified_response};
+use crate::{
+    body::{collect_up_to, CacheBody, Collected},
+    core::{bump, CacheCore},
+    entry::{self, Entry, Extra, Lifetimes, Marker},
+    flight::Shared,
+    http::{
+        body_etag, merge_not_modified, not_modified, storable, take_conditionals, variant_id, vary,
+        CacheControl, Vary,
+    },
+    status::{mark, CacheStatus},
+    store::Write,
+    tags::take_tags,
+    CacheHandle,
+};
+
+/// Calls the service, then buffers and stores its response if the route and
+/// the response allow it. With `stored`, the request carries its validators
+/// and a `304` freshens it. With `has_fallback` (a stale entry will stand in
+/// for a failure), a 5xx is never stored.
+// Not an `async fn`, for the reason given at `serve`.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn call_and_store<S, ReqBody, ResBody>(
+    core: Arc<CacheCore>,
+    mut inner: S,
+    mut req: Request<ReqBody>,
+    plan: Plan,
+    generation: Option<u64>,
+    stored: Option<Arc<Entry>>,
+    has_fallback: bool,
+) -> impl Future<Output = Answered<ResBody, S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+{
+    async move {
+        req.extensions_mut().insert(CacheHandle::new(core.clone()));
+        let may_store = !plan.head && !plan.cc.no_store;
+        let (conditionals, request_headers) = if may_store {
+            let conditionals = take_conditionals(req.headers_mut());
+            (conditionals, req.headers().clone())
+        } else {
+            (HeaderMap::new(), HeaderMap::new())
+        };
+        // Revalidate what is stored: the service may answer 304.
+        let revalidating = stored.filter(|_| may_store).filter(|e| {
+            let h = &e.headers;
+            h.contains_key(header::ETAG) || h.contains_key(header::LAST_MODIFIED)
+        });
+        if let Some(stored) = &revalidating {
+            let headers = req.headers_mut();
+            if let Some(etag) = stored.headers.get(header::ETAG) {
+                headers.insert(header::IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(modified) = stored.headers.get(header::LAST_MODIFIED) {
+                headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
+            }
+        }
+        let uri = plan.rule.tagger.as_ref().map(|_| req.uri().clone());
+        // Read before the service reads its data: an invalidation after this
+        // point (of the key, a tag, a prefix) keeps the response from being
+        // stored, since it may show data from before it. Without the counter
+        // (the store failed) nothing is stored.
+        let fence = if may_store && generation.is_some() {
+            core.read_fence().await
+        } else {
+            None
+        };
+        let generation = generation.filter(|_| !may_store || fence.is_some());
+        let started = Instant::now();
+        let request_ms = entry::now_ms();
+        let (mut parts, body) = inner.call(req).await?.into_parts();
+        let response_ms = entry::now_ms();
+        let mut outcome = if generation.is_some() {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Bypass
+        };
+        let mut body = Some(body);
+        let mut known = None;
+        if let (Some(stored), StatusCode::NOT_MODIFIED) = (&revalidating, parts.status) {
+            // RFC 9111 §4.3.4: the stored response, with the 304's headers.
+            bump(&core.counters.revalidations);
+            let mut headers = stored.headers.clone();
+            merge_not_modified(&mut headers, &parts.headers);
+            parts.status = stored.status;
+            parts.headers = headers;
+            known = Some(stored.body.clone());
+            body = None;
+            if generation.is_some() {
+                outcome = CacheStatus::Revalidated;
+            }
+        }
+        let tags = take_tags(
+            &core.settings.tag_headers,
+            plan.rule.tagger.as_ref(),
+            uri.as_ref(),
+            &mut parts,
+        );
+        let cc = CacheControl::parse(&parts.headers);
+        // A failure a stale entry will stand in for is not stored.
+        let covered_failure = has_fallback && parts.status.is_server_error();
+        // With the store down nothing is written: the response is buffered
+        // only for requests waiting on it, and otherwise passes through as it
+        // streams.
+        let wanted =
+            generation.is_some() || plan.followers.as_ref().is_some_and(|f| f.load(Relaxed) > 0);
+        let stamped = if may_store && wanted && !covered_failure {
+            let status = parts.status;
+            let authorized = plan.authorized;
+            let times = (request_ms, response_ms);
+            storable(
+                &plan.rule,
+                status,
+                &mut parts.headers,
+                &cc,
+                authorized,
+                times.0,
+                times.1,
+            )
+        } else {
+            None
+        };
+        let Some((lifetimes, mut extra)) = stamped else {
+            mark(
+                core.settings.status_header.as_ref(),
+                &mut parts.headers,
+                outcome,
+            );
+            let body = match (body, known) {
+                (Some(body), _) => CacheBody::inner(body),
+                (None, Some(bytes)) => CacheBody::full(bytes),
+                (None, None) => CacheBody::empty(),
+            };
+            return Ok((Response::from_parts(parts, body), None));
+        };
+        // Buffered even when the store failed: requests waiting on this one get
+        // the same response instead of calling the service themselves.
+        let collected = match (body, known) {
+            (None, Some(bytes)) => Collected::Complete(bytes),
+            (Some(body), _) => collect_up_to(body, core.settings.max_body_bytes).await,
+            (None, None) => Collected::Complete(Bytes::new()),
+        };
+        let mut shared = None;
+        let body = match collected {
+            Collected::Complete(bytes) => {
+                if plan.rule.http.etag && !parts.headers.contains_key(header::ETAG) {
+                    parts.headers.insert(header::ETAG, body_etag(&bytes));
+                }
+                let mut writes = Vec::with_capacity(2);
+                let mut entry_key = plan.primary.clone();
+                let status_header = core.settings.status_header.as_ref();
+                let gen = generation.unwrap_or(0);
+                if let Vary::Headers(names) = vary(&parts.headers) {
+                    let marker = match &plan.marker {
+                        Some(m) if m.names == names => Marker::clone(m),
+                        _ => Marker {
+                            names,
+                            nonce: format!("{:08x}", rand::random::<u32>()),
+                        },
+                    };
+                    entry_key = crate::key::variant_key(&plan.primary, &marker, &request_headers);
+                    extra.variant = Some(variant_id(&request_headers, &marker.names));
+                    let index = Lifetimes {
+                        fresh: lifetimes.store_ttl(),
+                        stale_while_revalidate: Duration::ZERO,
+                        stale_if_error: Duration::ZERO,
+                        revalidate: Duration::ZERO,
+                    };
+                    let marker_extra = Extra {
+                        marker: Some(marker),
+                        ..Extra::default()
+                    };
+                    let value = entry::encode_with(
+                        StatusCode::OK,
+                        &HeaderMap::new(),
+                        b"",
+                        &index,
+                        Duration::ZERO,
+                        gen,
+                        None,
+                        &marker_extra,
+                    );
+                    if let Some(value) = value {
+                        writes.push(Write {
+                            key: plan.primary.clone(),
+                            value,
+                            ttl: lifetimes.store_ttl(),
+                            tags: tags.iter().map(|t| core.keys.tag_key(t)).collect(),
+                        });
+                    }
+                }
+                // `no-cache="field"` and `private="field"`: those fields are
+                // not stored.
+                let omitted;
+                let stored_headers = if cc.omit.is_empty() {
+                    &parts.headers
+                } else {
+                    let mut h = parts.headers.clone();
+                    for name in &cc.omit {
+                        h.remove(name.as_str());
+                    }
+                    omitted = h;
+                    &omitted
+                };
+                let encoded = entry::encode_with(
+                    parts.status,
+                    stored_headers,
+                    &bytes,
+                    &lifetimes,
+                    started.elapsed(),
+                    gen,
+                    status_header,
+                    &extra,
+                );
+                if let Some(value) = encoded {
+                    // Decoded only if a follower asks for it.
+                    shared = Some(Shared::encoded(value.clone(), outcome));
+                    writes.push(Write {
+                        key: entry_key,
+                        value,
+                        ttl: lifetimes.store_ttl(),
+                        tags: tags.iter().map(|t| core.keys.tag_key(t)).collect(),
+                    });
+                    if let Some(fence) = fence.filter(|_| generation.is_some()) {
+                        // Awaited (under the budget) so the client's next request
+                        // can already hit. The lock, if held, is released in the
+                        // same round trip where the store can.
+                        let _ = core
+                            .write_fenced(&writes, fence, plan.lock.as_deref())
+                            .await;
+                    }
+                }
+                if !conditionals.is_empty()
+                    && parts.status == StatusCode::OK
+                    && not_modified(&conditionals, &parts.headers, response_ms)
+                {
+                    bump(&core.counters.not_modified);
+                    crate::metrics::not_modified();
+                    let mut response = not_modified_response(&parts.headers);
+                    mark(status_header, response.headers_mut(), outcome);
+                    return Ok((response, shared));
+                }
+                CacheBody::full(bytes)
+            }
+            Collected::NotStorable(body) => body,
+        };
+        mark(
+            core.settings.status_header.as_ref(),
+            &mut parts.headers,
+            outcome,
+        );
+        Ok((Response::from_parts(parts, body), shared))
+    }
+}

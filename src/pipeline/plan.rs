@@ -1,0 +1,128 @@
+//! Plan: whether a request is served through the cache, and with which
+//! route policy, key and request directives.
+
+use std::sync::{atomic::AtomicUsize, Arc};
+
+use http::{Method, Request};
+
+use crate::{
+    core::{CacheCore, HeldLock},
+    entry::Marker,
+    http::CacheControl,
+    policy::{CookiePolicy, Resolved},
+};
+
+/// What a cacheable request will use.
+#[derive(Clone)]
+pub(crate) struct Plan {
+    pub(crate) rule: Arc<Resolved>,
+    /// The key of the URI: where the response, or its `Vary` marker, lives.
+    pub(crate) primary: String,
+    /// The variant key, once a `Vary` marker was found at `primary`.
+    pub(crate) variant: Option<String>,
+    /// The `Vary` marker found at `primary`.
+    pub(crate) marker: Option<Arc<Marker>>,
+    pub(crate) head: bool,
+    /// The request's `Cache-Control` (only `no-store` when the route ignores
+    /// request directives).
+    pub(crate) cc: CacheControl,
+    /// The request carries `Authorization` and the route does not open
+    /// itself to it, or `Cookie` under [`CookiePolicy::SharedOnly`]: only
+    /// responses that allow sharing are served and stored.
+    pub(crate) authorized: bool,
+    /// The request carries `If-None-Match` or `If-Modified-Since`.
+    pub(crate) conditional: bool,
+    /// The cross-instance lock of the key, once this request holds it.
+    pub(crate) lock: Option<Arc<HeldLock>>,
+    /// How many requests in this process wait for this one's response,
+    /// once it leads a flight.
+    pub(crate) followers: Option<Arc<AtomicUsize>>,
+}
+
+#[cfg(feature = "axum")]
+pub(crate) fn matched_route<B>(req: &Request<B>) -> Option<&str> {
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(axum::extract::MatchedPath::as_str)
+}
+
+#[cfg(not(feature = "axum"))]
+pub(crate) fn matched_route<B>(_: &Request<B>) -> Option<&str> {
+    None
+}
+
+/// The plan of a cacheable request; `None` passes it through. `fields` is
+/// what the walk over the request's field names found (see
+/// [`crate::request::Fields`]).
+pub(crate) fn plan<B>(
+    core: &CacheCore,
+    req: &Request<B>,
+    fields: &crate::request::Fields,
+) -> Option<Plan> {
+    let head = req.method() == Method::HEAD;
+    if !head && req.method() != Method::GET {
+        return None;
+    }
+    let uri = req.uri();
+    let rule = core
+        .policies
+        .lookup(matched_route(req), uri.path())
+        .as_ref()?;
+    let headers = req.headers();
+    let refused = fields.refused;
+    let fields = fields.http;
+    if fields.passes_through {
+        return None;
+    }
+    if let Some(reason) = refused {
+        tracing::debug!(reason, path = uri.path(), "passed through uncached");
+        return None;
+    }
+    let cc = if !fields.directives {
+        CacheControl::default()
+    } else if rule.http.request_directives {
+        CacheControl::parse_request(headers)
+    } else {
+        CacheControl {
+            no_store: CacheControl::parse(headers).no_store,
+            ..CacheControl::default()
+        }
+    };
+    let cookies = if fields.cookie {
+        rule.http.cookies
+    } else {
+        CookiePolicy::Ignore
+    };
+    if cookies == CookiePolicy::Pass {
+        return None;
+    }
+    let origin = match core.settings.origin_key.of(uri, headers) {
+        Ok(origin) => origin,
+        Err(reason) => {
+            tracing::debug!(%reason, path = uri.path(), "passed through uncached");
+            return None;
+        }
+    };
+    let key = core.keys.uri_key(&rule.namespace, &origin, uri);
+    Some(Plan {
+        primary: key,
+        variant: None,
+        marker: None,
+        rule: rule.clone(),
+        head,
+        cc,
+        authorized: (!rule.allow_authorization && fields.authorization)
+            || cookies == CookiePolicy::SharedOnly,
+        conditional: fields.conditional,
+        lock: None,
+        followers: None,
+    })
+}
+
+impl Plan {
+    /// The key of this request's entry: the variant key once a `Vary`
+    /// marker was found, else the URI's key.
+    pub(crate) fn key(&self) -> &str {
+        self.variant.as_deref().unwrap_or(&self.primary)
+    }
+}
