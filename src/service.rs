@@ -16,9 +16,9 @@ use tower_service::Service;
 
 use crate::{
     body::CacheBody,
-    core::{bump, CacheCore, Lookup},
+    core::{bump, CacheCore},
     future::ResponseFuture,
-    pipeline::{invalidate_after, plan, serve, serve_now, unsafe_targets},
+    pipeline::{invalidate_after, plan, serve, serve_now, unsafe_targets, Lookup},
     CacheHandle,
 };
 

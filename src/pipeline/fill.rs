@@ -21,11 +21,12 @@ use crate::{
     body::{collect_up_to, CacheBody, Collected},
     core::{bump, CacheCore},
     entry::{self, Entry, Extra, Lifetimes, Marker},
-    flight::Shared,
+    error::StoreError,
     http::{
         body_etag, merge_not_modified, not_modified, storable, take_conditionals, variant_id, vary,
         CacheControl, Vary,
     },
+    stampede::{HeldLock, Shared},
     status::{mark, CacheStatus},
     store::Write,
     tags::take_tags,
@@ -269,5 +270,76 @@ where
             outcome,
         );
         Ok((Response::from_parts(parts, body), shared))
+    }
+}
+
+/// The invalidation counter as a request read it before calling the
+/// service: its write is fenced by it (see [`Fence`](crate::store::Fence)).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FenceRead {
+    pub(crate) counter: u64,
+    pub(crate) at: Instant,
+}
+
+impl CacheCore {
+    /// Reads the invalidation counter before the service computes an entry;
+    /// `None` when the store failed (the entry is then not stored).
+    pub(crate) async fn read_fence(&self) -> Option<FenceRead> {
+        let at = Instant::now();
+        let key = self.keys.fence_counter_key();
+        let counter = self.timed("fence", self.store.fence(&key)).await.ok()?;
+        Some(FenceRead { counter, at })
+    }
+
+    /// Writes what a request computed, unless an invalidation of anything
+    /// the writes touch ran since `read` (then nothing is written, and
+    /// `fills_fenced` counts it). The lock `held` is released in the same
+    /// round trip where the store can (marked released then); otherwise its
+    /// caller releases it.
+    pub(crate) async fn write_fenced(
+        &self,
+        writes: &[Write],
+        read: FenceRead,
+        held: Option<&HeldLock>,
+    ) -> Result<(), StoreError> {
+        if self.replay.pending() {
+            return Ok(());
+        }
+        if read.at.elapsed() >= crate::store::FENCE_WINDOW / 2 {
+            // The markers of an invalidation that ran meanwhile may be gone.
+            bump(&self.counters.fills_fenced);
+            crate::metrics::fenced();
+            return Ok(());
+        }
+        let mut markers = Vec::with_capacity(writes.len() * 2 + 1);
+        markers.push(self.keys.prefix_fence_key());
+        for w in writes {
+            markers.push(self.keys.fence_key(&w.key));
+            markers.extend(w.tags.iter().map(|t| self.keys.fence_key(t)));
+        }
+        markers.sort_unstable();
+        markers.dedup();
+        let fence = crate::store::Fence {
+            counter: read.counter,
+            markers,
+            unlock: held.map(|h| (h.key.clone(), h.token.clone())),
+        };
+        let done = self
+            .timed("put", self.store.put_fenced(writes, &fence))
+            .await?;
+        if let Some(held) = held {
+            held.released.store(done.unlocked, Relaxed);
+        }
+        if done.stored {
+            self.count_writes(writes);
+        } else {
+            bump(&self.counters.fills_fenced);
+            crate::metrics::fenced();
+            tracing::debug!(
+                key = writes.last().map_or("", |w| w.key.as_str()),
+                "not stored: an invalidation ran while the response was computed"
+            );
+        }
+        Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Lookup: the stored entry for a planned request, served when it is good
 //! for it; the miss stage otherwise.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
@@ -15,10 +15,14 @@ use super::{
 };
 use crate::{
     body::CacheBody,
-    core::{bump, CacheCore, HeldLock, Lookup},
+    breaker::BreakerState,
+    core::{bump, CacheCore},
+    entry,
     entry::Entry,
     http::{judge, selects, Use},
+    stampede::{give_back_lock, HeldLock},
     status::CacheStatus,
+    store::Fetched,
 };
 
 /// A fresh entry the store answered at once, served without a future; the
@@ -168,11 +172,128 @@ where
     }
 }
 
-/// Releases, after the response, a lock the lookup took for a request that
-/// will not compute the entry.
-pub(crate) fn give_back_lock(core: &Arc<CacheCore>, lock: &mut Option<Arc<HeldLock>>) {
-    if let Some(lock) = lock.take() {
-        let core = core.clone();
-        tokio::spawn(async move { core.unlock(&lock).await });
+/// The outcome of a lookup.
+pub(crate) enum Lookup {
+    /// An entry of the current generation, fresh or not: the caller decides
+    /// whether it may be served, revalidated, or only stand in for a failure.
+    Found {
+        entry: Arc<Entry>,
+        generation: u64,
+        /// When it was judged (milliseconds since the epoch): the clock
+        /// reading its freshness and `age` are computed from.
+        now: u64,
+    },
+    /// Not there (or unusable); the namespace generation to write under.
+    Miss { generation: u64 },
+    /// The store failed, timed out, or the breaker is open: pass through,
+    /// do not write.
+    Failed,
+}
+
+impl CacheCore {
+    pub(crate) async fn lookup(&self, key: &str, generation_key: &str) -> Lookup {
+        // Invalidations wait for replay: nothing from the store is served.
+        if self.replay.pending() {
+            return Lookup::Failed;
+        }
+        let budget = self.settings.budget;
+        let result = match self.store.fetch_within(key, generation_key, budget) {
+            Some(call) => self.guarded("fetch", call, false).await,
+            None => {
+                self.guarded("fetch", self.store.fetch(key, generation_key), true)
+                    .await
+            }
+        };
+        match result {
+            Ok(fetched) => self.classify(key, fetched).await,
+            Err(_) => Lookup::Failed,
+        }
+    }
+
+    /// Decides what a fetched value is worth.
+    pub(crate) async fn classify(&self, key: &str, mut fetched: Fetched) -> Lookup {
+        if fetched.decoded.is_none() {
+            if let Some(value) = &fetched.value {
+                fetched.decoded = self.decoded.decode(key, value);
+            }
+        }
+        match Self::assess(fetched) {
+            Ok(lookup) => lookup,
+            Err((generation, len)) => {
+                bump(&self.counters.corrupt_entries);
+                tracing::warn!(key, len, "cache entry does not decode; deleting it");
+                // Boxed: this rare path would otherwise make every lookup's
+                // future (part of each request's) larger.
+                let delete = async {
+                    let _ = self
+                        .timed("delete", self.store.delete(&[key.to_owned()]))
+                        .await;
+                };
+                Box::pin(delete).await;
+                Lookup::Miss { generation }
+            }
+        }
+    }
+
+    /// What a fetched value is worth; `Err` (its generation and length) for
+    /// a value that does not decode.
+    fn assess(fetched: Fetched) -> Result<Lookup, (u64, usize)> {
+        let generation = fetched.generation;
+        let Some(value) = fetched.value else {
+            return Ok(Lookup::Miss { generation });
+        };
+        let decoded = match fetched.decoded {
+            Some(entry) => Some(entry),
+            None => entry::decode(&value).map(Arc::new),
+        };
+        let now = entry::now_ms();
+        match decoded {
+            Some(entry)
+                if entry.generation == generation
+                    && now.saturating_sub(entry.stored_at_ms) < entry.lives_ms() =>
+            {
+                Ok(Lookup::Found {
+                    entry,
+                    generation,
+                    now,
+                })
+            }
+            // Written before the last namespace bump, or past its life (a
+            // store that expires lazily).
+            Some(_) => Ok(Lookup::Miss { generation }),
+            None => Err((generation, value.len())),
+        }
+    }
+
+    /// The lookup, when the store answers without waiting (see
+    /// [`Store::fetch_now`]); `None` sends the caller to [`lookup`](Self::lookup).
+    pub(crate) fn lookup_now(&self, key: &str, generation_key: &str) -> Option<Lookup> {
+        // Invalidations wait for replay: the request passes through.
+        if self.replay.pending() {
+            return Some(Lookup::Failed);
+        }
+        // Only with the breaker closed: an open or probing one is the
+        // asynchronous path's business.
+        if self.breaker.state() != BreakerState::Closed {
+            return None;
+        }
+        let clock = if tracing::enabled!(tracing::Level::TRACE) {
+            Some(Instant::now())
+        } else {
+            crate::metrics::start()
+        };
+        let fetched = self.store.fetch_now(key, generation_key)?.ok()?;
+        if let Some(clock) = clock {
+            let took = clock.elapsed();
+            crate::metrics::store_call("fetch", took, true);
+            tracing::trace!(
+                op = "fetch",
+                took_us = took.as_micros() as u64,
+                ok = true,
+                "store call"
+            );
+        }
+        self.breaker.record_success();
+        Self::assess(fetched).ok()
     }
 }

@@ -17,10 +17,10 @@ use super::{
 };
 use crate::{
     body::CacheBody,
-    core::{bump, CacheCore, Coalesced, HeldLock},
+    core::{bump, CacheCore},
     entry::{self, Entry, Freshness},
-    flight::{Join, Shared, Waited},
     http::selects,
+    stampede::{Coalesced, HeldLock, Join, Shared, Waited},
     status::{mark, CacheStatus},
 };
 

@@ -6,10 +6,11 @@ use std::sync::{atomic::AtomicUsize, Arc};
 use http::{Method, Request};
 
 use crate::{
-    core::{CacheCore, HeldLock},
+    core::CacheCore,
     entry::Marker,
     http::CacheControl,
     policy::{CookiePolicy, Resolved},
+    stampede::HeldLock,
 };
 
 /// What a cacheable request will use.
