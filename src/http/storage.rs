@@ -18,7 +18,7 @@ use crate::{
 
 /// Whether a response may be stored under the route's `rule`, and how: its
 /// lifetimes and the HTTP facts stored with it; `None` when it is not
-/// stored. `cc` is the response's `Cache-Control`; `authorized` says the
+/// stored. `cc` is the response's `Cache-Control`; `shared_only` says the
 /// request carried credentials the route does not open itself to (then only
 /// a response that allows sharing is stored, RFC 9111 §3.5); `request_ms`
 /// and `response_ms` are when the request went out and the response came
@@ -31,11 +31,11 @@ pub(crate) fn storable(
     status: StatusCode,
     headers: &mut HeaderMap,
     cc: &CacheControl,
-    authorized: bool,
+    shared_only: bool,
     request_ms: u64,
     response_ms: u64,
 ) -> Option<(Lifetimes, Extra)> {
-    if (authorized && !cc.allows_authorized())
+    if (shared_only && !cc.allows_authorized())
         || refuse_to_store(headers, cc, rule.http.strip_set_cookie).is_some()
     {
         return None;

@@ -71,10 +71,10 @@ pub(crate) fn variant_id(request: &HeaderMap, names: &[String]) -> String {
 }
 /// Whether the stored `entry` answers a request with these headers (RFC
 /// 9111 §4.1, §3.5): not a `Vary` marker, the variant the request selects,
-/// and, when `authorized` (the request carries credentials the route does
+/// and, when `shared_only` (the request carries credentials the route does
 /// not open itself to), a response that allows sharing.
-pub(crate) fn selects(entry: &Entry, headers: &HeaderMap, authorized: bool) -> bool {
-    if entry.marker.is_some() || (authorized && !entry.shared) {
+pub(crate) fn selects(entry: &Entry, headers: &HeaderMap, shared_only: bool) -> bool {
+    if entry.marker.is_some() || (shared_only && !entry.shared) {
         return false;
     }
     match &entry.variant {

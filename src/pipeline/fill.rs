@@ -16,7 +16,7 @@ use http::{
 use http_body::Body;
 use tower_service::Service;
 
-use super::{miss::Answered, plan::Plan, respond::not_modified_response};
+use super::{miss::Filled, plan::Plan, respond::not_modified_response};
 use crate::{
     body::{collect_up_to, CacheBody, Collected},
     core::{bump, CacheCore},
@@ -39,7 +39,7 @@ use crate::{
 /// for a failure), a 5xx is never stored.
 // Not an `async fn`, for the reason given at `serve`.
 #[allow(clippy::manual_async_fn)]
-pub(crate) fn call_and_store<S, ReqBody, ResBody>(
+pub(crate) fn fill<S, ReqBody, ResBody>(
     core: Arc<CacheCore>,
     mut inner: S,
     mut req: Request<ReqBody>,
@@ -47,7 +47,7 @@ pub(crate) fn call_and_store<S, ReqBody, ResBody>(
     generation: Option<u64>,
     stored: Option<Arc<Entry>>,
     has_fallback: bool,
-) -> impl Future<Output = Answered<ResBody, S::Error>>
+) -> impl Future<Output = Filled<ResBody, S::Error>>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body<Data = Bytes>,
@@ -126,14 +126,14 @@ where
             generation.is_some() || plan.followers.as_ref().is_some_and(|f| f.load(Relaxed) > 0);
         let stamped = if may_store && wanted && !covered_failure {
             let status = parts.status;
-            let authorized = plan.authorized;
+            let shared_only = plan.shared_only;
             let times = (request_ms, response_ms);
             storable(
                 &plan.rule,
                 status,
                 &mut parts.headers,
                 &cc,
-                authorized,
+                shared_only,
                 times.0,
                 times.1,
             )

@@ -11,7 +11,7 @@ use tower_service::Service;
 use super::{
     miss::{miss, refresh_in_background},
     plan::Plan,
-    respond::answer,
+    respond::serve_entry,
 };
 use crate::{
     body::CacheBody,
@@ -37,13 +37,20 @@ pub(crate) fn serve_now<B: Body>(
 ) -> Result<Response<CacheBody<B>>, Arc<Entry>> {
     let usable = entry.marker.is_none()
         && plan.rule.early_refresh <= 0.0
-        && selects(&entry, request, plan.authorized)
+        && selects(&entry, request, plan.shared_only)
         && matches!(judge(&entry, now, &plan.cc), Use::Fresh);
     if !usable {
         return Err(entry);
     }
     bump(&core.counters.hits);
-    Ok(answer(core, entry, request, plan, CacheStatus::Hit, now))
+    Ok(serve_entry(
+        core,
+        entry,
+        request,
+        plan,
+        CacheStatus::Hit,
+        now,
+    ))
 }
 
 /// The path of a cacheable request: lookup (unless `prefetched` holds its
@@ -121,7 +128,7 @@ where
                 entry,
                 generation,
                 now,
-            } if selects(&entry, req.headers(), plan.authorized) => {
+            } if selects(&entry, req.headers(), plan.shared_only) => {
                 match judge(&entry, now, &plan.cc) {
                     Use::Revalidate => (Some(entry), Some(generation)),
                     usable => {
@@ -153,7 +160,8 @@ where
                         // Served from the cache: a lock the lookup took is not needed.
                         give_back_lock(&core, &mut plan.lock);
                         let replaces = entry.stored_at_ms;
-                        let response = answer(&core, entry, req.headers(), &plan, outcome, now);
+                        let response =
+                            serve_entry(&core, entry, req.headers(), &plan, outcome, now);
                         if refresh {
                             refresh_in_background(core, inner, req, plan, generation, replaces);
                         }

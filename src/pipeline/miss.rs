@@ -10,9 +10,9 @@ use std::{
 use http::{Request, Response, StatusCode};
 
 use super::{
-    fill::call_and_store,
+    fill::fill,
     plan::Plan,
-    respond::{answer, cached_response},
+    respond::{cached_response, serve_entry},
     CachedBody, Inner,
 };
 use crate::{
@@ -26,7 +26,7 @@ use crate::{
 
 /// The response to a request that went to the service, and the entry
 /// waiting requests may be served, if any.
-pub(crate) type Answered<B, E> = Result<(Response<CacheBody<B>>, Option<Shared>), E>;
+pub(crate) type Filled<B, E> = Result<(Response<CacheBody<B>>, Option<Shared>), E>;
 
 /// The rest of a request that found nothing it may serve: single-flight in
 /// this process, the cross-instance lock, and the service (revalidating
@@ -66,7 +66,9 @@ where
             &core.counters.bypasses
         });
         if plan.head {
-            return Ok(fetch(&core, inner, req, &plan, generation, stale).await?.0);
+            return Ok(call_origin(&core, inner, req, &plan, generation, stale)
+                .await?
+                .0);
         }
 
         // One request per key in this process goes on; the others wait for it.
@@ -99,20 +101,27 @@ where
                         join = core.flights.join(plan.key(), hold);
                         continue;
                     }
-                    Waited::Shared(shared) => Some(shared),
+                    Waited::Published(shared) => Some(shared),
                     Waited::Released | Waited::TimedOut => None,
                 };
                 // A response that was never fresh is not reused for a request
                 // that was not forwarded (see `Entry::never_fresh`).
                 let usable = shared.as_ref().and_then(|shared| {
                     let entry = shared.entry()?;
-                    (!entry.never_fresh() && selects(entry, req.headers(), plan.authorized))
+                    (!entry.never_fresh() && selects(entry, req.headers(), plan.shared_only))
                         .then(|| (entry.clone(), shared.outcome))
                 });
                 if let Some((entry, outcome)) = usable {
                     bump(&core.counters.coalesced);
                     let now = entry::now_ms();
-                    return Ok(answer(&core, entry, req.headers(), &plan, outcome, now));
+                    return Ok(serve_entry(
+                        &core,
+                        entry,
+                        req.headers(),
+                        &plan,
+                        outcome,
+                        now,
+                    ));
                 }
                 released = true;
                 break None;
@@ -146,11 +155,11 @@ where
                 .await
             {
                 Coalesced::Entry(entry)
-                    if !entry.never_fresh() && selects(&entry, req.headers(), plan.authorized) =>
+                    if !entry.never_fresh() && selects(&entry, req.headers(), plan.shared_only) =>
                 {
                     bump(&core.counters.coalesced);
                     let now = entry::now_ms();
-                    let response = answer(
+                    let response = serve_entry(
                         &core,
                         entry.clone(),
                         req.headers(),
@@ -168,7 +177,7 @@ where
             }
         }
 
-        let result = fetch(&core, inner, req, &plan, generation, stale).await;
+        let result = call_origin(&core, inner, req, &plan, generation, stale).await;
         // Released by the entry's write when there was one; else now, off the
         // response's path.
         if let Some(held) = plan.lock.filter(|h| !h.released.load(Relaxed)) {
@@ -189,14 +198,14 @@ where
 /// stand in for a failure (stale-if-error), serves it instead. Returns the
 /// response and, if it can be shared with waiting requests, the entry they
 /// should get.
-pub(crate) async fn fetch<S, ReqBody, ResBody>(
+pub(crate) async fn call_origin<S, ReqBody, ResBody>(
     core: &Arc<CacheCore>,
     inner: S,
     req: Request<ReqBody>,
     plan: &Plan,
     generation: Option<u64>,
     stored: Option<Arc<Entry>>,
-) -> Answered<ResBody, S::Error>
+) -> Filled<ResBody, S::Error>
 where
     S: Inner<ReqBody, ResBody>,
     ReqBody: Send + 'static,
@@ -215,7 +224,7 @@ where
         })
         .cloned();
     let Some(stale) = fallback else {
-        let call = call_and_store(
+        let call = fill(
             core.clone(),
             inner,
             req,
@@ -226,7 +235,7 @@ where
         );
         return call.await;
     };
-    let fetched = call_and_store(
+    let fetched = fill(
         core.clone(),
         inner,
         req,
@@ -296,7 +305,8 @@ pub(crate) fn refresh_in_background<S, ReqBody, ResBody>(
             }
         }
         bump(&core.counters.background_refreshes);
-        if let Ok((_, Some(shared))) = fetch(&core, inner, req, &plan, Some(generation), None).await
+        if let Ok((_, Some(shared))) =
+            call_origin(&core, inner, req, &plan, Some(generation), None).await
         {
             guard.publish(shared);
         }

@@ -30,7 +30,7 @@ pub(crate) struct Plan {
     /// The request carries `Authorization` and the route does not open
     /// itself to it, or `Cookie` under [`CookiePolicy::SharedOnly`]: only
     /// responses that allow sharing are served and stored.
-    pub(crate) authorized: bool,
+    pub(crate) shared_only: bool,
     /// The request carries `If-None-Match` or `If-Modified-Since`.
     pub(crate) conditional: bool,
     /// The cross-instance lock of the key, once this request holds it.
@@ -112,7 +112,7 @@ pub(crate) fn plan<B>(
         rule: rule.clone(),
         head,
         cc,
-        authorized: (!rule.allow_authorization && fields.authorization)
+        shared_only: (!rule.allow_authorization && fields.authorization)
             || cookies == CookiePolicy::SharedOnly,
         conditional: fields.conditional,
         lock: None,

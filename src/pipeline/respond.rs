@@ -104,7 +104,7 @@ pub(crate) fn copy_headers(stored: &HeaderMap) -> HeaderMap {
 
 /// Serves a stored entry, as a `304 Not Modified` when the request's
 /// conditional headers match it (RFC 9111 §4.3.2).
-pub(crate) fn answer<B: Body>(
+pub(crate) fn serve_entry<B: Body>(
     core: &CacheCore,
     entry: Arc<Entry>,
     request: &HeaderMap,

@@ -89,7 +89,7 @@ pub(crate) struct Follower {
 /// How a follower's wait ended.
 pub(crate) enum Waited {
     /// The leader's result.
-    Shared(Arc<Shared>),
+    Published(Arc<Shared>),
     /// The leader ended without a result to share (an uncacheable response,
     /// an error, a dropped request).
     Released,
@@ -147,7 +147,7 @@ impl Follower {
     pub(crate) async fn wait(mut self) -> Waited {
         let until = tokio::time::Instant::from_std(self.until);
         match tokio::time::timeout_at(until, self.slot.wait_for(Option::is_some)).await {
-            Ok(Ok(value)) => value.clone().map_or(Waited::Released, Waited::Shared),
+            Ok(Ok(value)) => value.clone().map_or(Waited::Released, Waited::Published),
             Ok(Err(_)) => Waited::Released,
             Err(_) => Waited::TimedOut,
         }
@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(guard.followers().load(Relaxed), 1);
         let waiter = tokio::spawn(slot.wait());
         guard.publish(Shared::decoded(Arc::new(entry()), CacheStatus::Hit));
-        let Waited::Shared(got) = waiter.await.unwrap() else {
+        let Waited::Published(got) = waiter.await.unwrap() else {
             panic!("a result")
         };
         assert_eq!(got.entry().expect("an entry").body, "x");
@@ -302,6 +302,6 @@ mod tests {
         assert!(matches!(early.wait().await, Waited::Released));
         let waiter = tokio::spawn(late.wait());
         next.publish(Shared::decoded(Arc::new(entry()), CacheStatus::Hit));
-        assert!(matches!(waiter.await.unwrap(), Waited::Shared(_)));
+        assert!(matches!(waiter.await.unwrap(), Waited::Published(_)));
     }
 }
