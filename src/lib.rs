@@ -181,19 +181,7 @@ pub mod __bench {
         /// `/r{i}/{id}` for each route, `/p{i}/` for each prefix.
         pub fn new(routes: usize, prefixes: usize) -> Self {
             let keys = crate::key::KeySpace::new("api", "v1").expect("valid key parts");
-            let base = crate::policy::Resolved {
-                ttl: Duration::from_secs(60),
-                jitter: 0.1,
-                namespace: "default".into(),
-                statuses: vec![StatusCode::OK],
-                allow_authorization: false,
-                stale_while_revalidate: Duration::ZERO,
-                stale_if_error: Duration::ZERO,
-                early_refresh: 0.0,
-                tagger: None,
-                http: crate::policy::HttpRules::default(),
-                generation_key: keys.generation_key("default"),
-            };
+            let base = crate::policy::Resolved::defaults(&keys);
             let policy = crate::CachePolicy::new();
             let rule = |what: String| policy.resolve(&base, &what, &keys).expect("valid rule");
             let routes = (0..routes)
