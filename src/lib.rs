@@ -113,8 +113,10 @@ pub use {
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-/// Entry points for the crate's own benchmarks (`benches/micro.rs`). Not part
+/// Entry points for the crate's own benchmarks (`benches/micro.rs`,
+/// `benches/hitpath.rs`), compiled only with the `bench` feature. Not part
 /// of the API: no stability promise, may change in any release.
+#[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod __bench {
     use std::time::Duration;
