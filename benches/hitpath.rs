@@ -4,7 +4,7 @@
 //! run whatever else the machine is doing.
 //!
 //! ```text
-//! cargo bench --bench hitpath --no-run
+//! cargo bench --features bench --bench hitpath --no-run
 //! HITPATH=floor valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/deps/hitpath-*
 //! HITPATH=layer valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/deps/hitpath-*
 //! ```

@@ -52,7 +52,7 @@ use tower_redis_cache::{
         types::CustomCommand,
     },
     store::{LocalTier, RedisStore, RedisStoreBuilder, Store, TieredStore},
-    RedisCacheLayer,
+    CachePolicy, RedisCacheLayer,
 };
 
 fn env(name: &str, default: u64) -> u64 {
@@ -241,7 +241,7 @@ fn cached(app: Router, prefix: &str, store: impl Store) -> Router {
     app.layer(
         RedisCacheLayer::builder()
             .prefix(prefix)
-            .ttl(Duration::from_secs(3600))
+            .default_policy(CachePolicy::new().ttl(Duration::from_secs(3600)))
             .store(store)
             .build()
             .unwrap(),
@@ -321,7 +321,7 @@ fn main() {
         let store_c = redis.store().await;
         let layer_c = RedisCacheLayer::builder()
             .prefix("bench")
-            .ttl(Duration::from_secs(3600))
+            .default_policy(CachePolicy::new().ttl(Duration::from_secs(3600)))
             .store(store_c.clone())
             .build()
             .unwrap();
@@ -359,7 +359,7 @@ fn main() {
         .unwrap();
         let layer_d = RedisCacheLayer::builder()
             .prefix("benchl1")
-            .ttl(Duration::from_secs(3600))
+            .default_policy(CachePolicy::new().ttl(Duration::from_secs(3600)))
             .store(tiered)
             .build()
             .unwrap();
@@ -389,7 +389,7 @@ fn main() {
         let e_plain = serve(Router::new().route("/miss/{n}", get(slow.clone()))).await;
         let layer_e = RedisCacheLayer::builder()
             .prefix("benchmiss")
-            .ttl(Duration::from_secs(60))
+            .default_policy(CachePolicy::new().ttl(Duration::from_secs(60)))
             .store(redis.store().await)
             .build()
             .unwrap();
@@ -402,7 +402,7 @@ fn main() {
         // E without the cross-instance lock: what its round trip costs.
         let layer_e_unlocked = RedisCacheLayer::builder()
             .prefix("benchmissnolock")
-            .ttl(Duration::from_secs(60))
+            .default_policy(CachePolicy::new().ttl(Duration::from_secs(60)))
             .distributed_lock(false)
             .store(redis.store().await)
             .build()

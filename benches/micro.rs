@@ -1,4 +1,6 @@
-//! Micro benchmarks of the hit path's pure parts: `cargo bench --bench micro`.
+//! Micro benchmarks of the hit path's pure parts:
+//! `cargo bench --features bench --bench micro` (the `bench` feature opens
+//! the crate's internal entry points to it).
 
 use std::hint::black_box;
 

@@ -43,7 +43,7 @@ use tower_redis_cache::{
         types::{CustomCommand, Value},
     },
     store::{MemoryStore, Store},
-    CacheBody, RedisCacheLayer,
+    CacheBody, CachePolicy, RedisCacheLayer,
 };
 
 /// The store key of a tag's index, as the layer names it (prefix `scale`).
@@ -83,8 +83,11 @@ fn response(tags: &str) -> http::Response<Bytes> {
 fn layer(store: impl Store) -> RedisCacheLayer {
     RedisCacheLayer::builder()
         .prefix("scale")
-        .ttl(Duration::from_secs(3600))
-        .jitter(0.0)
+        .default_policy(
+            CachePolicy::new()
+                .ttl(Duration::from_secs(3600))
+                .jitter(0.0),
+        )
         .store(store)
         .build()
         .expect("a layer")

@@ -39,7 +39,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = RedisCacheLayer::builder()
         .prefix("hyper")
-        .ttl(Duration::from_secs(10))
+        .default_policy(CachePolicy::new().ttl(Duration::from_secs(10)))
         .path_prefix("/time", CachePolicy::new().ttl(Duration::from_secs(5)));
     match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {

@@ -34,7 +34,7 @@ pub fn cache_layer(
 ) -> Result<RedisCacheLayer, tower_redis_cache::Error> {
     builder
         .prefix("per-route")
-        .ttl(Duration::from_secs(60)) // routes without a rule
+        .default_policy(CachePolicy::new().ttl(Duration::from_secs(60))) // routes without a rule
         .route(
             "/products/{id}",
             CachePolicy::new()
@@ -98,7 +98,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = RedisCacheLayer::builder();
     let mut news = RedisCacheLayer::builder()
         .prefix("per-route-news")
-        .ttl(Duration::from_secs(5));
+        .default_policy(CachePolicy::new().ttl(Duration::from_secs(5)));
     match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
             println!("cache store: Redis at {url}");

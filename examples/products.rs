@@ -144,9 +144,12 @@ pub fn cache_layer(
     builder
         .prefix("api")
         .version("v1")
-        .namespace("products")
-        .ttl(Duration::from_secs(900))
-        .jitter(0.1)
+        .default_policy(
+            CachePolicy::new()
+                .namespace("products")
+                .ttl(Duration::from_secs(900))
+                .jitter(0.1),
+        )
         .route("/products/{id}", CachePolicy::new())
         // Every list page carries the tag `product-lists`, so one call drops
         // them all, whatever their query strings.

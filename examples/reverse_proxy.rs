@@ -50,7 +50,7 @@ pub fn cache_layer(
 ) -> Result<RedisCacheLayer, tower_redis_cache::Error> {
     builder
         .prefix("proxy")
-        .policy(CachePolicy::new().origin_driven())
+        .default_policy(CachePolicy::new().origin_driven())
         .key_host(true)
         .build()
 }

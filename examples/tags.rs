@@ -48,7 +48,7 @@ pub fn cache_layer(
 ) -> Result<RedisCacheLayer, tower_redis_cache::Error> {
     builder
         .prefix("tags")
-        .ttl(Duration::from_secs(600))
+        .default_policy(CachePolicy::new().ttl(Duration::from_secs(600)))
         // Every page of this route also carries the `articles` tag, from the
         // policy (the handlers add the per-record tags).
         .route(

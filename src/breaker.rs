@@ -14,6 +14,7 @@ const HALF_OPEN: u8 = 2;
 /// The breaker's state, as [`CacheStats`](crate::CacheStats) reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BreakerState {
     /// The store is called as usual.
     #[default]

@@ -516,6 +516,7 @@ mod extract {
     /// The rejection of the [`CacheHandle`] extractor: the handler is not
     /// behind a [`RedisCacheLayer`](crate::RedisCacheLayer).
     #[derive(Debug, Clone, Copy)]
+    #[non_exhaustive]
     pub struct MissingCacheHandle;
 
     impl std::fmt::Display for MissingCacheHandle {

@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use http::{HeaderName, StatusCode};
+use http::HeaderName;
 use tower_layer::Layer;
 
 use crate::{
@@ -31,7 +31,7 @@ use crate::{
 /// let cache = RedisCacheLayer::builder()      // in-memory store unless a Redis one is given
 ///     .prefix("api")
 ///     .version("v1")
-///     .ttl(Duration::from_secs(60))
+///     .default_policy(CachePolicy::new().ttl(Duration::from_secs(60)))
 ///     .route("/products/{id}", CachePolicy::new().ttl(Duration::from_secs(900)))
 ///     .build()?;
 /// let app: Router = Router::new()
@@ -79,27 +79,25 @@ enum StoreChoice {
     Url(String),
 }
 
-/// The configuration of a [`RedisCacheLayer`]. Nothing is checked until
-/// [`build`](Self::build), which names what to fix.
+/// The configuration of a [`RedisCacheLayer`]: the key space, the store and
+/// how the layer talks to it, and the [`CachePolicy`]s (the default one and
+/// one per route or path prefix) that say what is cached and for how long.
+/// Nothing is checked until [`build`](Self::build), which names what to fix.
 ///
 /// | setting | default |
 /// |---|---|
 /// | store | in-memory ([`MemoryStore`], 64 MiB) |
-/// | `prefix` / `version` / `namespace` | `cache` / `v1` / `default` |
-/// | `ttl` / `jitter` | 60 s / 0.1 (±10%) |
-/// | `statuses` | `200 OK` |
-/// | `allow_authorization` | `false` |
-/// | routes and prefixes | none; unmatched routes use the settings above |
+/// | `prefix` / `version` | `cache` / `v1` |
+/// | `default_policy` (what every route inherits: TTL, jitter, namespace, statuses, stale windows, HTTP options) | [`CachePolicy::new`]: 60 s, jitter 0.1 (±10%), namespace `default`, `200 OK` only, no `Authorization`, no stale windows or early refresh, policy-driven freshness |
+/// | routes and prefixes | none; unmatched routes use the default policy |
 /// | `bypass_unmatched` | `false` |
 /// | `status_header` | `x-cache` |
 /// | `store_timeout` (the time budget of every store call) | 50 ms |
 /// | `max_body_bytes` | 1 MiB |
-/// | `stale_while_revalidate` / `stale_if_error` / `early_refresh` | off |
 /// | `single_flight` / `distributed_lock` | on / on |
 /// | `lock_ttl` / `coalesce_timeout` | 5 s / 5 s |
 /// | `origin_timeout` (with a stale entry at hand) | none |
 /// | `tag_headers` | `cache-tag`, `surrogate-key` |
-/// | `policy` (HTTP options every route inherits) | [`CachePolicy::new`]'s: policy-driven freshness |
 /// | `key_host` / `key_scheme` | off / off (the key is method, path and query) |
 /// | `host_header` / `proto_header` (trusted forwarding headers) | none |
 /// | `circuit_breaker` | open after 5 failures in a row, probe after 500 ms |
@@ -109,20 +107,12 @@ pub struct RedisCacheLayerBuilder {
     store: StoreChoice,
     prefix: String,
     version: String,
-    namespace: String,
-    ttl: Duration,
-    jitter: f64,
-    statuses: Vec<StatusCode>,
-    allow_authorization: bool,
     routes: Vec<(String, CachePolicy)>,
     prefixes: Vec<(String, CachePolicy)>,
     bypass_unmatched: bool,
-    status_header: Option<String>,
+    status_header: Option<HeaderName>,
     store_timeout: Duration,
     max_body_bytes: usize,
-    stale_while_revalidate: Duration,
-    stale_if_error: Duration,
-    early_refresh: f64,
     single_flight: bool,
     distributed_lock: bool,
     lock_ttl: Duration,
@@ -132,12 +122,12 @@ pub struct RedisCacheLayerBuilder {
     breaker_cooldown: Duration,
     handle_timeout: Duration,
     max_pending_invalidations: usize,
-    tag_headers: Vec<String>,
-    policy: CachePolicy,
+    tag_headers: Vec<HeaderName>,
+    default_policy: CachePolicy,
     key_host: bool,
     key_scheme: bool,
-    host_header: Option<String>,
-    proto_header: Option<String>,
+    host_header: Option<HeaderName>,
+    proto_header: Option<HeaderName>,
 }
 
 impl Default for RedisCacheLayerBuilder {
@@ -146,20 +136,12 @@ impl Default for RedisCacheLayerBuilder {
             store: StoreChoice::Memory,
             prefix: "cache".into(),
             version: "v1".into(),
-            namespace: "default".into(),
-            ttl: Duration::from_secs(60),
-            jitter: 0.1,
-            statuses: vec![StatusCode::OK],
-            allow_authorization: false,
             routes: Vec::new(),
             prefixes: Vec::new(),
             bypass_unmatched: false,
-            status_header: Some("x-cache".into()),
+            status_header: Some(HeaderName::from_static("x-cache")),
             store_timeout: Duration::from_millis(50),
             max_body_bytes: 1024 * 1024,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            early_refresh: 0.0,
             single_flight: true,
             distributed_lock: true,
             lock_ttl: Duration::from_secs(5),
@@ -169,8 +151,11 @@ impl Default for RedisCacheLayerBuilder {
             breaker_cooldown: Duration::from_millis(500),
             handle_timeout: Duration::from_millis(100),
             max_pending_invalidations: 10_000,
-            tag_headers: vec!["cache-tag".into(), "surrogate-key".into()],
-            policy: CachePolicy::new(),
+            tag_headers: vec![
+                HeaderName::from_static("cache-tag"),
+                HeaderName::from_static("surrogate-key"),
+            ],
+            default_policy: CachePolicy::new(),
             key_host: false,
             key_scheme: false,
             host_header: None,
@@ -216,37 +201,6 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// The namespace of routes whose policy names none (default `default`).
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
-        self
-    }
-
-    /// How long entries live (default 60 s); must not be zero.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// The jitter fraction (default 0.1: each TTL is scaled by a uniform factor
-    /// in 0.9..=1.1); `0.0` turns it off, and it must be below 1.0.
-    pub fn jitter(mut self, fraction: f64) -> Self {
-        self.jitter = fraction;
-        self
-    }
-
-    /// The statuses that are stored (default `200 OK` only).
-    pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
-        self.statuses = statuses.into_iter().collect();
-        self
-    }
-
-    /// Whether requests with `Authorization` use the cache (default `false`).
-    pub fn allow_authorization(mut self, allow: bool) -> Self {
-        self.allow_authorization = allow;
-        self
-    }
-
     /// A policy for one route pattern, in axum 0.8 syntax (`/products/{id}`,
     /// `/files/{*path}`). Matched through axum's `MatchedPath` when present and
     /// against the request path otherwise; the most specific pattern wins.
@@ -263,7 +217,7 @@ impl RedisCacheLayerBuilder {
     }
 
     /// When `true`, requests that match no route or prefix pass through
-    /// uncached (default `false`: they use the layer's own settings).
+    /// uncached (default `false`: they use the [default policy](Self::default_policy)).
     pub fn bypass_unmatched(mut self, bypass: bool) -> Self {
         self.bypass_unmatched = bypass;
         self
@@ -271,8 +225,19 @@ impl RedisCacheLayerBuilder {
 
     /// The name of the header that says `HIT`, `MISS` or `BYPASS` (default
     /// `x-cache`).
-    pub fn status_header(mut self, name: impl Into<String>) -> Self {
-        self.status_header = Some(name.into());
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tower_redis_cache::RedisCacheLayer;
+    ///
+    /// let cache = RedisCacheLayer::builder()
+    ///     .status_header(HeaderName::from_static("x-api-cache"))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = cache;
+    /// ```
+    pub fn status_header(mut self, name: HeaderName) -> Self {
+        self.status_header = Some(name);
         self
     }
 
@@ -293,27 +258,6 @@ impl RedisCacheLayerBuilder {
     /// stream to the client untouched and are not stored.
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
-        self
-    }
-
-    /// The default stale-while-revalidate window (see
-    /// [`CachePolicy::stale_while_revalidate`]; default 0, off).
-    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
-        self.stale_while_revalidate = window;
-        self
-    }
-
-    /// The default stale-if-error window (see
-    /// [`CachePolicy::stale_if_error`]; default 0, off).
-    pub fn stale_if_error(mut self, window: Duration) -> Self {
-        self.stale_if_error = window;
-        self
-    }
-
-    /// The default early-refresh beta (see [`CachePolicy::early_refresh`];
-    /// default 0.0, off).
-    pub fn early_refresh(mut self, beta: f64) -> Self {
-        self.early_refresh = beta;
         self
     }
 
@@ -353,12 +297,8 @@ impl RedisCacheLayerBuilder {
     /// The response headers a handler can tag its entry with (default
     /// `cache-tag` and `surrogate-key`; values split on commas and spaces).
     /// They are removed from every response that passes the layer.
-    pub fn tag_headers<I, T>(mut self, names: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        self.tag_headers = names.into_iter().map(Into::into).collect();
+    pub fn tag_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.tag_headers = names.into_iter().collect();
         self
     }
 
@@ -402,23 +342,34 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// The policy every route starts from: its settings override the layer's
-    /// for all routes, and route policies override it in turn. This is where
-    /// the HTTP options live ([`CachePolicy::origin_driven`],
+    /// The policy every route starts from, and the one requests that match
+    /// no route or prefix use (unless [`bypass_unmatched`](Self::bypass_unmatched)):
+    /// TTL, jitter, namespace, statuses, `Authorization`, stale windows,
+    /// early refresh and the HTTP options ([`CachePolicy::origin_driven`],
     /// [`CachePolicy::etag`], [`CachePolicy::invalidate_on_unsafe`]...).
+    /// What it leaves unset keeps [`CachePolicy`]'s defaults (60 s, jitter
+    /// 0.1, namespace `default`, `200 OK` only, no `Authorization`, no stale
+    /// windows, no early refresh, policy-driven freshness); a route's policy
+    /// fills what it leaves unset from this one. A second call replaces the
+    /// first.
     ///
     /// ```
+    /// use std::time::Duration;
     /// use tower_redis_cache::{CachePolicy, RedisCacheLayer};
     ///
     /// let proxy_cache = RedisCacheLayer::builder()
-    ///     .policy(CachePolicy::new().origin_driven())
+    ///     .default_policy(
+    ///         CachePolicy::new()
+    ///             .origin_driven()
+    ///             .stale_if_error(Duration::from_secs(300)),
+    ///     )
     ///     .key_host(true)
     ///     .build()
     ///     .unwrap();
     /// # let _ = proxy_cache;
     /// ```
-    pub fn policy(mut self, policy: CachePolicy) -> Self {
-        self.policy = policy;
+    pub fn default_policy(mut self, policy: CachePolicy) -> Self {
+        self.default_policy = policy;
         self
     }
 
@@ -447,15 +398,15 @@ impl RedisCacheLayerBuilder {
     /// key. Name it only when a proxy you run sets it on every request and
     /// strips what clients send; otherwise any client could write entries
     /// that other hosts' visitors are served.
-    pub fn host_header(mut self, name: impl Into<String>) -> Self {
-        self.host_header = Some(name.into());
+    pub fn host_header(mut self, name: HeaderName) -> Self {
+        self.host_header = Some(name);
         self
     }
 
     /// Trusts this header (such as `x-forwarded-proto`) for the scheme in the
     /// key, under the same conditions as [`host_header`](Self::host_header).
-    pub fn proto_header(mut self, name: impl Into<String>) -> Self {
-        self.proto_header = Some(name.into());
+    pub fn proto_header(mut self, name: HeaderName) -> Self {
+        self.proto_header = Some(name);
         self
     }
 
@@ -464,29 +415,20 @@ impl RedisCacheLayerBuilder {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let err = tower_redis_cache::RedisCacheLayer::builder()
-    ///     .ttl(Duration::ZERO)
+    /// use tower_redis_cache::{CachePolicy, RedisCacheLayer};
+    ///
+    /// let err = RedisCacheLayer::builder()
+    ///     .default_policy(CachePolicy::new().ttl(Duration::ZERO))
     ///     .build()
     ///     .unwrap_err();
-    /// assert!(err.to_string().contains("TTL is zero"));
+    /// assert!(err.to_string().contains("default policy: TTL is zero"));
     /// ```
     pub fn build(self) -> Result<RedisCacheLayer, Error> {
         let keys = KeySpace::new(&self.prefix, &self.version)?;
-        let base = Resolved {
-            ttl: self.ttl,
-            jitter: self.jitter,
-            generation_key: keys.generation_key(&self.namespace),
-            namespace: self.namespace,
-            statuses: self.statuses,
-            allow_authorization: self.allow_authorization,
-            stale_while_revalidate: self.stale_while_revalidate,
-            stale_if_error: self.stale_if_error,
-            early_refresh: self.early_refresh,
-            tagger: None,
-            http: crate::policy::HttpRules::default(),
-        };
-        base.validate("layer")?;
-        let layer_rule = self.policy.resolve(&base, "layer policy", &keys)?;
+        let base = Resolved::defaults(&keys);
+        let layer_rule = self
+            .default_policy
+            .resolve(&base, "default policy", &keys)?;
         let base = layer_rule.as_deref().cloned().unwrap_or(base);
         if self.store_timeout.is_zero() {
             return Err(Error::config(
@@ -513,27 +455,6 @@ impl RedisCacheLayerBuilder {
                 "circuit_breaker cool-down is zero: use e.g. 500 ms, or 0 failures to turn the breaker off",
             ));
         }
-        let status_header = self
-            .status_header
-            .map(|name| {
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    Error::config(format!(
-                        "status header {name:?} is not a valid header name: use e.g. \"x-cache\""
-                    ))
-                })
-            })
-            .transpose()?;
-        let tag_headers = self
-            .tag_headers
-            .iter()
-            .map(|name| {
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    Error::config(format!(
-                        "tag header {name:?} is not a valid header name: use e.g. \"cache-tag\""
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let resolve = |rules: Vec<(String, CachePolicy)>, kind: &str| {
             rules
                 .into_iter()
@@ -550,21 +471,11 @@ impl RedisCacheLayerBuilder {
         } else {
             layer_rule
         };
-        let header = |name: Option<String>, what: &str| {
-            name.map(|name| {
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    Error::config(format!(
-                        "{what} {name:?} is not a valid header name: use e.g. \"x-forwarded-host\""
-                    ))
-                })
-            })
-            .transpose()
-        };
         let origin_key = crate::key::OriginKey {
             host: self.key_host,
             scheme: self.key_scheme,
-            host_header: header(self.host_header, "host_header")?,
-            proto_header: header(self.proto_header, "proto_header")?,
+            host_header: self.host_header,
+            proto_header: self.proto_header,
         };
         let replay = replay_config(
             &keys,
@@ -581,7 +492,7 @@ impl RedisCacheLayerBuilder {
             StoreChoice::Url(url) => Arc::new(RedisStore::builder(url).build()?),
         };
         let settings = Settings {
-            status_header,
+            status_header: self.status_header,
             budget: self.store_timeout,
             max_body_bytes: self.max_body_bytes,
             single_flight: self.single_flight,
@@ -591,7 +502,7 @@ impl RedisCacheLayerBuilder {
             origin_timeout: self.origin_timeout,
             breaker_threshold: self.breaker_threshold,
             breaker_cooldown: self.breaker_cooldown,
-            tag_headers,
+            tag_headers: self.tag_headers,
             origin_key,
             handle_timeout: self.handle_timeout,
         };
@@ -647,8 +558,7 @@ impl std::fmt::Debug for RedisCacheLayerBuilder {
         f.debug_struct("RedisCacheLayerBuilder")
             .field("prefix", &self.prefix)
             .field("version", &self.version)
-            .field("namespace", &self.namespace)
-            .field("ttl", &self.ttl)
+            .field("default_policy", &self.default_policy)
             .finish_non_exhaustive()
     }
 }
@@ -665,8 +575,7 @@ mod tests {
     fn the_replay_queue_knows_each_namespace_and_its_longest_life() {
         let layer = RedisCacheLayer::builder()
             .prefix("t")
-            .ttl(Duration::from_secs(100))
-            .jitter(0.1)
+            .default_policy(CachePolicy::new().ttl(Duration::from_secs(100)).jitter(0.1))
             .route(
                 "/a/{id}",
                 CachePolicy::new()
@@ -703,16 +612,18 @@ mod tests {
         let b = RedisCacheLayer::builder;
         assert!(err(b().prefix("")).contains("prefix is empty"));
         assert!(err(b().version("v:1")).contains("version"));
-        assert!(err(b().ttl(Duration::ZERO)).contains("TTL is zero"));
-        assert!(err(b().jitter(1.5)).contains("jitter 1.5 is outside"));
-        assert!(err(b().statuses([])).contains("no cacheable statuses"));
-        assert!(err(b().status_header("bad header")).contains("not a valid header name"));
+        let default = |policy: CachePolicy| err(b().default_policy(policy));
+        let e = default(CachePolicy::new().ttl(Duration::ZERO));
+        assert!(e.contains("default policy: TTL is zero"), "{e}");
+        assert!(default(CachePolicy::new().jitter(1.5)).contains("jitter 1.5 is outside"));
+        assert!(default(CachePolicy::new().statuses([])).contains("no cacheable statuses"));
+        assert!(default(CachePolicy::new().early_refresh(-1.0)).contains("early_refresh"));
+        assert!(default(CachePolicy::new().namespace("a b")).contains("namespace"));
         assert!(err(b().store_timeout(Duration::ZERO)).contains("store_timeout"));
         assert!(err(b().lock_ttl(Duration::ZERO)).contains("lock_ttl"));
         assert!(err(b().circuit_breaker(3, Duration::ZERO)).contains("cool-down"));
         assert!(err(b().handle_timeout(Duration::ZERO)).contains("handle_timeout"));
         assert!(err(b().max_pending_invalidations(0)).contains("max_pending_invalidations"));
-        assert!(err(b().early_refresh(-1.0)).contains("early_refresh"));
         let e = err(b().route("/p/{id}", CachePolicy::new().ttl(Duration::ZERO)));
         assert!(e.contains("route \"/p/{id}\": TTL is zero"), "{e}");
         assert!(err(b().route("p", CachePolicy::new())).contains("must start with '/'"));

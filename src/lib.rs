@@ -115,8 +115,10 @@ pub use {
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-/// Entry points for the crate's own benchmarks (`benches/micro.rs`). Not part
+/// Entry points for the crate's own benchmarks (`benches/micro.rs`,
+/// `benches/hitpath.rs`), compiled only with the `bench` feature. Not part
 /// of the API: no stability promise, may change in any release.
+#[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod __bench {
     use std::time::Duration;
@@ -183,19 +185,7 @@ pub mod __bench {
         /// `/r{i}/{id}` for each route, `/p{i}/` for each prefix.
         pub fn new(routes: usize, prefixes: usize) -> Self {
             let keys = crate::key::KeySpace::new("api", "v1").expect("valid key parts");
-            let base = crate::policy::Resolved {
-                ttl: Duration::from_secs(60),
-                jitter: 0.1,
-                namespace: "default".into(),
-                statuses: vec![StatusCode::OK],
-                allow_authorization: false,
-                stale_while_revalidate: Duration::ZERO,
-                stale_if_error: Duration::ZERO,
-                early_refresh: 0.0,
-                tagger: None,
-                http: crate::policy::HttpRules::default(),
-                generation_key: keys.generation_key("default"),
-            };
+            let base = crate::policy::Resolved::defaults(&keys);
             let policy = crate::CachePolicy::new();
             let rule = |what: String| policy.resolve(&base, &what, &keys).expect("valid rule");
             let routes = (0..routes)

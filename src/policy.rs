@@ -1,12 +1,13 @@
 //! Per-route policies: TTL, jitter, namespace, cacheable statuses and whether
 //! requests with `Authorization` may be cached.
 //!
-//! A layer has a default policy (its own settings) and any number of rules,
+//! A layer has a default policy and any number of rules,
 //! each keyed by an axum route pattern (`/products/{id}`, matched through
 //! axum's `MatchedPath` when present and against the request path otherwise,
 //! so plain hyper services and the [`CacheHandle`](crate::CacheHandle) resolve
 //! the same rule) or by a path prefix. Fields a rule does not set are taken
-//! from the layer's settings when the layer is built.
+//! from the layer's default policy when the layer is built, and fields the
+//! default policy does not set from `Resolved::defaults`.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -22,8 +23,10 @@ use crate::{
 
 /// How the responses of one route are cached.
 ///
-/// Every setter is optional; what a policy leaves unset comes from the
-/// [`RedisCacheLayerBuilder`](crate::RedisCacheLayerBuilder) it is given to.
+/// Every setter is optional. What a route's policy leaves unset comes from
+/// the layer's
+/// [`default_policy`](crate::RedisCacheLayerBuilder::default_policy), and
+/// what that one leaves unset from the defaults each setter names.
 ///
 /// ```
 /// use std::time::Duration;
@@ -129,7 +132,8 @@ pub enum CookiePolicy {
 }
 
 impl CachePolicy {
-    /// A policy that takes every setting from the layer.
+    /// A policy that sets nothing: a route's takes every setting from the
+    /// layer's default policy, the default policy takes the defaults.
     pub fn new() -> Self {
         Self::default()
     }
@@ -142,20 +146,22 @@ impl CachePolicy {
         }
     }
 
-    /// How long entries live in the store (before jitter). Must not be zero.
+    /// How long entries live in the store (before jitter; default 60 s).
+    /// Must not be zero.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
     }
 
     /// The jitter fraction: each TTL is scaled by a uniform factor in
-    /// `1 - fraction ..= 1 + fraction`. `0.0` turns jitter off; must be below `1.0`.
+    /// `1 - fraction ..= 1 + fraction` (default `0.1`, ±10%). `0.0` turns
+    /// jitter off; must be below `1.0`.
     pub fn jitter(mut self, fraction: f64) -> Self {
         self.jitter = Some(fraction);
         self
     }
 
-    /// The namespace of this route's keys; one
+    /// The namespace of this route's keys (default `default`); one
     /// [`CacheHandle::invalidate_namespace`](crate::CacheHandle::invalidate_namespace)
     /// call drops every entry in it.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
@@ -446,6 +452,23 @@ pub(crate) struct Resolved {
 }
 
 impl Resolved {
+    /// What a default policy that sets nothing resolves to.
+    pub(crate) fn defaults(keys: &KeySpace) -> Self {
+        Self {
+            ttl: Duration::from_secs(60),
+            jitter: 0.1,
+            generation_key: keys.generation_key("default"),
+            namespace: "default".into(),
+            statuses: vec![StatusCode::OK],
+            allow_authorization: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            early_refresh: 0.0,
+            tagger: None,
+            http: HttpRules::default(),
+        }
+    }
+
     pub(crate) fn validate(&self, what: &str) -> Result<(), Error> {
         if self.ttl.is_zero() {
             return Err(Error::config(format!(

@@ -17,7 +17,7 @@ use axum::{
     Router,
 };
 use bytes::Bytes;
-use http::{Method, Uri};
+use http::{HeaderName, Method, Uri};
 use support::{keys, read, req_get, request, send, RedisServer};
 use tower::ServiceExt;
 use tower_redis_cache::{
@@ -158,9 +158,12 @@ async fn query_order_is_normalized(redis: RedisServer) {
 }
 
 async fn ttl_jitter_stays_in_bounds_and_spreads_in_milliseconds(redis: RedisServer) {
-    let app = Origin::default()
-        .router()
-        .layer(layer(&redis, |b| b.ttl(Duration::from_secs(100)).jitter(0.1)).await);
+    let app = Origin::default().router().layer(
+        layer(&redis, |b| {
+            b.default_policy(CachePolicy::new().ttl(Duration::from_secs(100)).jitter(0.1))
+        })
+        .await,
+    );
     let started = std::time::Instant::now();
     for i in 0..200 {
         app.clone()
@@ -195,7 +198,8 @@ async fn ttl_jitter_stays_in_bounds_and_spreads_in_milliseconds(redis: RedisServ
     // Jitter 0: every TTL is the configured one.
     let exact = Origin::default().router().layer(
         layer(&redis, |b| {
-            b.version("exact").ttl(Duration::from_secs(100)).jitter(0.0)
+            b.version("exact")
+                .default_policy(CachePolicy::new().ttl(Duration::from_secs(100)).jitter(0.0))
         })
         .await,
     );
@@ -538,7 +542,7 @@ async fn a_body_over_the_limit_reaches_the_client_whole_and_is_not_stored(redis:
 
 async fn per_route_policies_in_one_layer(redis: RedisServer) {
     let cache = layer(&redis, |b| {
-        b.ttl(Duration::from_secs(60))
+        b.default_policy(CachePolicy::new().ttl(Duration::from_secs(60)))
             .route(
                 "/items/{id}",
                 CachePolicy::new()
@@ -583,7 +587,10 @@ async fn bypass_unmatched_caches_only_listed_routes(redis: RedisServer) {
 }
 
 async fn one_layer_per_route_with_route_layer_shares_one_handle(redis: RedisServer) {
-    let cache = layer(&redis, |b| b.namespace("items")).await;
+    let cache = layer(&redis, |b| {
+        b.default_policy(CachePolicy::new().namespace("items"))
+    })
+    .await;
     let handle = cache.handle();
     let origin = Origin::default();
     let inner = origin.router();
@@ -609,9 +616,12 @@ async fn one_layer_per_route_with_route_layer_shares_one_handle(redis: RedisServ
 }
 
 async fn status_header_can_be_renamed_or_turned_off(redis: RedisServer) {
-    let renamed = Origin::default()
-        .router()
-        .layer(layer(&redis, |b| b.status_header("cache-status")).await);
+    let renamed = Origin::default().router().layer(
+        layer(&redis, |b| {
+            b.status_header(HeaderName::from_static("cache-status"))
+        })
+        .await,
+    );
     let res = renamed.oneshot(req_get("/items/1")).await.unwrap();
     assert_eq!(res.headers()["cache-status"], "MISS");
     assert!(!res.headers().contains_key("x-cache"));

@@ -100,7 +100,7 @@ async fn cache<F>(backend: &Backend, policy: CachePolicy, script: F) -> Cache
 where
     F: Fn(&http::request::Parts, usize) -> Reply + Send + Sync + 'static,
 {
-    cache_with(backend.builder().policy(policy), script).await
+    cache_with(backend.builder().default_policy(policy), script).await
 }
 
 async fn cache_with<F>(builder: RedisCacheLayerBuilder, script: F) -> Cache
@@ -286,7 +286,7 @@ async fn rfc9111_4_2_2_no_heuristic_freshness_unless_configured(b: Backend) {
     let on = cache_with(
         b.builder()
             .prefix("heuristic")
-            .policy(origin_driven().heuristic_freshness(0.1)),
+            .default_policy(origin_driven().heuristic_freshness(0.1)),
         script,
     )
     .await;
@@ -310,9 +310,10 @@ async fn rfc9111_4_2_3_age_includes_the_upstream_age(b: Backend) {
     assert_eq!(hit.x_cache(), "HIT");
     assert!((100..=102).contains(&hit.age()), "age {}", hit.age());
     // max-age counts the upstream age: 100 s old with max-age=50 is stale.
-    let stale = cache_with(b.builder().prefix("old").policy(origin_driven()), |_, _| {
-        reply(&[("cache-control", "max-age=50"), ("age", "100")], "old")
-    })
+    let stale = cache_with(
+        b.builder().prefix("old").default_policy(origin_driven()),
+        |_, _| reply(&[("cache-control", "max-age=50"), ("age", "100")], "old"),
+    )
     .await;
     stale.get("/a", &[]).await;
     assert_ne!(stale.get("/a", &[]).await.x_cache(), "HIT");
@@ -348,7 +349,7 @@ async fn rfc9111_3_policy_driven_ttl_may_be_shortened_by_max_age(b: Backend) {
     let respecting = cache_with(
         b.builder()
             .prefix("respect")
-            .policy(policy.respect_max_age(true)),
+            .default_policy(policy.respect_max_age(true)),
         script,
     )
     .await;
@@ -502,7 +503,7 @@ async fn rfc9111_3_no_store_private_and_set_cookie_are_never_stored(b: Backend) 
     let stripped = cache_with(
         b.builder()
             .prefix("strip")
-            .policy(origin_driven().strip_set_cookie(true)),
+            .default_policy(origin_driven().strip_set_cookie(true)),
         |_, n| {
             reply(
                 &[("cache-control", "max-age=60"), ("set-cookie", "s=1")],
@@ -693,7 +694,7 @@ async fn rfc9111_4_1_vary_stores_one_variant_per_selecting_header_value(b: Backe
     assert_eq!((none.x_cache(), none.body.as_str()), ("MISS", "none 3"));
     // Normalized: whitespace around list items does not make a new variant.
     let c2 = cache_with(
-        b.builder().prefix("norm").policy(origin_driven()),
+        b.builder().prefix("norm").default_policy(origin_driven()),
         |_, n| {
             reply(
                 &[("cache-control", "max-age=60"), ("vary", "accept")],
@@ -813,7 +814,7 @@ async fn rfc9110_8_8_3_policy_mode_adds_a_strong_etag_stable_across_instances(b:
     let two = cache_with(
         b.builder()
             .prefix("other")
-            .policy(CachePolicy::new().etag(true)),
+            .default_policy(CachePolicy::new().etag(true)),
         script,
     )
     .await;
@@ -1098,7 +1099,7 @@ async fn rfc5861_stale_while_revalidate_never_serves_a_never_fresh_response(b: B
 }
 
 async fn rfc9111_4_a_never_fresh_response_is_not_handed_to_coalesced_requests(b: Backend) {
-    let layer = b.builder().policy(origin_driven()).build().unwrap();
+    let layer = b.builder().default_policy(origin_driven()).build().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
     let inner = tower::service_fn(move |req: Request<Full<Bytes>>| {
@@ -1169,7 +1170,7 @@ async fn rfc9111_3_5_a_request_with_cookie_is_treated_like_one_with_authorizatio
     // A page without explicit freshness, with a cookie: never served to
     // another user, whatever they ask.
     let c = cache_with(
-        b.builder().prefix("plain").policy(origin_driven()),
+        b.builder().prefix("plain").default_policy(origin_driven()),
         user_page(None),
     )
     .await;
@@ -1180,7 +1181,7 @@ async fn rfc9111_3_5_a_request_with_cookie_is_treated_like_one_with_authorizatio
     }
     // A response that allows sharing is shared with requests with cookies.
     let c = cache_with(
-        b.builder().prefix("public").policy(origin_driven()),
+        b.builder().prefix("public").default_policy(origin_driven()),
         user_page(Some("public, max-age=600")),
     )
     .await;
@@ -1193,7 +1194,7 @@ async fn the_cookie_policy_can_pass_or_ignore_cookies(b: Backend) {
     let ignore = cache_with(
         b.builder()
             .prefix("ignore")
-            .policy(origin_driven().cookies(CookiePolicy::Ignore)),
+            .default_policy(origin_driven().cookies(CookiePolicy::Ignore)),
         user_page(Some("max-age=600")),
     )
     .await;
@@ -1202,7 +1203,7 @@ async fn the_cookie_policy_can_pass_or_ignore_cookies(b: Backend) {
     let pass = cache_with(
         b.builder()
             .prefix("pass")
-            .policy(origin_driven().cookies(CookiePolicy::Pass)),
+            .default_policy(origin_driven().cookies(CookiePolicy::Pass)),
         user_page(Some("public, max-age=600")),
     )
     .await;
@@ -1213,7 +1214,9 @@ async fn the_cookie_policy_can_pass_or_ignore_cookies(b: Backend) {
     assert_eq!(pass.origin.calls(), 2);
     // Policy-driven mode ignores cookies unless told otherwise.
     let policy = cache_with(
-        b.builder().prefix("policy").policy(CachePolicy::new()),
+        b.builder()
+            .prefix("policy")
+            .default_policy(CachePolicy::new()),
         user_page(None),
     )
     .await;
@@ -1222,7 +1225,7 @@ async fn the_cookie_policy_can_pass_or_ignore_cookies(b: Backend) {
     let shared_only = cache_with(
         b.builder()
             .prefix("policy-shared")
-            .policy(CachePolicy::new().cookies(CookiePolicy::SharedOnly)),
+            .default_policy(CachePolicy::new().cookies(CookiePolicy::SharedOnly)),
         user_page(None),
     )
     .await;
@@ -1237,7 +1240,11 @@ async fn the_host_is_in_the_key_only_when_configured_and_forwarding_headers_are_
         let host = p.headers.get("host").map_or("-", |v| v.to_str().unwrap());
         reply(&[("cache-control", "max-age=60")], host.to_owned())
     };
-    let c = cache_with(b.builder().policy(origin_driven()).key_host(true), script).await;
+    let c = cache_with(
+        b.builder().default_policy(origin_driven()).key_host(true),
+        script,
+    )
+    .await;
     let a = c.get("/k", &[("host", "a.example")]).await;
     let b1 = c.get("/k", &[("host", "b.example")]).await;
     assert_eq!(
@@ -1274,7 +1281,7 @@ async fn the_host_is_in_the_key_only_when_configured_and_forwarding_headers_are_
 // ---------------------------------------------------------------- bodies
 
 async fn a_body_that_is_not_stored_streams_through_unbuffered(b: Backend) {
-    let layer = b.builder().policy(origin_driven()).build().unwrap();
+    let layer = b.builder().default_policy(origin_driven()).build().unwrap();
     let (open, gate) = tokio::sync::oneshot::channel::<()>();
     let gate = Arc::new(Mutex::new(Some(gate)));
     let inner = tower::service_fn(move |_req: Request<Full<Bytes>>| {
@@ -1297,7 +1304,7 @@ async fn a_body_that_is_not_stored_streams_through_unbuffered(b: Backend) {
 
 async fn trailers_survive_and_such_a_response_is_not_stored(b: Backend) {
     use http_body_util::StreamBody;
-    let layer = b.builder().policy(origin_driven()).build().unwrap();
+    let layer = b.builder().default_policy(origin_driven()).build().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
     let inner = tower::service_fn(move |_req: Request<Full<Bytes>>| {

@@ -55,7 +55,7 @@ fn instance(
         RedisCacheLayer::builder()
             .prefix("part")
             .store(store)
-            .ttl(Duration::from_secs(900))
+            .default_policy(CachePolicy::new().ttl(Duration::from_secs(900)))
             .route("/items/{id}", CachePolicy::new().namespace("items"))
             .route("/lists/{name}", CachePolicy::new().namespace("lists"))
             .route(

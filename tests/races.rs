@@ -47,7 +47,7 @@ fn instance(store: impl Store, origin: Arc<Origin>) -> Instance {
     let cache = RedisCacheLayer::builder()
         .prefix("race")
         .store(store)
-        .ttl(Duration::from_secs(900))
+        .default_policy(CachePolicy::new().ttl(Duration::from_secs(900)))
         .route("/items/{id}", CachePolicy::new().namespace("items"))
         .build()
         .unwrap();

@@ -52,7 +52,7 @@ async fn layer(redis: &RedisServer, key_host: bool) -> RedisCacheLayer {
     RedisCacheLayer::builder()
         .store(redis.store().await)
         .prefix("redteam")
-        .policy(
+        .default_policy(
             CachePolicy::new()
                 .ttl(Duration::from_secs(60))
                 .invalidate_on_unsafe(true),

@@ -466,9 +466,12 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_backgroun
 async fn a_failing_origin_is_covered_by_the_stale_entry(redis: RedisServer) {
     let origin = Origin::new(0);
     let cache = layer(&redis, |b| {
-        b.ttl(Duration::from_millis(200))
-            .jitter(0.0)
-            .stale_if_error(Duration::from_secs(30))
+        b.default_policy(
+            CachePolicy::new()
+                .ttl(Duration::from_millis(200))
+                .jitter(0.0)
+                .stale_if_error(Duration::from_secs(30)),
+        )
     })
     .await;
     let app = origin.router().layer(cache);
@@ -506,9 +509,12 @@ async fn a_service_error_is_covered_by_the_stale_entry(redis: RedisServer) {
         }
     });
     let cache = layer(&redis, |b| {
-        b.ttl(Duration::from_millis(100))
-            .jitter(0.0)
-            .stale_if_error(Duration::from_secs(30))
+        b.default_policy(
+            CachePolicy::new()
+                .ttl(Duration::from_millis(100))
+                .jitter(0.0)
+                .stale_if_error(Duration::from_secs(30)),
+        )
     })
     .await;
     let svc = cache.layer(service);
@@ -532,9 +538,12 @@ async fn a_service_error_is_covered_by_the_stale_entry(redis: RedisServer) {
 async fn early_refresh_renews_hot_entries_before_they_expire(redis: RedisServer) {
     let origin = Origin::new(30);
     let cache = layer(&redis, |b| {
-        b.ttl(Duration::from_millis(400))
-            .jitter(0.0)
-            .early_refresh(100.0)
+        b.default_policy(
+            CachePolicy::new()
+                .ttl(Duration::from_millis(400))
+                .jitter(0.0)
+                .early_refresh(100.0),
+        )
     })
     .await;
     let handle = cache.handle();
@@ -551,7 +560,11 @@ async fn early_refresh_renews_hot_entries_before_they_expire(redis: RedisServer)
 
     // Off by default.
     let origin = Origin::new(30);
-    let cache = layer(&redis, |b| b.version("v2").ttl(Duration::from_millis(400))).await;
+    let cache = layer(&redis, |b| {
+        b.version("v2")
+            .default_policy(CachePolicy::new().ttl(Duration::from_millis(400)))
+    })
+    .await;
     let handle = cache.handle();
     let app = origin.router().layer(cache);
     for _ in 0..11 {
@@ -783,10 +796,13 @@ async fn a_slow_origin_past_origin_timeout_is_covered_by_the_stale_entry_and_sti
 ) {
     let origin = Origin::new(600);
     let cache = layer(&redis, |b| {
-        b.ttl(Duration::from_millis(300))
-            .jitter(0.0)
-            .stale_if_error(Duration::from_secs(30))
-            .origin_timeout(Duration::from_millis(100))
+        b.default_policy(
+            CachePolicy::new()
+                .ttl(Duration::from_millis(300))
+                .jitter(0.0)
+                .stale_if_error(Duration::from_secs(30)),
+        )
+        .origin_timeout(Duration::from_millis(100))
     })
     .await;
     let app = origin.router().layer(cache);
@@ -1472,7 +1488,7 @@ impl Store for PanicsOnce {
 async fn an_invalidation_whose_store_call_panics_is_replayed_and_hits_come_back() {
     let cache = RedisCacheLayer::builder()
         .store(PanicsOnce::default())
-        .ttl(Duration::from_secs(60))
+        .default_policy(CachePolicy::new().ttl(Duration::from_secs(60)))
         .build()
         .unwrap();
     let handle = cache.handle();

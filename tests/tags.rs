@@ -152,8 +152,11 @@ async fn tag_indexes_are_pruned_and_expire(redis: RedisServer) {
     let cache = RedisCacheLayer::builder()
         .prefix("tags")
         .store(redis.store().await)
-        .ttl(Duration::from_millis(300))
-        .jitter(0.0)
+        .default_policy(
+            CachePolicy::new()
+                .ttl(Duration::from_millis(300))
+                .jitter(0.0),
+        )
         .build()
         .unwrap();
     let app = app(Arc::default()).layer(cache);

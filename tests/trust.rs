@@ -16,7 +16,7 @@ use axum::{body::Body, extract::RawQuery, routing::get, Router};
 use http::{header, HeaderMap, Method, Request, Uri};
 use support::{read, req_get, send, RedisServer};
 use tower::ServiceExt;
-use tower_redis_cache::{fred::prelude::KeysInterface, RedisCacheLayer};
+use tower_redis_cache::{fred::prelude::KeysInterface, CachePolicy, RedisCacheLayer};
 
 /// An app whose answers reflect what it was sent (host, language, body,
 /// method override, query), as an origin that reads them would.
@@ -62,7 +62,7 @@ async fn layer(redis: &RedisServer, key_host: bool) -> RedisCacheLayer {
     RedisCacheLayer::builder()
         .store(redis.store().await)
         .prefix("trust")
-        .ttl(Duration::from_secs(60))
+        .default_policy(CachePolicy::new().ttl(Duration::from_secs(60)))
         .key_host(key_host)
         .build()
         .unwrap()
