@@ -21,7 +21,7 @@ use crate::{
     key::KeySpace,
     policy::Policies,
     replay::{Replay, ReplayConfig},
-    store::{BoxFuture, Fetched, Store, Write},
+    store::{Backend, BoxFuture, Fetched, Write},
     CacheStats,
 };
 
@@ -45,7 +45,7 @@ pub(crate) struct Settings {
 }
 
 pub(crate) struct CacheCore {
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Backend>,
     pub(crate) keys: KeySpace,
     pub(crate) policies: Policies,
     pub(crate) settings: Settings,
@@ -64,14 +64,14 @@ pub(crate) struct CacheCore {
     /// Entries decoded lately, reused when a store returns the same bytes.
     decoded: Decoded,
     /// Cleared once the store showed it cannot take the lock in a lookup
-    /// (`Store::fetch_or_lock` gave `None`), so the layer stops preparing
+    /// (`Backend::fetch_or_lock` gave `None`), so the layer stops preparing
     /// for it.
     prelocks: AtomicBool,
 }
 
 /// Keys a layer has recently found stored or stored itself, as bits of a
 /// fixed table (128 KiB): a key not in it (new, or not met lately) is looked
-/// up with the lock taken in the same round trip ([`Store::fetch_or_lock`]).
+/// up with the lock taken in the same round trip ([`Backend::fetch_or_lock`]).
 /// A wrong answer only costs speed: a key taken as seen is looked up plainly
 /// and locked after a miss; one taken as unseen and found stored takes a
 /// lock it gives back. A quarter of the table (262 144 keys) fills before it
@@ -205,7 +205,7 @@ pub(crate) fn bump(counter: &AtomicU64) {
 
 impl CacheCore {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn Backend>,
         keys: KeySpace,
         policies: Policies,
         settings: Settings,
@@ -474,7 +474,7 @@ impl CacheCore {
     }
 
     /// The lookup, when the store answers without waiting (see
-    /// [`Store::fetch_now`]); `None` sends the caller to [`lookup`](Self::lookup).
+    /// [`Backend::fetch_now`]); `None` sends the caller to [`lookup`](Self::lookup).
     pub(crate) fn lookup_now(&self, key: &str, generation_key: &str) -> Option<Lookup> {
         // Invalidations wait for replay: the request passes through.
         if self.replay.pending() {

@@ -580,6 +580,8 @@ impl RedisCacheLayerBuilder {
             StoreChoice::Store(store) => store,
             StoreChoice::Url(url) => Arc::new(RedisStore::builder(url).build()?),
         };
+        // The built-in stores drive themselves; any other through defaults.
+        let store = store.__backend();
         let settings = Settings {
             status_header,
             budget: self.store_timeout,

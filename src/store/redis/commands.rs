@@ -13,7 +13,7 @@ use fred::{
 
 use crate::{
     error::StoreError,
-    store::{Fence, Fenced, Write},
+    store::{Fence, Fenced, Fetched, Write},
 };
 
 pub(super) fn backend(e: fred::error::Error) -> StoreError {
@@ -96,6 +96,25 @@ pub(super) fn taken(reply: Result<fred::types::Value, fred::error::Error>) -> bo
     reply.is_ok_and(|reply| !reply.is_null())
 }
 
+/// The replies of a lock taken after a lookup: `SET lock NX`, then the
+/// lock's holder, the entry and the generation.
+pub(super) type LockReads = (Option<Bytes>, Option<Bytes>, Option<Bytes>);
+
+/// Whether the caller holds the lock (taken now, or held with `token`
+/// already), and what was read with it.
+pub(super) fn held(
+    token: &str,
+    taken: Result<fred::types::Value, fred::error::Error>,
+    (holder, value, generation): LockReads,
+) -> Result<(bool, Fetched), StoreError> {
+    let taken = !taken.map_err(backend)?.is_null();
+    let fetched = Fetched::new(value, parse_generation(generation)?);
+    Ok((
+        taken || holder.as_deref() == Some(token.as_bytes()),
+        fetched,
+    ))
+}
+
 pub(crate) fn parse_generation(raw: Option<Bytes>) -> Result<u64, StoreError> {
     match raw {
         None => Ok(0),
@@ -122,16 +141,6 @@ for i = 2, #KEYS do \
 local v = tonumber(redis.call('GET', KEYS[i])) \
 if not v or v < n then redis.call('SET', KEYS[i], n, 'PX', ARGV[1]) end end \
 return n";
-
-/// Raises one marker (`KEYS[1]`) to `ARGV[1]` for `ARGV[2]` milliseconds,
-/// unless it already holds more.
-pub(super) const RAISE_ONE_SCRIPT: &str = "local v = tonumber(redis.call('GET', KEYS[1])) \
-if not v or v < tonumber(ARGV[1]) then \
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end return 1";
-
-/// Deletes `KEYS[1]` if it still holds `ARGV[1]`.
-pub(super) const TAKE_BACK_SCRIPT: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 /// The fenced write on one Redis, as one script: `KEYS` are the markers
 /// (`ARGV[2]` of them), the lock to release when `ARGV[4]` (its token) is
@@ -200,22 +209,6 @@ pub(super) async fn put_fenced_script(
         stored: written == 1,
         unlocked: fence.unlock.is_some(),
     })
-}
-
-/// Whether one of the fence's markers holds more than its counter (or
-/// anything but a number).
-pub(super) async fn raised(
-    client: &fred::prelude::Client,
-    fence: &Fence,
-) -> Result<bool, StoreError> {
-    let pipe = client.pipeline();
-    for marker in &fence.markers {
-        let () = pipe.get(marker.as_str()).await.map_err(backend)?;
-    }
-    let values: Vec<Option<Bytes>> = pipe.all().await.map_err(backend)?;
-    Ok(values
-        .into_iter()
-        .any(|v| parse_generation(v).map_or(true, |v| v > fence.counter)))
 }
 
 /// Queues `writes` on a pipeline: each value with `SET ... PX`, and its tag
@@ -333,16 +326,10 @@ pub(super) async fn unlink_batch(
     if keys.is_empty() {
         return Ok(0);
     }
-    if !clustered {
-        return client.unlink(keys.to_vec()).await.map_err(backend);
+    if clustered {
+        return super::cluster::unlink_by_slot(client, keys).await;
     }
-    let slots = fred::util::group_by_hash_slot(keys.iter().map(String::as_str)).map_err(backend)?;
-    let pipe = client.pipeline();
-    for keys in slots.into_values() {
-        let () = pipe.unlink(Vec::from(keys)).await.map_err(backend)?;
-    }
-    let counts: Vec<u64> = pipe.all().await.map_err(backend)?;
-    Ok(counts.into_iter().sum())
+    client.unlink(keys.to_vec()).await.map_err(backend)
 }
 
 /// Compare-and-delete: only the holder of the token releases the lock.

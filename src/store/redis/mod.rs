@@ -5,11 +5,13 @@
 //! - `builder.rs`: the settings and the pool they build;
 //! - `batch.rs`: entry reads of concurrent hits sent together;
 //! - `commands.rs`: the commands and scripts of each operation;
+//! - `cluster.rs`: the same operations where keys span hash slots;
 //! - `generations.rs`: namespace generations kept current by client tracking;
 //! - `eviction.rs`: the check that Redis cannot evict what invalidation needs.
 
 mod batch;
 mod builder;
+mod cluster;
 mod commands;
 mod eviction;
 mod generations;
@@ -25,7 +27,7 @@ use futures_util::StreamExt;
 
 pub use self::builder::RedisStoreBuilder;
 use self::{batch::Batch, commands::*, generations::Tracked};
-use super::{BoxFuture, Fence, Fenced, Fetched, Store, Write};
+use super::{Backend, BoxFuture, Fence, Fenced, Fetched, PathPrefix, Store, Write};
 use crate::error::StoreError;
 
 /// A [`Store`] on Redis (standalone or Cluster) through a fred connection pool.
@@ -176,6 +178,93 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl Store for RedisStore {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
+        Box::pin(async move { entry_value(self.client()?.get(key).await).map_err(backend) })
+    }
+
+    fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.client()?;
+            if let [w] = writes {
+                if w.tags.is_empty() {
+                    let value = w.value.clone();
+                    return client
+                        .set::<(), _, _>(w.key.as_str(), value, Some(px(w.ttl)), None, false)
+                        .await
+                        .map_err(backend);
+                }
+            }
+            let pipe = client.pipeline();
+            queue_writes(&pipe, writes).await?;
+            let _: Vec<fred::types::Value> = pipe.all().await.map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move { unlink_each(self.client()?, keys).await })
+    }
+
+    fn delete_prefix<'a>(
+        &'a self,
+        prefix: &'a PathPrefix,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let client = self.client()?;
+            let mut removed = 0;
+            let pattern = prefix.glob();
+            let mut pages = if client.is_clustered() {
+                client.scan_cluster(pattern, Some(1000), None).boxed()
+            } else {
+                client.scan(pattern, Some(1000), None).boxed()
+            };
+            while let Some(page) = pages.next().await {
+                let mut page = page.map_err(backend)?;
+                let keys: Vec<String> = page
+                    .take_results()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|k| k.as_str())
+                    .filter(|k| prefix.matches(k))
+                    .map(str::to_owned)
+                    .collect();
+                removed += unlink_each(client, &keys).await?;
+            }
+            Ok(removed)
+        })
+    }
+
+    fn invalidate_tags<'a>(
+        &'a self,
+        tag_keys: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(self.remove_tagged(tag_keys, |_| {}))
+    }
+
+    fn counter<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let raw: Option<Bytes> = self.client()?.get(key).await.map_err(backend)?;
+            parse_generation(raw)
+        })
+    }
+
+    fn increment<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let bumped = self.client()?.incr(key).await.map_err(backend);
+            // Also when the reply was lost: the increment may have run.
+            if let Some(generations) = &self.generations {
+                generations.drop_keys(&[key]);
+            }
+            bumped
+        })
+    }
+
+    fn __backend(self: Arc<Self>) -> Arc<dyn Backend> {
+        self
+    }
+}
+
+impl Backend for RedisStore {
     fn fetch<'a>(
         &'a self,
         key: &'a str,
@@ -183,19 +272,12 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
         Box::pin(async move {
             let client = self.client()?;
-            // One command where both keys share a server; on a cluster they
-            // may not share a slot, so two commands, sent together.
-            let (value, generation): (Option<Bytes>, Option<Bytes>) = if client.is_clustered() {
-                let value = pin!(client.get(key));
-                let generation = pin!(client.get(generation_key));
-                let (value, generation) = futures_util::future::join(value, generation).await;
-                (
-                    entry_value(value).map_err(backend)?,
-                    generation.map_err(backend)?,
-                )
-            } else {
-                client.mget((key, generation_key)).await.map_err(backend)?
-            };
+            if self.clustered {
+                return cluster::fetch(client, key, generation_key).await;
+            }
+            // One command: both keys live on the one server.
+            let (value, generation): (Option<Bytes>, Option<Bytes>) =
+                client.mget((key, generation_key)).await.map_err(backend)?;
             Ok(Fetched::new(value, parse_generation(generation)?))
         })
     }
@@ -261,23 +343,13 @@ impl Store for RedisStore {
         };
         let options = within(budget);
         if self.clustered {
-            return Some(Box::pin(async move {
-                let client = client.with_options(&options);
-                let lock = pin!(set_lock(&client, lock_key, token, ttl));
-                let value = pin!(client.get::<Option<Bytes>, _>(key));
-                let generation = pin!(client.get::<Option<Bytes>, _>(generation_key));
-                let (lock, value, generation) =
-                    futures_util::future::join3(lock, value, generation).await;
-                let within = |e| backend_within(e, budget);
-                let (value, generation) = (
-                    entry_value(value).map_err(within)?,
-                    generation.map_err(within)?,
-                );
-                Ok((
-                    Fetched::new(value, parse_generation(generation)?),
-                    taken(lock),
-                ))
-            }));
+            return Some(Box::pin(cluster::fetch_or_lock(
+                client,
+                options,
+                [key, generation_key, lock_key, token],
+                ttl,
+                budget,
+            )));
         }
         Some(Box::pin(async move {
             let client = client.with_options(&options);
@@ -292,76 +364,6 @@ impl Store for RedisStore {
         }))
     }
 
-    fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let client = self.client()?;
-            if let [w] = writes {
-                if w.tags.is_empty() {
-                    let value = w.value.clone();
-                    return client
-                        .set::<(), _, _>(w.key.as_str(), value, Some(px(w.ttl)), None, false)
-                        .await
-                        .map_err(backend);
-                }
-            }
-            let pipe = client.pipeline();
-            queue_writes(&pipe, writes).await?;
-            let _: Vec<fred::types::Value> = pipe.all().await.map_err(backend)?;
-            Ok(())
-        })
-    }
-
-    fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move { unlink_each(self.client()?, keys).await })
-    }
-
-    fn delete_matching<'a>(
-        &'a self,
-        pattern: &'a str,
-        filter: &'a (dyn Fn(&str) -> bool + Send + Sync),
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move {
-            let client = self.client()?;
-            let mut removed = 0;
-            let mut pages = if client.is_clustered() {
-                client.scan_cluster(pattern, Some(1000), None).boxed()
-            } else {
-                client.scan(pattern, Some(1000), None).boxed()
-            };
-            while let Some(page) = pages.next().await {
-                let mut page = page.map_err(backend)?;
-                let keys: Vec<String> = page
-                    .take_results()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|k| k.as_str())
-                    .filter(|k| filter(k))
-                    .map(str::to_owned)
-                    .collect();
-                removed += unlink_each(client, &keys).await?;
-            }
-            Ok(removed)
-        })
-    }
-
-    fn generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move {
-            let raw: Option<Bytes> = self.client()?.get(key).await.map_err(backend)?;
-            parse_generation(raw)
-        })
-    }
-
-    fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move {
-            let bumped = self.client()?.incr(key).await.map_err(backend);
-            // Also when the reply was lost: the bump may have run.
-            if let Some(generations) = &self.generations {
-                generations.drop_keys(&[key]);
-            }
-            bumped
-        })
-    }
-
     fn lock_and_fetch<'a>(
         &'a self,
         lock_key: &'a str,
@@ -373,50 +375,19 @@ impl Store for RedisStore {
         // As in `fetch_or_lock`: plain commands on one connection, the lock
         // first, then the reads (the lock's holder, the entry, the
         // generation), each future pinned where it is made.
-        type Reads = (Option<Bytes>, Option<Bytes>, Option<Bytes>);
-        fn held(
-            token: &str,
-            taken: Result<fred::types::Value, fred::error::Error>,
-            (holder, value, generation): Reads,
-        ) -> Result<(bool, Fetched), StoreError> {
-            let taken = !taken.map_err(backend)?.is_null();
-            let fetched = Fetched::new(value, parse_generation(generation)?);
-            Ok((
-                taken || holder.as_deref() == Some(token.as_bytes()),
-                fetched,
-            ))
-        }
         if self.clustered {
             return Box::pin(async move {
                 let client = self.client()?;
-                let taken = pin!(set_lock(client, lock_key, token, ttl));
-                let holder = pin!(client.get::<Option<Bytes>, _>(lock_key));
-                let value = pin!(client.get::<Option<Bytes>, _>(key));
-                let generation = pin!(client.get::<Option<Bytes>, _>(generation_key));
-                let (taken, holder, value, generation) =
-                    futures_util::future::join4(taken, holder, value, generation).await;
-                let reads = (
-                    holder.map_err(backend)?,
-                    entry_value(value).map_err(backend)?,
-                    generation.map_err(backend)?,
-                );
-                held(token, taken, reads)
+                cluster::lock_and_fetch(client, [lock_key, token, key, generation_key], ttl).await
             });
         }
         Box::pin(async move {
             let client = self.client()?;
             let taken = pin!(set_lock(client, lock_key, token, ttl));
-            let reads = pin!(client.mget::<Reads, _>((lock_key, key, generation_key)));
+            let reads = pin!(client.mget::<LockReads, _>((lock_key, key, generation_key)));
             let (taken, reads) = futures_util::future::join(taken, reads).await;
             held(token, taken, reads.map_err(backend)?)
         })
-    }
-
-    fn invalidate_tags<'a>(
-        &'a self,
-        tag_keys: &'a [String],
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(self.remove_tagged(tag_keys, |_| {}))
     }
 
     fn fence<'a>(&'a self, counter_key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
@@ -435,27 +406,16 @@ impl Store for RedisStore {
         Box::pin(async move {
             let client = self.client()?;
             let window_ms = window.as_millis().to_string();
-            if !self.clustered {
-                let keys: Vec<&str> = std::iter::once(counter_key)
-                    .chain(markers.iter().map(String::as_str))
-                    .collect();
-                return client
-                    .eval(RAISE_SCRIPT, keys, window_ms)
-                    .await
-                    .map_err(backend);
+            if self.clustered {
+                return cluster::raise_fence(client, counter_key, markers, &window_ms).await;
             }
-            // On a Cluster the markers live on other nodes: the counter
-            // first, then each marker with a script of its own key.
-            let raised: u64 = client.incr(counter_key).await.map_err(backend)?;
-            let value = raised.to_string();
-            let calls = markers.iter().map(|marker| {
-                let args = vec![value.as_str(), window_ms.as_str()];
-                client.eval::<i64, _, _, _>(RAISE_ONE_SCRIPT, marker.as_str(), args)
-            });
-            for result in futures_util::future::join_all(calls).await {
-                result.map_err(backend)?;
-            }
-            Ok(raised)
+            let keys: Vec<&str> = std::iter::once(counter_key)
+                .chain(markers.iter().map(String::as_str))
+                .collect();
+            client
+                .eval(RAISE_SCRIPT, keys, window_ms)
+                .await
+                .map_err(backend)
         })
     }
 
@@ -466,42 +426,10 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<Fenced, StoreError>> {
         Box::pin(async move {
             let client = self.client()?;
-            if !self.clustered {
-                return put_fenced_script(client, writes, fence).await;
+            if self.clustered {
+                return cluster::put_fenced(self, client, writes, fence).await;
             }
-            // Markers, entries and tag indexes live on several nodes: check,
-            // write, and check again. A marker raised between the two checks
-            // belongs to an invalidation that may have missed the write; the
-            // write is then taken back (each entry only if it still holds
-            // the value written here). The lock, on a node of its own, is
-            // released with the second check.
-            let release = async {
-                let Some((lock_key, token)) = &fence.unlock else {
-                    return Ok(false);
-                };
-                let _: i64 = client
-                    .eval(UNLOCK_SCRIPT, lock_key.as_str(), token.as_str())
-                    .await
-                    .map_err(backend)?;
-                Ok::<_, StoreError>(true)
-            };
-            if raised(client, fence).await? {
-                return Ok(Fenced::new(false, release.await?));
-            }
-            self.put(writes).await?;
-            let (raised_since, unlocked) =
-                futures_util::future::join(raised(client, fence), release).await;
-            let unlocked = unlocked?;
-            if !raised_since? {
-                return Ok(Fenced::new(true, unlocked));
-            }
-            let calls = writes.iter().map(|w| {
-                client.eval::<i64, _, _, _>(TAKE_BACK_SCRIPT, w.key.as_str(), w.value.clone())
-            });
-            for result in futures_util::future::join_all(calls).await {
-                result.map_err(backend)?;
-            }
-            Ok(Fenced::new(false, unlocked))
+            put_fenced_script(client, writes, fence).await
         })
     }
 
@@ -522,13 +450,15 @@ impl Store for RedisStore {
 }
 
 #[cfg(test)]
+mod lock_tests;
+#[cfg(test)]
 mod tests {
     use fred::prelude::SortedSetsInterface;
 
     use super::*;
 
     /// A `redis-server` of its own on a free loopback port, killed on drop.
-    struct Server(std::process::Child, u16);
+    pub(super) struct Server(std::process::Child, pub(super) u16);
 
     impl Drop for Server {
         fn drop(&mut self) {
@@ -537,7 +467,7 @@ mod tests {
         }
     }
 
-    fn redis_server() -> Server {
+    pub(super) fn redis_server() -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")

@@ -40,8 +40,8 @@ use tokio::sync::Notify;
 use self::topology::{Slots, Topology};
 
 use super::{
-    generations::Generations, BoxFuture, Fence, Fenced, Fetched, KeyHasher, RedisStore, Store,
-    Write,
+    generations::Generations, Backend, BoxFuture, Fence, Fenced, Fetched, KeyHasher, PathPrefix,
+    RedisStore, Store, Write,
 };
 use crate::error::{Error, StoreError};
 
@@ -388,6 +388,81 @@ impl std::fmt::Debug for TieredStore {
 }
 
 impl Store for TieredStore {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
+        self.shared.redis.get(key)
+    }
+
+    fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            // The tier is filled on reads only: a write's own invalidation may
+            // race with it, and a read checks for that.
+            for w in writes {
+                self.shared.drop_key(&w.key);
+            }
+            self.shared.redis.put(writes).await
+        })
+    }
+
+    fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let removed = self.shared.redis.delete(keys).await;
+            keys.iter().for_each(|k| self.shared.drop_key(k));
+            removed
+        })
+    }
+
+    fn delete_prefix<'a>(
+        &'a self,
+        prefix: &'a PathPrefix,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let removed = self.shared.redis.delete_prefix(prefix).await;
+            let local: Vec<Arc<String>> = self
+                .shared
+                .entries
+                .iter()
+                .filter(|(k, _)| prefix.matches(k))
+                .map(|(k, _)| k)
+                .collect();
+            local.iter().for_each(|k| self.shared.drop_key(k));
+            removed
+        })
+    }
+
+    fn invalidate_tags<'a>(
+        &'a self,
+        tag_keys: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            // Page by page, every key walked: the tier drops what Redis
+            // dropped even when the walk stops halfway.
+            self.shared
+                .redis
+                .remove_tagged(tag_keys, |walked| {
+                    walked.iter().for_each(|k| self.shared.drop_key(k))
+                })
+                .await
+        })
+    }
+
+    fn counter<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.shared.redis.counter(key)
+    }
+
+    fn increment<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let bumped = self.shared.redis.increment(key).await;
+            self.shared.drop_key(key);
+            bumped
+        })
+    }
+
+    fn __backend(self: Arc<Self>) -> Arc<dyn Backend> {
+        self
+    }
+}
+
+impl Backend for TieredStore {
     fn fetch<'a>(
         &'a self,
         key: &'a str,
@@ -450,17 +525,26 @@ impl Store for TieredStore {
         Some(Ok(fetched))
     }
 
-    fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            // The tier is filled on reads only: a write's own invalidation may
-            // race with it, and a read checks for that.
-            for w in writes {
-                self.shared.drop_key(&w.key);
-            }
-            self.shared.redis.put(writes).await
-        })
+    fn lock_and_fetch<'a>(
+        &'a self,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        key: &'a str,
+        generation_key: &'a str,
+    ) -> BoxFuture<'a, Result<(bool, Fetched), StoreError>> {
+        self.shared
+            .redis
+            .lock_and_fetch(lock_key, token, ttl, key, generation_key)
     }
 
+    fn unlock<'a>(
+        &'a self,
+        lock_key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.shared.redis.unlock(lock_key, token)
+    }
     fn fence<'a>(&'a self, counter_key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
         self.shared.redis.fence(counter_key)
     }
@@ -485,81 +569,5 @@ impl Store for TieredStore {
             }
             self.shared.redis.put_fenced(writes, fence).await
         })
-    }
-
-    fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move {
-            let removed = self.shared.redis.delete(keys).await;
-            keys.iter().for_each(|k| self.shared.drop_key(k));
-            removed
-        })
-    }
-
-    fn delete_matching<'a>(
-        &'a self,
-        pattern: &'a str,
-        filter: &'a (dyn Fn(&str) -> bool + Send + Sync),
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move {
-            let removed = self.shared.redis.delete_matching(pattern, filter).await;
-            let local: Vec<Arc<String>> = self
-                .shared
-                .entries
-                .iter()
-                .filter(|(k, _)| filter(k))
-                .map(|(k, _)| k)
-                .collect();
-            local.iter().for_each(|k| self.shared.drop_key(k));
-            removed
-        })
-    }
-
-    fn generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        self.shared.redis.generation(key)
-    }
-
-    fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move {
-            let bumped = self.shared.redis.bump_generation(key).await;
-            self.shared.drop_key(key);
-            bumped
-        })
-    }
-
-    fn invalidate_tags<'a>(
-        &'a self,
-        tag_keys: &'a [String],
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move {
-            // Page by page, every key walked: the tier drops what Redis
-            // dropped even when the walk stops halfway.
-            self.shared
-                .redis
-                .remove_tagged(tag_keys, |walked| {
-                    walked.iter().for_each(|k| self.shared.drop_key(k))
-                })
-                .await
-        })
-    }
-
-    fn lock_and_fetch<'a>(
-        &'a self,
-        lock_key: &'a str,
-        token: &'a str,
-        ttl: Duration,
-        key: &'a str,
-        generation_key: &'a str,
-    ) -> BoxFuture<'a, Result<(bool, Fetched), StoreError>> {
-        self.shared
-            .redis
-            .lock_and_fetch(lock_key, token, ttl, key, generation_key)
-    }
-
-    fn unlock<'a>(
-        &'a self,
-        lock_key: &'a str,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.shared.redis.unlock(lock_key, token)
     }
 }
