@@ -68,6 +68,7 @@ pub struct Fence {
     /// can release it in the write's round trip does so whether or not the
     /// write lands, if it still holds the token, and says so in
     /// [`Fenced::unlocked`]; otherwise the layer releases it afterwards.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only Redis locks
     pub(crate) unlock: Option<(String, String)>,
 }
 

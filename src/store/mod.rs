@@ -17,20 +17,22 @@ use bytes::Bytes;
 use crate::{error::StoreError, key::KeySpace};
 
 mod backend;
+#[cfg(feature = "redis")]
 mod generations;
 mod memory;
+#[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "l1")]
 mod tiered;
 
 pub(crate) use self::backend::{Backend, Fence, Fenced, Fetched, FENCE_WINDOW};
+pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 #[cfg(feature = "l1")]
 #[cfg_attr(docsrs, doc(cfg(feature = "l1")))]
 pub use self::tiered::{LocalTier, TieredStore};
-pub use self::{
-    memory::MemoryStore,
-    redis::{RedisStore, RedisStoreBuilder},
-};
 
 /// The hasher of the in-process caches' keys. Keys are request paths a
 /// client chooses, so it is seeded per cache (foldhash's `RandomState`); it
@@ -42,6 +44,7 @@ pub(crate) type KeyHasher = foldhash::quality::RandomState;
 /// the task fell behind and events were dropped. fred's own `on_*` listeners
 /// stop for good at that point, which would leave a tracker deaf to every
 /// later invalidation. Ends when the client is gone or `on` returns false.
+#[cfg(feature = "redis")]
 pub(crate) fn listen<T, F, Fut>(mut events: tokio::sync::broadcast::Receiver<T>, mut on: F)
 where
     T: Clone + Send + 'static,
