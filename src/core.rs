@@ -20,7 +20,7 @@ use crate::{
     policy::Policies,
     replay::{Replay, ReplayConfig},
     stampede::{Flights, Seen},
-    store::{BoxFuture, Store, Write},
+    store::{Backend, BoxFuture, Write},
     CacheStats,
 };
 
@@ -44,7 +44,7 @@ pub(crate) struct Settings {
 }
 
 pub(crate) struct CacheCore {
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Backend>,
     pub(crate) keys: KeySpace,
     pub(crate) policies: Policies,
     pub(crate) settings: Settings,
@@ -63,7 +63,7 @@ pub(crate) struct CacheCore {
     /// Entries decoded lately, reused when a store returns the same bytes.
     pub(crate) decoded: Decoded,
     /// Cleared once the store showed it cannot take the lock in a lookup
-    /// (`Store::fetch_or_lock` gave `None`), so the layer stops preparing
+    /// (`Backend::fetch_or_lock` gave `None`), so the layer stops preparing
     /// for it.
     pub(crate) prelocks: AtomicBool,
 }
@@ -95,7 +95,7 @@ pub(crate) fn bump(counter: &AtomicU64) {
 
 impl CacheCore {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn Backend>,
         keys: KeySpace,
         policies: Policies,
         settings: Settings,

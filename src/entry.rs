@@ -250,7 +250,9 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Encodes a response for storage. `None` when a header value is not text
-/// (such a response is not stored).
+/// (such a response is not stored). The layer stores with [`encode_with`];
+/// this is its short form for the crate's tests and benchmarks.
+#[cfg(any(test, feature = "bench"))]
 pub(crate) fn encode(
     status: StatusCode,
     headers: &HeaderMap,

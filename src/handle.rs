@@ -368,7 +368,7 @@ impl CacheHandle {
                     Some(g) => *g,
                     None => {
                         let key = core.keys.generation_key(&c.namespace);
-                        let g = core.store.generation(&key).await?;
+                        let g = core.store.counter(&key).await?;
                         generations.insert(&c.namespace, g);
                         g
                     }

@@ -261,6 +261,11 @@ impl KeySpace {
         format!("{}#fence-prefix", self.base)
     }
 
+    /// What every key of this key space starts with: `{prefix}:{version}:`.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The key holding a namespace's generation counter.
     ///
     /// It has a single `:` after the namespace, while every entry key has

@@ -13,7 +13,7 @@ use crate::{
     policy::{CachePolicy, Policies, Resolved},
     replay::{NamespaceLife, ReplayConfig},
     service::CacheService,
-    store::{MemoryStore, RedisStore, Store},
+    store::{MemoryStore, Store},
     CacheHandle,
 };
 
@@ -76,6 +76,7 @@ impl std::fmt::Debug for RedisCacheLayer {
 enum StoreChoice {
     Memory,
     Store(Arc<dyn Store>),
+    #[cfg(feature = "redis")]
     Url(String),
 }
 
@@ -166,7 +167,8 @@ impl Default for RedisCacheLayerBuilder {
 
 impl RedisCacheLayerBuilder {
     /// Uses Redis at `url` (`redis://`, `rediss://` with the `tls` feature,
-    /// `redis-cluster://`), with [`RedisStore::builder`]'s defaults; it connects
+    /// `redis-cluster://`), with
+    /// [`RedisStore::builder`](crate::store::RedisStore::builder)'s defaults; it connects
     /// in the background when the layer is built.
     ///
     /// ```no_run
@@ -176,12 +178,15 @@ impl RedisCacheLayerBuilder {
     ///     .build()?;
     /// # let _ = cache; Ok(()) }
     /// ```
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.store = StoreChoice::Url(url.into());
         self
     }
 
-    /// Uses a store you built: a [`RedisStore`] with your own settings, a
+    /// Uses a store you built: a
+    /// [`RedisStore`](crate::store::RedisStore) with your own settings, a
     /// [`MemoryStore`], or your own [`Store`].
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = StoreChoice::Store(Arc::new(store));
@@ -489,8 +494,11 @@ impl RedisCacheLayerBuilder {
         let store: Arc<dyn Store> = match self.store {
             StoreChoice::Memory => Arc::new(MemoryStore::default()),
             StoreChoice::Store(store) => store,
-            StoreChoice::Url(url) => Arc::new(RedisStore::builder(url).build()?),
+            #[cfg(feature = "redis")]
+            StoreChoice::Url(url) => Arc::new(crate::store::RedisStore::builder(url).build()?),
         };
+        // The built-in stores drive themselves; any other through defaults.
+        let store = store.__backend();
         let settings = Settings {
             status_header: self.status_header,
             budget: self.store_timeout,
@@ -627,9 +635,11 @@ mod tests {
         let e = err(b().route("/p/{id}", CachePolicy::new().ttl(Duration::ZERO)));
         assert!(e.contains("route \"/p/{id}\": TTL is zero"), "{e}");
         assert!(err(b().route("p", CachePolicy::new())).contains("must start with '/'"));
+        #[cfg(feature = "redis")]
         assert!(err(b().redis_url("redis://127.0.0.1:1")).contains("Tokio runtime"));
     }
 
+    #[cfg(feature = "redis")]
     #[tokio::test]
     async fn bad_urls_fail_at_build() {
         let e = err(RedisCacheLayer::builder().redis_url("127.0.0.1:6379"));

@@ -58,9 +58,14 @@
 //!
 //! - `axum` (default): per-route policies through axum's `MatchedPath`, and
 //!   [`CacheHandle`] as an extractor.
-//! - `tls`: `rediss://` URLs (rustls).
+//! - `redis` (default): [`store::RedisStore`] and
+//!   [`RedisCacheLayerBuilder::redis_url`], through fred (re-exported as
+//!   [`fred`]). Without it the crate does not depend on fred: the in-memory
+//!   store and stores of your own remain.
+//! - `tls`: `rediss://` URLs (rustls); implies `redis`.
 //! - `l1` (default): [`store::TieredStore`], the in-process tier in front of
-//!   Redis, kept coherent across instances by Redis client tracking.
+//!   Redis, kept coherent across instances by Redis client tracking;
+//!   implies `redis`.
 //! - `metrics`: counters, a gauge and histograms through the
 //!   [`metrics`](https://docs.rs/metrics) facade (`http_cache_requests_total`
 //!   by outcome, store latency and errors by operation, bytes stored, breaker
@@ -94,6 +99,9 @@ mod status;
 pub mod store;
 mod tags;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use fred;
 #[cfg(feature = "axum")]
 pub use handle::MissingCacheHandle;
 pub use {
@@ -101,7 +109,6 @@ pub use {
     body::CacheBody,
     breaker::BreakerState,
     error::{Error, StoreError},
-    fred,
     future::ResponseFuture,
     handle::{CacheHandle, CacheStats, Invalidation},
     layer::{RedisCacheLayer, RedisCacheLayerBuilder},

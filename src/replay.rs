@@ -37,6 +37,8 @@ pub(crate) enum Item {
 }
 
 impl Item {
+    /// The operation's name in logs and in the `op` label of the store
+    /// metrics (names that dashboards may match, so they stay as they are).
     fn op(&self) -> &'static str {
         match self {
             Item::Keys(_) => "delete",
@@ -84,15 +86,13 @@ impl Item {
         match self {
             Item::Keys(keys) => store.delete(keys).await,
             Item::Prefix(prefix) => {
-                let pattern = keys.prefix_pattern(prefix);
-                let filter = |key: &str| keys.is_under_path_prefix(key, prefix);
-                store.delete_matching(&pattern, &filter).await
+                store
+                    .delete_prefix(&crate::store::PathPrefix::new(keys, prefix))
+                    .await
             }
             Item::Tags(tag_keys) => store.invalidate_tags(tag_keys).await,
             Item::Namespace(namespace) => {
-                store
-                    .bump_generation(&core.keys.generation_key(namespace))
-                    .await
+                store.increment(&core.keys.generation_key(namespace)).await
             }
         }
     }

@@ -8,6 +8,10 @@
 
 mod support;
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/hashmap_store.rs"]
+mod hashmap_store;
+
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
@@ -187,6 +191,20 @@ async fn two_instances<S: Store>(make: impl Fn() -> S) {
 #[tokio::test]
 async fn memory_store_a_slow_miss_does_not_undo_an_invalidation() {
     one_instance(MemoryStore::default()).await;
+}
+
+/// A store of the user's, with none of the crate's fast paths: the layer's
+/// defaults fence its fills with counters and markers read and written
+/// through `Store`.
+#[tokio::test]
+async fn a_users_store_a_slow_miss_does_not_undo_an_invalidation() {
+    one_instance(hashmap_store::HashMapStore::default()).await;
+}
+
+#[tokio::test]
+async fn a_users_store_two_instances_a_slow_miss_does_not_undo_the_other_instances_invalidation() {
+    let shared = hashmap_store::HashMapStore::default();
+    two_instances(|| shared.clone()).await;
 }
 
 #[tokio::test]

@@ -20,11 +20,9 @@ use support::{req_get, send, RedisServer};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_redis_cache::{
     fred::prelude::{Expiration, KeysInterface, SetOptions},
-    store::{BoxFuture, Fetched, RedisStore, RedisStoreBuilder, Store, Write},
+    store::{BoxFuture, PathPrefix, RedisStore, RedisStoreBuilder, Store, Write},
     CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder, StoreError,
 };
-
-type StoreResult<T> = Result<T, StoreError>;
 
 /// A slow origin whose answers can be switched to 503.
 #[derive(Clone)]
@@ -189,167 +187,6 @@ async fn a_crashed_leader_costs_at_most_its_lock_ttl(redis: RedisServer) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let exists: u64 = client.exists("t:v1:default:LOCK:/items/1").await.unwrap();
     assert_eq!(exists, 0);
-}
-
-/// A `RedisStore` that counts the lock calls made to it.
-#[derive(Debug)]
-struct CountingUnlocks {
-    redis: RedisStore,
-    unlocks: Arc<AtomicUsize>,
-    /// `lock_and_fetch` calls: a lock taken after the lookup.
-    locks: Arc<AtomicUsize>,
-    /// Lookups that may take the lock (`fetch_or_lock`), answered or not.
-    locking_lookups: Arc<AtomicUsize>,
-}
-
-impl CountingUnlocks {
-    async fn new(redis: &RedisServer) -> Self {
-        Self {
-            redis: redis.store().await,
-            unlocks: Arc::default(),
-            locks: Arc::default(),
-            locking_lookups: Arc::default(),
-        }
-    }
-}
-
-impl Store for CountingUnlocks {
-    fn fetch<'a>(&'a self, key: &'a str, gen: &'a str) -> BoxFuture<'a, StoreResult<Fetched>> {
-        self.redis.fetch(key, gen)
-    }
-    fn fetch_within<'a>(
-        &'a self,
-        key: &'a str,
-        gen: &'a str,
-        budget: Duration,
-    ) -> Option<BoxFuture<'a, StoreResult<Fetched>>> {
-        self.redis.fetch_within(key, gen, budget)
-    }
-    fn fetch_or_lock<'a>(
-        &'a self,
-        key: &'a str,
-        gen: &'a str,
-        lock_key: &'a str,
-        token: &'a str,
-        ttl: Duration,
-        budget: Duration,
-    ) -> Option<BoxFuture<'a, StoreResult<(Fetched, bool)>>> {
-        self.locking_lookups.fetch_add(1, SeqCst);
-        self.redis
-            .fetch_or_lock(key, gen, lock_key, token, ttl, budget)
-    }
-    fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, StoreResult<()>> {
-        self.redis.put(writes)
-    }
-    fn fence<'a>(&'a self, counter_key: &'a str) -> BoxFuture<'a, StoreResult<u64>> {
-        self.redis.fence(counter_key)
-    }
-    fn raise_fence<'a>(
-        &'a self,
-        counter_key: &'a str,
-        markers: &'a [String],
-        window: Duration,
-    ) -> BoxFuture<'a, StoreResult<u64>> {
-        self.redis.raise_fence(counter_key, markers, window)
-    }
-    fn put_fenced<'a>(
-        &'a self,
-        writes: &'a [Write],
-        fence: &'a tower_redis_cache::store::Fence,
-    ) -> BoxFuture<'a, StoreResult<tower_redis_cache::store::Fenced>> {
-        self.redis.put_fenced(writes, fence)
-    }
-    fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, StoreResult<u64>> {
-        self.redis.delete(keys)
-    }
-    fn delete_matching<'a>(
-        &'a self,
-        pattern: &'a str,
-        filter: &'a (dyn Fn(&str) -> bool + Send + Sync),
-    ) -> BoxFuture<'a, StoreResult<u64>> {
-        self.redis.delete_matching(pattern, filter)
-    }
-    fn generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<u64>> {
-        self.redis.generation(key)
-    }
-    fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<u64>> {
-        self.redis.bump_generation(key)
-    }
-    fn lock_and_fetch<'a>(
-        &'a self,
-        lock_key: &'a str,
-        token: &'a str,
-        ttl: Duration,
-        key: &'a str,
-        gen: &'a str,
-    ) -> BoxFuture<'a, StoreResult<(bool, Fetched)>> {
-        self.locks.fetch_add(1, SeqCst);
-        self.redis.lock_and_fetch(lock_key, token, ttl, key, gen)
-    }
-    fn unlock<'a>(&'a self, lock_key: &'a str, token: &'a str) -> BoxFuture<'a, StoreResult<()>> {
-        self.unlocks.fetch_add(1, SeqCst);
-        self.redis.unlock(lock_key, token)
-    }
-}
-
-async fn the_lock_is_released_with_the_write_and_after_an_unstored_answer(redis: RedisServer) {
-    let origin = Origin::new(0);
-    let store = CountingUnlocks::new(&redis).await;
-    let unlocks = store.unlocks.clone();
-    let cache = RedisCacheLayer::builder()
-        .prefix("t")
-        .store(store)
-        .build()
-        .unwrap();
-    let app = origin.router().layer(cache);
-    let client = redis.client().await;
-    // Stored: the write released the lock in the same round trip, before
-    // the response; no separate unlock follows.
-    let (status, x, _) = send(&app, req_get("/items/1")).await;
-    assert_eq!((status, x.as_str()), (200, "MISS"));
-    let held: u64 = client.exists("t:v1:default:LOCK:/items/1").await.unwrap();
-    assert_eq!(held, 0, "the lock outlived the response");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(unlocks.load(SeqCst), 0, "a separate unlock after the write");
-    // Not stored (a 503): released right after the response, on its own.
-    origin.failing.store(true, SeqCst);
-    assert_eq!(send(&app, req_get("/items/2")).await.0, 503);
-    released_soon(&client, "t:v1:default:LOCK:/items/2").await;
-    assert_eq!(unlocks.load(SeqCst), 1);
-}
-
-async fn a_miss_on_a_new_key_takes_the_lock_in_its_lookup(redis: RedisServer) {
-    let origin = Origin::new(300);
-    let store = CountingUnlocks::new(&redis).await;
-    let (locks, locking_lookups) = (store.locks.clone(), store.locking_lookups.clone());
-    let cache = RedisCacheLayer::builder()
-        .prefix("t")
-        .store(store)
-        .build()
-        .unwrap();
-    let app = origin.router().layer(cache);
-    let client = redis.client().await;
-    let miss = tokio::spawn({
-        let app = app.clone();
-        async move { send(&app, req_get("/items/1")).await }
-    });
-    // While the origin computes, the key is locked against other instances.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let held: u64 = client.exists("t:v1:default:LOCK:/items/1").await.unwrap();
-    assert_eq!(held, 1, "no lock while the entry is computed");
-    let (status, x, _) = miss.await.unwrap();
-    assert_eq!((status, x.as_str()), (200, "MISS"));
-    // The lookup took the lock: no lock round trip of its own.
-    assert_eq!(locks.load(SeqCst), 0);
-    let held: u64 = client.exists("t:v1:default:LOCK:/items/1").await.unwrap();
-    assert_eq!(held, 0, "the lock outlived the response");
-    // The layer stored the key: its lookups from now on only read.
-    for _ in 0..3 {
-        assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
-    }
-    assert_eq!(locking_lookups.load(SeqCst), 1, "only the miss");
-    assert_eq!(locks.load(SeqCst), 0);
-    assert_eq!(origin.calls(), 1);
 }
 
 async fn a_first_hit_in_another_instance_leaves_no_lock_behind(redis: RedisServer) {
@@ -828,8 +665,6 @@ async fn a_slow_origin_past_origin_timeout_is_covered_by_the_stale_entry_and_sti
 on_both_topologies!(
     a_thousand_concurrent_misses_through_four_instances_reach_the_origin_once,
     a_crashed_leader_costs_at_most_its_lock_ttl,
-    the_lock_is_released_with_the_write_and_after_an_unstored_answer,
-    a_miss_on_a_new_key_takes_the_lock_in_its_lookup,
     a_lock_that_expired_and_was_taken_by_another_instance_is_left_alone,
     a_first_hit_in_another_instance_leaves_no_lock_behind,
     a_wait_that_runs_out_goes_to_the_origin,
@@ -1442,12 +1277,8 @@ struct PanicsOnce {
 }
 
 impl Store for PanicsOnce {
-    fn fetch<'a>(
-        &'a self,
-        key: &'a str,
-        generation_key: &'a str,
-    ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
-        self.inner.fetch(key, generation_key)
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
+        self.inner.get(key)
     }
 
     fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
@@ -1463,20 +1294,26 @@ impl Store for PanicsOnce {
         })
     }
 
-    fn delete_matching<'a>(
+    fn delete_prefix<'a>(
         &'a self,
-        pattern: &'a str,
-        filter: &'a (dyn Fn(&str) -> bool + Send + Sync),
+        prefix: &'a PathPrefix,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        self.inner.delete_matching(pattern, filter)
+        self.inner.delete_prefix(prefix)
     }
 
-    fn generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        self.inner.generation(key)
+    fn invalidate_tags<'a>(
+        &'a self,
+        tag_keys: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.inner.invalidate_tags(tag_keys)
     }
 
-    fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        self.inner.bump_generation(key)
+    fn counter<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.inner.counter(key)
+    }
+
+    fn increment<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.inner.increment(key)
     }
 }
 

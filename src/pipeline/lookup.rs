@@ -274,7 +274,7 @@ impl CacheCore {
     }
 
     /// The lookup, when the store answers without waiting (see
-    /// [`Store::fetch_now`]); `None` sends the caller to [`lookup`](Self::lookup).
+    /// [`Backend::fetch_now`](crate::store::Backend::fetch_now)); `None` sends the caller to [`lookup`](Self::lookup).
     pub(crate) fn lookup_now(&self, key: &str, generation_key: &str) -> Option<Lookup> {
         // Invalidations wait for replay: the request passes through.
         if self.replay.pending() {

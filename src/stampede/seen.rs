@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Keys a layer has recently found stored or stored itself, as bits of a
 /// fixed table (128 KiB): a key not in it (new, or not met lately) is looked
-/// up with the lock taken in the same round trip ([`Store::fetch_or_lock`]).
+/// up with the lock taken in the same round trip ([`Backend::fetch_or_lock`](crate::store::Backend::fetch_or_lock)).
 /// A wrong answer only costs speed: a key taken as seen is looked up plainly
 /// and locked after a miss; one taken as unseen and found stored takes a
 /// lock it gives back. A quarter of the table (262 144 keys) fills before it

@@ -1,50 +1,22 @@
-//! Namespace generations kept in process for a single Redis, so that a hit
-//! reads its entry alone (`GET`) instead of the entry and its generation
-//! (`MGET`).
-//!
-//! A connection of its own (RESP3, `CLIENT TRACKING ON`) reads each
-//! generation the first time a hit needs it; Redis then remembers that the
-//! connection read the key and pushes an invalidation when it changes (an
-//! `INCR` from any instance, a `DEL`, an expiry, a flush). The push drops the
-//! value here, and the next hit reads it again. A bump made through this
-//! process drops it at once, before the bump's call returns.
-//!
-//! Whatever is in doubt is dropped: while the tracking connection is down
-//! nothing is kept (hits read the generation with the entry, as without
-//! tracking), a read that raced with an invalidation is not kept, and no
-//! value is kept longer than [`MAX_AGE`], which bounds how stale a
-//! generation can be if pushes stop arriving without the connection failing.
+//! Namespace generations kept in process: a copy-on-write map read on every
+//! hit without a lock, used by the Redis store's tracked generations and by
+//! the in-process tier.
 
 use std::{
-    collections::{HashMap, HashSet},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard, Weak,
-    },
+    collections::HashMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use fred::{
-    clients::Client,
-    interfaces::{ClientLike, EventInterface, KeysInterface, TrackingInterface},
-};
 
 use super::KeyHasher;
 
-/// The longest a generation is used without being read from Redis again.
-pub(crate) const MAX_AGE: Duration = Duration::from_secs(1);
-
-/// A bound on the generation keys being read at once.
-const MAX_READING: usize = 10_000;
-
-/// Namespace generations read from Redis, each kept for at most `ttl` (the
-/// in-process tier's, and those [`Tracked`] keeps). Every hit reads one and
-/// they change only on a namespace bump, so readers take no lock and share
+/// Namespace generations read from Redis, each kept for at most `ttl`.
+/// Every hit reads one and they change only on a namespace bump, so readers take no lock and share
 /// no counter (`ArcSwap`); a change copies the map, which holds one value
 /// per namespace.
-pub(super) struct Generations {
+pub(crate) struct Generations {
     map: ArcSwap<HashMap<String, (u64, Instant), KeyHasher>>,
     ttl: Duration,
 }
@@ -54,20 +26,20 @@ impl Generations {
     /// starts over (a cleared generation is only read from Redis again).
     const MAX: usize = 10_000;
 
-    pub(super) fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         Self {
             map: ArcSwap::from_pointee(HashMap::default()),
             ttl,
         }
     }
 
-    pub(super) fn get(&self, key: &str) -> Option<u64> {
+    pub(crate) fn get(&self, key: &str) -> Option<u64> {
         let map = self.map.load();
         let &(generation, at) = map.get(key)?;
         (at.elapsed() < self.ttl).then_some(generation)
     }
 
-    pub(super) fn insert(&self, key: &str, generation: u64) {
+    pub(crate) fn insert(&self, key: &str, generation: u64) {
         // Every fill of the tier reads the generation again: leave the map
         // alone (no copy, no contended swap) while it holds the same value
         // for less than half its time, and renew it after that.
@@ -87,7 +59,7 @@ impl Generations {
         });
     }
 
-    pub(super) fn remove(&self, key: &str) {
+    pub(crate) fn remove(&self, key: &str) {
         // Called for every key written or dropped; most are entry keys.
         if !self.map.load().contains_key(key) {
             return;
@@ -99,201 +71,8 @@ impl Generations {
         });
     }
 
-    pub(super) fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.map.store(Arc::default());
-    }
-}
-
-/// The generations a single-Redis store keeps, current through client
-/// tracking (see the module's documentation).
-pub(crate) struct Tracked {
-    /// Read on every hit without a lock.
-    known: Generations,
-    /// Serialises every change of `known` with the count of invalidations,
-    /// so that a read that raced with one is never kept.
-    changes: Mutex<Changes>,
-    /// Tracking is on for the tracker's current connection.
-    up: AtomicBool,
-    tracker: Client,
-}
-
-#[derive(Default)]
-struct Changes {
-    /// Invalidations so far (pushes, bumps, connection losses).
-    epoch: u64,
-    /// Generation keys being read now, so that concurrent hits read once.
-    reading: HashSet<String>,
-}
-
-impl Tracked {
-    /// Wires `tracker` (a RESP3 client, not connected yet) and starts
-    /// connecting it. Must run inside a Tokio runtime.
-    pub(crate) fn start(tracker: Client) -> Arc<Self> {
-        let this = Arc::new(Self {
-            known: Generations::new(MAX_AGE),
-            changes: Mutex::new(Changes::default()),
-            up: AtomicBool::new(false),
-            tracker,
-        });
-        let weak = Arc::downgrade(&this);
-        super::listen(this.tracker.invalidation_rx(), move |invalidation| {
-            let this = weak.upgrade();
-            if let Some(this) = &this {
-                match invalidation {
-                    Some(invalidation) => {
-                        let keys: Vec<&str> = invalidation
-                            .keys
-                            .iter()
-                            .filter_map(|k| k.as_str())
-                            .collect();
-                        if keys.is_empty() || keys.len() != invalidation.keys.len() {
-                            // A flush, or a key that is not text.
-                            this.drop_all();
-                        } else {
-                            this.drop_keys(&keys);
-                        }
-                    }
-                    // Some were missed.
-                    None => this.drop_all(),
-                }
-            }
-            std::future::ready(this.is_some())
-        });
-        let weak = Arc::downgrade(&this);
-        super::listen(this.tracker.error_rx(), move |error| {
-            let this = weak.upgrade();
-            if let Some(this) = &this {
-                if this.up.swap(false, Ordering::SeqCst) {
-                    let error =
-                        error.map_or_else(|| "events missed".to_owned(), |(e, _)| e.to_string());
-                    tracing::warn!(%error, "cache generation tracking lost; hits read the generation from Redis");
-                }
-                this.drop_all();
-            }
-            std::future::ready(this.is_some())
-        });
-        // Also told of the first connection. A missed event is taken as a
-        // reconnection: switching tracking on again does no harm.
-        let weak = Arc::downgrade(&this);
-        super::listen(this.tracker.reconnect_rx(), move |_| {
-            let weak = weak.clone();
-            async move {
-                let Some(tracker) = weak.upgrade().map(|this| this.tracker.clone()) else {
-                    return false;
-                };
-                let on = tracker
-                    .start_tracking(Vec::<String>::new(), false, false, false, false)
-                    .await;
-                if let Some(this) = weak.upgrade() {
-                    match on {
-                        Ok(()) => {
-                            let mut changes = this.lock();
-                            changes.epoch += 1;
-                            this.known.clear();
-                            this.up.store(true, Ordering::SeqCst);
-                            tracing::info!(
-                                "cache generation tracking on; hits read their entry alone"
-                            );
-                        }
-                        Err(error) => tracing::warn!(
-                            %error,
-                            "CLIENT TRACKING refused; hits read the generation from Redis"
-                        ),
-                    }
-                }
-                true
-            }
-        });
-        drop(this.tracker.connect());
-        this
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Changes> {
-        self.changes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether tracking is on now.
-    pub(crate) fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    /// The generation at `key`, if it is known and current.
-    pub(crate) fn get(&self, key: &str) -> Option<u64> {
-        if !self.is_up() {
-            return None;
-        }
-        self.known.get(key)
-    }
-
-    /// Reads the generation at `key` on the tracking connection, in a task
-    /// of its own, and keeps it unless an invalidation came first. Does
-    /// nothing while tracking is off, when that key is being read already,
-    /// or outside a Tokio runtime.
-    pub(crate) fn learn(self: &Arc<Self>, key: &str) {
-        // Checked before the lock too: while tracking is down, every hit
-        // comes here.
-        if !self.is_up() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let epoch = {
-            let mut changes = self.lock();
-            if !self.is_up()
-                || changes.reading.len() >= MAX_READING
-                || changes.reading.contains(key)
-            {
-                return;
-            }
-            changes.reading.insert(key.to_owned());
-            changes.epoch
-        };
-        let weak: Weak<Self> = Arc::downgrade(self);
-        let (tracker, key) = (self.tracker.clone(), key.to_owned());
-        runtime.spawn(async move {
-            let read: Result<Option<Bytes>, _> = tracker.get(key.as_str()).await;
-            let Some(this) = weak.upgrade() else {
-                return;
-            };
-            let mut changes = this.lock();
-            changes.reading.remove(&key);
-            let Ok(Ok(generation)) = read.map(super::redis::parse_generation) else {
-                return;
-            };
-            if changes.epoch != epoch || !this.is_up() {
-                return;
-            }
-            this.known.insert(&key, generation);
-        });
-    }
-
-    /// Drops what is known of `keys` (a push, or a bump made here).
-    pub(crate) fn drop_keys(&self, keys: &[&str]) {
-        let mut changes = self.lock();
-        changes.epoch += 1;
-        for key in keys {
-            self.known.remove(key);
-        }
-    }
-
-    fn drop_all(&self) {
-        let mut changes = self.lock();
-        changes.epoch += 1;
-        self.known.clear();
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        // The connection's task holds the client: close it, or it would
-        // stay connected (and reconnecting) for the life of the runtime.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let tracker = self.tracker.clone();
-            runtime.spawn(async move {
-                let _ = tracker.quit().await;
-            });
-        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use moka::{notification::RemovalCause, ops::compute::Op, sync::Cache, Expiry};
 
-use super::{BoxFuture, Fence, Fenced, Fetched, KeyHasher, Store, Write};
+use super::{Backend, BoxFuture, Fence, Fenced, Fetched, KeyHasher, PathPrefix, Store, Write};
 use crate::error::StoreError;
 
 /// The most entries one tag index lists unless
@@ -389,16 +389,9 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn fetch<'a>(
-        &'a self,
-        key: &'a str,
-        generation_key: &'a str,
-    ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
-        Box::pin(std::future::ready(Ok(self.read(key, generation_key))))
-    }
-
-    fn fetch_now(&self, key: &str, generation_key: &str) -> Option<Result<Fetched, StoreError>> {
-        Some(Ok(self.read(key, generation_key)))
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
+        let value = self.entries.get(key).map(|v| v.bytes);
+        Box::pin(std::future::ready(Ok(value)))
     }
 
     fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
@@ -416,15 +409,14 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(removed as u64)))
     }
 
-    fn delete_matching<'a>(
+    fn delete_prefix<'a>(
         &'a self,
-        _pattern: &'a str,
-        filter: &'a (dyn Fn(&str) -> bool + Send + Sync),
+        prefix: &'a PathPrefix,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         let keys: Vec<Arc<String>> = self
             .entries
             .iter()
-            .filter(|(k, _)| filter(k))
+            .filter(|(k, _)| prefix.matches(k))
             .map(|(k, _)| k)
             .collect();
         let removed = keys
@@ -461,8 +453,33 @@ impl Store for MemoryStore {
         })
     }
 
-    fn generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+    fn counter<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(std::future::ready(Ok(self.generation_now(key))))
+    }
+
+    fn increment<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        let g = generations.entry(key.to_owned()).or_insert(0);
+        *g += 1;
+        Box::pin(std::future::ready(Ok(*g)))
+    }
+
+    fn __backend(self: Arc<Self>) -> Arc<dyn Backend> {
+        self
+    }
+}
+
+impl Backend for MemoryStore {
+    fn fetch<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+    ) -> BoxFuture<'a, Result<Fetched, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.read(key, generation_key))))
+    }
+
+    fn fetch_now(&self, key: &str, generation_key: &str) -> Option<Result<Fetched, StoreError>> {
+        Some(Ok(self.read(key, generation_key)))
     }
 
     fn fence<'a>(&'a self, counter_key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
@@ -501,13 +518,6 @@ impl Store for MemoryStore {
         // No locks in one process: nothing to release.
         Box::pin(std::future::ready(Ok(Fenced::new(!raised, false))))
     }
-
-    fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        let g = generations.entry(key.to_owned()).or_insert(0);
-        *g += 1;
-        Box::pin(std::future::ready(Ok(*g)))
-    }
 }
 
 #[cfg(test)]
@@ -536,25 +546,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn delete_matching_and_generations() {
+    async fn delete_prefix_and_counters() {
         let s = MemoryStore::default();
         s.put(&[
-            write("a:1", b"x", 60_000),
-            write("a:2", b"x", 60_000),
-            write("b:1", b"x", 60_000),
+            write("t:v1:default:GET:/a/1", b"x", 60_000),
+            write("t:v1:other:GET:/a/2", b"x", 60_000),
+            write("t:v1:default:GET:/b/1", b"x", 60_000),
         ])
         .await
         .unwrap();
-        assert_eq!(
-            s.delete_matching("a:*", &|k: &str| k.starts_with("a:"))
-                .await
-                .unwrap(),
-            2
-        );
-        assert_eq!(s.delete(&["b:1".into(), "nope".into()]).await.unwrap(), 1);
+        assert_eq!(s.delete_prefix(&prefix("/a/")).await.unwrap(), 2);
+        let b1 = "t:v1:default:GET:/b/1".to_owned();
+        assert_eq!(s.delete(&[b1, "nope".into()]).await.unwrap(), 1);
         assert_eq!(s.fetch("x", "gen").await.unwrap().generation, 0);
-        assert_eq!(s.bump_generation("gen").await.unwrap(), 1);
+        assert_eq!(s.increment("gen").await.unwrap(), 1);
         assert_eq!(s.fetch("x", "gen").await.unwrap().generation, 1);
+        assert_eq!(s.counter("gen").await.unwrap(), 1);
+    }
+
+    fn prefix(path: &str) -> PathPrefix {
+        PathPrefix::new(&crate::key::KeySpace::new("t", "v1").unwrap(), path)
     }
 
     fn tagged(key: &str, tags: &[&str], ttl_ms: u64) -> Write {
@@ -594,14 +605,13 @@ mod tests {
     #[tokio::test]
     async fn entries_deleted_or_evicted_leave_their_indexes() {
         let s = MemoryStore::new(20_000);
-        s.put(&[tagged("a:1", &["t"], 60_000), tagged("b:1", &["t"], 60_000)])
+        let (a, b) = ("t:v1:default:GET:/a/1", "t:v1:default:GET:/b/1");
+        s.put(&[tagged(a, &["t"], 60_000), tagged(b, &["t"], 60_000)])
             .await
             .unwrap();
-        s.delete(&["a:1".into()]).await.unwrap();
+        s.delete(&[a.into()]).await.unwrap();
         assert_eq!(s.listed("t"), 1);
-        s.delete_matching("b:*", &|k: &str| k.starts_with("b:"))
-            .await
-            .unwrap();
+        s.delete_prefix(&prefix("/b/")).await.unwrap();
         assert_eq!(s.listed("t"), 0);
         // Evicted for room.
         for i in 0..100 {

@@ -1,28 +1,38 @@
-//! Where entries live: the [`Store`] trait and its two implementations,
-//! [`RedisStore`] (fred) and [`MemoryStore`] (in-process, the embedded default).
+//! Where entries live: the [`Store`] trait and its implementations,
+//! [`RedisStore`] (fred), [`TieredStore`] (an in-process tier in front of
+//! Redis) and [`MemoryStore`] (in-process, the default).
 //!
-//! The layer calls a store through `Arc<dyn Store>` and runs every call under
-//! its time budget; a store only has to report failures, never to hide them.
+//! [`Store`] is the public contract, in storage terms. The layer drives a
+//! store through a crate-private trait, `Backend` (in `backend.rs`), which
+//! adds the fused round trips, the cross-instance lock and the fenced
+//! writes: the built-in stores implement it directly, and any other store
+//! gets correct, slower versions built from its [`Store`] methods. The
+//! layer runs every call under its time budget; a store only has to report
+//! failures, never to hide them.
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 
-use crate::{entry::Entry, error::StoreError};
+use crate::{error::StoreError, key::KeySpace};
 
+mod backend;
+#[cfg(feature = "redis")]
 mod generations;
 mod memory;
+#[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "l1")]
 mod tiered;
 
+pub(crate) use self::backend::{Backend, Fence, Fenced, Fetched, FENCE_WINDOW};
+pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 #[cfg(feature = "l1")]
 #[cfg_attr(docsrs, doc(cfg(feature = "l1")))]
 pub use self::tiered::{LocalTier, TieredStore};
-pub use self::{
-    memory::MemoryStore,
-    redis::{RedisStore, RedisStoreBuilder},
-};
 
 /// The hasher of the in-process caches' keys. Keys are request paths a
 /// client chooses, so it is seeded per cache (foldhash's `RandomState`); it
@@ -34,6 +44,7 @@ pub(crate) type KeyHasher = foldhash::quality::RandomState;
 /// the task fell behind and events were dropped. fred's own `on_*` listeners
 /// stop for good at that point, which would leave a tracker deaf to every
 /// later invalidation. Ends when the client is gone or `on` returns false.
+#[cfg(feature = "redis")]
 pub(crate) fn listen<T, F, Fut>(mut events: tokio::sync::broadcast::Receiver<T>, mut on: F)
 where
     T: Clone + Send + 'static,
@@ -58,32 +69,6 @@ where
 /// A boxed, `Send` future, as returned by [`Store`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The result of [`Store::fetch`]: the stored value (if any) and the current
-/// generation of its namespace (0 when none was ever set). Build it with
-/// [`Fetched::new`].
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct Fetched {
-    /// The stored bytes, if the key exists.
-    pub value: Option<Bytes>,
-    /// The namespace generation read in the same round trip.
-    pub generation: u64,
-    /// The value already decoded (kept by the in-process tier so that a hit
-    /// there is not decoded again).
-    pub(crate) decoded: Option<Arc<Entry>>,
-}
-
-impl Fetched {
-    /// A fetched value and its namespace generation.
-    pub fn new(value: Option<Bytes>, generation: u64) -> Self {
-        Self {
-            value,
-            generation,
-            decoded: None,
-        }
-    }
-}
-
 /// One value to write, with its TTL (already jittered) and the tag indexes
 /// it joins.
 #[derive(Debug, Clone)]
@@ -100,225 +85,128 @@ pub struct Write {
     pub tags: Vec<String>,
 }
 
-/// What a fill's write is conditional on: the invalidation counter read
-/// before the service was called, and the marker keys of everything the
-/// write touches (its entry keys, its tag indexes, every path prefix). An
-/// invalidation raises the markers of what it removes to a new counter
-/// value ([`Store::raise_fence`]) before removing it; a write whose markers
-/// hold a value above [`counter`](Self::counter) read a page from before
-/// that invalidation, and is not stored ([`Store::put_fenced`]).
+/// The entries of one path-prefix invalidation: every entry whose path
+/// starts with the prefix, in every namespace of the layer and, when the
+/// host (or scheme) is part of the key, for every host. The layer builds
+/// it; a store tests each key with [`matches`](Self::matches), and may
+/// narrow its search with [`glob`](Self::glob) (a Redis `SCAN` pattern) or
+/// [`key_start`](Self::key_start) (what every such key starts with).
 #[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Fence {
-    /// The invalidation counter, read before the service was called.
-    pub counter: u64,
-    /// The marker keys the write is checked against; an absent one counts
-    /// as 0.
-    pub markers: Vec<String>,
-    /// The cross-instance lock the writer holds (key, token): a store that
-    /// can release it in the write's round trip does so whether or not the
-    /// write lands, if it still holds the token, and says so in
-    /// [`Fenced::unlocked`]; otherwise the layer releases it afterwards.
-    pub unlock: Option<(String, String)>,
+pub struct PathPrefix {
+    keys: KeySpace,
+    path: String,
+    glob: String,
 }
 
-/// What [`Store::put_fenced`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Fenced {
-    /// The writes were stored (no marker rose above the fence's counter).
-    pub stored: bool,
-    /// The lock of [`Fence::unlock`] was released in the same call.
-    pub unlocked: bool,
-}
+impl PathPrefix {
+    /// The entries under `path` in the key space `keys`.
+    pub(crate) fn new(keys: &KeySpace, path: &str) -> Self {
+        Self {
+            keys: keys.clone(),
+            path: path.to_owned(),
+            glob: keys.prefix_pattern(path),
+        }
+    }
 
-impl Fenced {
-    /// A fenced write's outcome.
-    pub fn new(stored: bool, unlocked: bool) -> Self {
-        Self { stored, unlocked }
+    /// The path prefix, as the layer normalised it (percent-encodings as
+    /// in the keys).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Whether `key` is an entry under the prefix: the exact test, which
+    /// no other key passes (not a lock, a tag index or a counter).
+    pub fn matches(&self, key: &str) -> bool {
+        self.keys.is_under_path_prefix(key, &self.path)
+    }
+
+    /// A Redis glob pattern (as `SCAN ... MATCH` takes it) that every
+    /// matching key matches; other keys may match it too, so use it to
+    /// narrow a scan, and [`matches`](Self::matches) to decide.
+    pub fn glob(&self) -> &str {
+        &self.glob
+    }
+
+    /// What every matching key starts with (the layer's
+    /// `{prefix}:{version}:`): a store with ordered keys may scan from it.
+    pub fn key_start(&self) -> &str {
+        self.keys.base()
     }
 }
 
-/// How long an invalidation's markers live. A fill that read the counter
-/// longer ago than half of it does not write (its markers may be gone).
-pub(crate) const FENCE_WINDOW: Duration = Duration::from_secs(120);
-
-/// The operations the cache needs from a key-value store.
+/// A key-value store for the cache: values with a TTL, tag indexes, and
+/// counters.
 ///
-/// Implement it to put the cache on another backend; the crate's integration
-/// tests show the behaviour each method must have. Futures must be `Send`;
-/// the caller applies the time budget, so implementations need no timeout of
-/// their own (a store whose client times its calls anyway can take the
-/// lookup's budget over: see [`fetch_within`](Store::fetch_within)).
+/// Implement it to put the cache on another backend; pass the store to
+/// [`RedisCacheLayerBuilder::store`](crate::RedisCacheLayerBuilder::store).
+/// Futures must be `Send`; the layer applies its time budget to every call,
+/// so implementations need no timeout of their own, and a failure is
+/// reported as a [`StoreError`] (the layer then serves from the inner
+/// service).
+///
+/// The layer builds what it needs from these methods: a lookup reads the
+/// entry and its namespace's generation counter; a namespace invalidation
+/// increments that counter; a miss that is about to compute an entry reads
+/// the invalidation counter first and, when it writes, checks the markers
+/// an invalidation writes (plain values, read with [`get`](Self::get) and
+/// written with [`put`](Self::put)), so that a page read before an
+/// invalidation is not stored after it. Such a store takes no
+/// cross-instance lock (one request per key still computes an entry in each
+/// process) and does in several round trips what the built-in stores do in
+/// one. Two invalidations of one key that run at once may leave its marker
+/// at the lower of their values (a store without compare-and-set cannot do
+/// better), which then fences fills against the earlier one only.
+///
+/// # Example
+///
+/// A complete store over a `HashMap` (`examples/hashmap_store.rs`, which
+/// the crate's tests run the layer over):
+///
+#[doc = concat!("```\n", include_str!("../../examples/hashmap_store.rs"), "\n```")]
 pub trait Store: Send + Sync + fmt::Debug + 'static {
-    /// Reads `key` and the generation counter at `generation_key`, in one round
-    /// trip where the backend allows it.
-    fn fetch<'a>(
-        &'a self,
-        key: &'a str,
-        generation_key: &'a str,
-    ) -> BoxFuture<'a, Result<Fetched, StoreError>>;
+    /// Reads the value at `key`: `None` when it is absent or expired.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>>;
 
-    /// Answers [`fetch`](Self::fetch) at once, without a future, when the
-    /// store can: an in-process store, or a tier that holds the key. `None`
-    /// sends the caller to `fetch`. A hit answered here is served without
-    /// allocating a future for the request. The default is `None`.
-    fn fetch_now(&self, key: &str, generation_key: &str) -> Option<Result<Fetched, StoreError>> {
-        let _ = (key, generation_key);
-        None
-    }
-
-    /// [`fetch`](Self::fetch), bounded by `budget`: for a store whose client
-    /// times every call anyway (fred does), so the request's lookup is timed
-    /// once, not twice. Return the call here and make it fail with
-    /// [`StoreError::Timeout`] once `budget` has passed; the layer then sets
-    /// no timer of its own around it. `None` (the default) sends the layer to
-    /// `fetch`, which it times itself.
-    fn fetch_within<'a>(
-        &'a self,
-        key: &'a str,
-        generation_key: &'a str,
-        budget: Duration,
-    ) -> Option<BoxFuture<'a, Result<Fetched, StoreError>>> {
-        let _ = (key, generation_key, budget);
-        None
-    }
-
-    /// [`fetch_within`](Self::fetch_within) that also tries to take the short
-    /// lock `lock_key` (holding `token`, expiring after `ttl`) in the same
-    /// round trip, as [`lock_and_fetch`](Self::lock_and_fetch) does. Returns
-    /// what was read and whether this call set the lock. A store may set it
-    /// only when `key` holds nothing; when it sets it anyway and the key
-    /// holds a value, the layer releases it.
-    ///
-    /// The layer calls it for keys it has not found stored lately, so that a
-    /// miss costs one round trip less; keys it keeps finding stay on
-    /// `fetch_within`. `None` (the default): the store cannot, and the layer
-    /// reads first and takes the lock after a miss; a layer that got `None`
-    /// once does not ask again.
-    fn fetch_or_lock<'a>(
-        &'a self,
-        key: &'a str,
-        generation_key: &'a str,
-        lock_key: &'a str,
-        token: &'a str,
-        ttl: Duration,
-        budget: Duration,
-    ) -> Option<BoxFuture<'a, Result<(Fetched, bool), StoreError>>> {
-        let _ = (key, generation_key, lock_key, token, ttl, budget);
-        None
-    }
-
-    /// Writes every value with its TTL, in one round trip where the backend
-    /// allows it (a Redis pipeline).
+    /// Writes every value with its TTL, and lists each under the tag
+    /// indexes of its [`Write::tags`] (until it expires), in one round trip
+    /// where the backend allows it. A value written again replaces the old
+    /// one, with its new TTL and tags.
     fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Deletes the given keys; returns how many existed.
     fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>>;
 
-    /// Deletes every key for which `filter` returns true. `pattern` is a Redis
-    /// glob that every such key matches (a backend may use it to narrow a
-    /// scan); `filter` is the exact test. Returns how many keys were deleted.
-    fn delete_matching<'a>(
+    /// Deletes every key that `prefix` [`matches`](PathPrefix::matches);
+    /// returns how many were deleted.
+    fn delete_prefix<'a>(
         &'a self,
-        pattern: &'a str,
-        filter: &'a (dyn Fn(&str) -> bool + Send + Sync),
+        prefix: &'a PathPrefix,
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
 
-    /// Reads a generation counter (0 when unset).
-    fn generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
-
-    /// Increments a generation counter and returns the new value.
-    fn bump_generation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
-
-    /// Tries to take the short lock `lock_key` (holding `token`, expiring
-    /// after `ttl`) and, in the same round trip, reads `key` and its
-    /// generation as [`fetch`](Self::fetch) does. Returns whether the caller
-    /// holds the lock: taken now, or already held with `token` (the layer
-    /// uses one token per process for the request that leads a key there).
-    ///
-    /// The lock keeps several processes from computing one entry at once. The
-    /// default takes no lock (always `true`): right for a store that lives in
-    /// one process, where the layer already lets one request per key through.
-    fn lock_and_fetch<'a>(
-        &'a self,
-        lock_key: &'a str,
-        token: &'a str,
-        ttl: Duration,
-        key: &'a str,
-        generation_key: &'a str,
-    ) -> BoxFuture<'a, Result<(bool, Fetched), StoreError>> {
-        let _ = (lock_key, token, ttl);
-        Box::pin(async move { Ok((true, self.fetch(key, generation_key).await?)) })
-    }
-
-    /// Deletes every entry listed in the given tag indexes and the index
-    /// entries themselves; returns how many entries existed. An entry tagged
-    /// while this runs is either removed with its listing or stays listed,
-    /// never stored but unlisted; a call stopped halfway leaves every entry
-    /// it did not remove listed, so calling it again finishes the job. The default reports that the store
-    /// keeps no tag indexes.
+    /// Deletes every value listed in the given tag indexes, and the
+    /// indexes; returns how many values existed. A value tagged while this
+    /// runs is either removed with its listing or stays listed, never
+    /// stored but unlisted; a call stopped halfway leaves every value it
+    /// did not remove listed, so calling it again finishes the job.
     fn invalidate_tags<'a>(
         &'a self,
         tag_keys: &'a [String],
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        let _ = tag_keys;
-        Box::pin(std::future::ready(Err(StoreError::Backend(
-            "this store keeps no tag indexes".into(),
-        ))))
-    }
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
 
-    /// Reads the invalidation counter at `counter_key` (0 when unset). A
-    /// request about to compute an entry reads it before calling the
-    /// service, and writes with [`put_fenced`](Self::put_fenced).
-    ///
-    /// The default (with the defaults of [`raise_fence`](Self::raise_fence)
-    /// and `put_fenced`) keeps no fences: a miss that read the database
-    /// before an update may then store its page after the update's
-    /// invalidation.
-    fn fence<'a>(&'a self, counter_key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        let _ = counter_key;
-        Box::pin(std::future::ready(Ok(0)))
-    }
+    /// Reads the counter at `key` (0 when it was never incremented).
+    /// Counters do not expire.
+    fn counter<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
 
-    /// Increments the counter at `counter_key` and raises each of `markers`
-    /// to its new value (a marker already higher keeps its value), each
-    /// marker living at least `window`; returns the new value. An
-    /// invalidation calls it before it removes anything. The default does
-    /// nothing and returns 0.
-    fn raise_fence<'a>(
-        &'a self,
-        counter_key: &'a str,
-        markers: &'a [String],
-        window: Duration,
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        let _ = (counter_key, markers, window);
-        Box::pin(std::future::ready(Ok(0)))
-    }
+    /// Increments the counter at `key` by one, atomically (concurrent
+    /// increments all count), and returns its new value.
+    fn increment<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
 
-    /// Writes as [`put`](Self::put) does, unless one of `fence.markers` holds
-    /// a value above `fence.counter`: then nothing is written. The check and
-    /// the writes must be one step as seen by `raise_fence` (a script, a
-    /// lock), or the write checked again after it and taken back if a
-    /// marker rose meanwhile. The default writes unconditionally and
-    /// releases no lock.
-    fn put_fenced<'a>(
-        &'a self,
-        writes: &'a [Write],
-        fence: &'a Fence,
-    ) -> BoxFuture<'a, Result<Fenced, StoreError>> {
-        let _ = fence;
-        Box::pin(async move { self.put(writes).await.map(|()| Fenced::new(true, false)) })
-    }
-
-    /// Releases `lock_key` if it still holds `token` (a lock that expired and
-    /// was taken by someone else is left alone).
-    fn unlock<'a>(
-        &'a self,
-        lock_key: &'a str,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let _ = (lock_key, token);
-        Box::pin(std::future::ready(Ok(())))
+    /// How the layer drives this store: the built-in stores answer with
+    /// themselves, any other store with the crate's defaults built from the
+    /// methods above. Not part of the API (its type cannot be named
+    /// outside the crate).
+    #[doc(hidden)]
+    fn __backend(self: Arc<Self>) -> Arc<dyn Backend> {
+        Arc::new(backend::Adapter(self))
     }
 }
