@@ -15,6 +15,7 @@ use http::HeaderName;
 use crate::{
     breaker::Breaker,
     decoded::Decoded,
+    entry::Entry,
     error::StoreError,
     key::KeySpace,
     policy::Policies,
@@ -87,6 +88,24 @@ pub(crate) struct Counters {
     pub(crate) not_modified: AtomicU64,
     pub(crate) unsafe_invalidations: AtomicU64,
     pub(crate) fills_fenced: AtomicU64,
+}
+
+/// The outcome of a lookup.
+pub(crate) enum Lookup {
+    /// An entry of the current generation, fresh or not: the caller decides
+    /// whether it may be served, revalidated, or only stand in for a failure.
+    Found {
+        entry: Arc<Entry>,
+        generation: u64,
+        /// When it was judged (milliseconds since the epoch): the clock
+        /// reading its freshness and `age` are computed from.
+        now: u64,
+    },
+    /// Not there (or unusable); the namespace generation to write under.
+    Miss { generation: u64 },
+    /// The store failed, timed out, or the breaker is open: pass through,
+    /// do not write.
+    Failed,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {

@@ -661,6 +661,12 @@ impl Policies {
         })
     }
 
+    /// The rule of a request: by the route axum matched (its `MatchedPath`),
+    /// else by its path.
+    pub(crate) fn for_request<B>(&self, req: &http::Request<B>) -> &Rule {
+        self.lookup(matched_route(req), req.uri().path())
+    }
+
     /// The rule for a request: the route pattern axum matched (if any), else
     /// the most specific pattern matching `path`, else the longest path
     /// prefix, else the default.
@@ -683,6 +689,18 @@ impl Policies {
     }
 }
 
+/// The route pattern axum matched for the request, if any.
+#[cfg(feature = "axum")]
+fn matched_route<B>(req: &http::Request<B>) -> Option<&str> {
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(axum::extract::MatchedPath::as_str)
+}
+
+#[cfg(not(feature = "axum"))]
+fn matched_route<B>(_: &http::Request<B>) -> Option<&str> {
+    None
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,9 @@
-//! The replay queue: invalidations the store did not confirm (it failed, ran
-//! out of time, or the circuit breaker was open) wait here and are replayed
-//! in order by a background task once the store answers again.
+//! Invalidations: how one runs against the store ([`Item::run`]: the fence
+//! first, so that no fill that read before it can store after it, then the
+//! removal or the namespace bump), and the replay queue: invalidations the
+//! store did not confirm (it failed, ran out of time, or the circuit breaker
+//! was open) wait here and are replayed in order by a background task once
+//! the store answers again.
 //!
 //! While the queue holds anything, the layer serves no hit and writes
 //! nothing: every lookup passes through to the service. Checking that on the

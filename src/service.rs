@@ -16,9 +16,9 @@ use tower_service::Service;
 
 use crate::{
     body::CacheBody,
-    core::{bump, CacheCore},
+    core::{bump, CacheCore, Lookup},
     future::ResponseFuture,
-    pipeline::{invalidate_after, plan, serve, serve_now, unsafe_targets, Lookup},
+    pipeline::{invalidate_after, plan, serve, serve_now, unsafe_targets},
     CacheHandle,
 };
 

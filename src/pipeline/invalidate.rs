@@ -10,7 +10,6 @@ use http::{
 };
 use http_body::Body;
 
-use super::plan::matched_route;
 use crate::{
     body::CacheBody,
     core::{bump, CacheCore},
@@ -38,7 +37,7 @@ pub(crate) fn unsafe_targets<B>(core: &CacheCore, req: &Request<B>) -> Option<Un
     let uri = req.uri();
     let rule = core
         .policies
-        .lookup(matched_route(req), uri.path())
+        .for_request(req)
         .as_ref()
         .filter(|r| r.http.invalidate_on_unsafe)?;
     // A request whose host cannot be keyed (two `Host` fields, a target

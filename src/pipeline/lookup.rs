@@ -16,7 +16,7 @@ use super::{
 use crate::{
     body::CacheBody,
     breaker::BreakerState,
-    core::{bump, CacheCore},
+    core::{bump, CacheCore, Lookup},
     entry,
     entry::Entry,
     http::{judge, selects, Use},
@@ -178,24 +178,6 @@ where
         // cheap to create and move.
         Box::pin(miss(core, inner, req, plan, stale, generation)).await
     }
-}
-
-/// The outcome of a lookup.
-pub(crate) enum Lookup {
-    /// An entry of the current generation, fresh or not: the caller decides
-    /// whether it may be served, revalidated, or only stand in for a failure.
-    Found {
-        entry: Arc<Entry>,
-        generation: u64,
-        /// When it was judged (milliseconds since the epoch): the clock
-        /// reading its freshness and `age` are computed from.
-        now: u64,
-    },
-    /// Not there (or unusable); the namespace generation to write under.
-    Miss { generation: u64 },
-    /// The store failed, timed out, or the breaker is open: pass through,
-    /// do not write.
-    Failed,
 }
 
 impl CacheCore {

@@ -29,7 +29,7 @@ use tower_service::Service;
 
 pub(crate) use self::{
     invalidate::{invalidate_after, unsafe_targets},
-    lookup::{serve, serve_now, Lookup},
+    lookup::{serve, serve_now},
     plan::plan,
 };
 

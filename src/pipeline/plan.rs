@@ -40,18 +40,6 @@ pub(crate) struct Plan {
     pub(crate) followers: Option<Arc<AtomicUsize>>,
 }
 
-#[cfg(feature = "axum")]
-pub(crate) fn matched_route<B>(req: &Request<B>) -> Option<&str> {
-    req.extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(axum::extract::MatchedPath::as_str)
-}
-
-#[cfg(not(feature = "axum"))]
-pub(crate) fn matched_route<B>(_: &Request<B>) -> Option<&str> {
-    None
-}
-
 /// The plan of a cacheable request; `None` passes it through. `fields` is
 /// what the walk over the request's field names found (see
 /// [`crate::request::Fields`]).
@@ -65,10 +53,7 @@ pub(crate) fn plan<B>(
         return None;
     }
     let uri = req.uri();
-    let rule = core
-        .policies
-        .lookup(matched_route(req), uri.path())
-        .as_ref()?;
+    let rule = core.policies.for_request(req).as_ref()?;
     let headers = req.headers();
     let refused = fields.refused;
     let fields = fields.http;

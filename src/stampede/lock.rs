@@ -11,9 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::pipeline::Lookup;
 use crate::{
-    core::{bump, CacheCore},
+    core::{bump, CacheCore, Lookup},
     entry::{Entry, Freshness},
 };
 

@@ -138,7 +138,7 @@ impl RedisStore {
                 store.send_batch(reads).await;
             });
         }
-        // Without fred's 5 KB future: the batch's task holds that.
+        // Without fred's (large) command future: the batch's task holds that.
         Box::pin(async move {
             let _reading = reading;
             let value = rx.await.unwrap_or(Err(StoreError::Unavailable))?;

@@ -296,7 +296,7 @@ impl Backend for RedisStore {
         }
         let client = match self.client() {
             Ok(client) => client,
-            // At once, without the 5 KB future of a command never sent.
+            // At once, without the future of a command never sent.
             Err(down) => return Some(Box::pin(std::future::ready(Err(down)))),
         };
         if let Some(generations) = &self.generations {
@@ -323,9 +323,9 @@ impl Backend for RedisStore {
         ttl: Duration,
         budget: Duration,
     ) -> Option<BoxFuture<'a, Result<(Fetched, bool), StoreError>>> {
-        // The reads and `SET lock NX PX` in one round trip, no script: Redis
-        // runs a script about twenty times slower than `MGET`, and a script
-        // cannot span a cluster's slots; the price is a lock also taken when
+        // The reads and `SET lock NX PX` in one round trip, no script: a
+        // script costs Redis far more than `MGET` (docs/performance.md), and
+        // it cannot span a cluster's slots; the price is a lock also taken when
         // the key turns out to hold a value, which the layer then releases.
         // The lock first, then the reads: a holder writes its entry before it
         // releases the lock, so a lock taken here after that release comes
@@ -334,10 +334,10 @@ impl Backend for RedisStore {
         // commands go out in the order `join` first polls them, which is
         // when fred hands each to the connection; a test watches the order
         // with MONITOR. The futures stay pinned where they are made: fred's
-        // are about 5 KB each.
+        // are large.
         let client = match self.client() {
             Ok(client) => client,
-            // At once, without the 10 KB future of commands never sent: a
+            // At once, without the futures of commands never sent: a
             // Redis that is down answers every request through here.
             Err(down) => return Some(Box::pin(std::future::ready(Err(down)))),
         };
