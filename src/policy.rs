@@ -706,19 +706,7 @@ mod tests {
     use super::*;
 
     fn base() -> Resolved {
-        Resolved {
-            ttl: Duration::from_secs(60),
-            jitter: 0.1,
-            namespace: "default".into(),
-            statuses: vec![StatusCode::OK],
-            allow_authorization: false,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            early_refresh: 0.0,
-            tagger: None,
-            http: HttpRules::default(),
-            generation_key: "g".into(),
-        }
+        Resolved::defaults(&keys())
     }
 
     fn keys() -> KeySpace {
