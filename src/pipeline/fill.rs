@@ -80,11 +80,10 @@ where
         // point (of the key, a tag, a prefix) keeps the response from being
         // stored, since it may show data from before it. Without the counter
         // (the store failed) nothing is stored.
-        let fence = match plan.fence {
-            _ if !may_store || generation.is_none() => None,
-            // Read with the lookup, before the service too.
-            Some(read) => Some(read),
-            None => core.read_fence().await,
+        let fence = if may_store && generation.is_some() {
+            core.read_fence().await
+        } else {
+            None
         };
         let generation = generation.filter(|_| !may_store || fence.is_some());
         let started = Instant::now();

@@ -95,14 +95,10 @@ where
                 unseen = true;
                 let lock_key = core.keys.lock_key(&plan.rule.namespace, plan.key());
                 let token = core.lock_token();
-                // The invalidation counter a miss needs before it calls the
-                // service, read alongside (a hit drops it): no round trip of
-                // its own on the miss path. Boxed: this path (misses, first
-                // hits) would otherwise make every request's future larger.
-                let lookup = core.lookup_or_lock(plan.key(), gen_key, &lock_key, &token);
-                let ((found, held), fence) =
-                    Box::pin(futures_util::future::join(lookup, core.read_fence())).await;
-                plan.fence = fence;
+                // Boxed: this path (misses, first hits) would otherwise make
+                // every request's future larger.
+                let (found, held) =
+                    Box::pin(core.lookup_or_lock(plan.key(), gen_key, &lock_key, &token)).await;
                 if held {
                     plan.lock = Some(HeldLock::new(lock_key, token));
                 }

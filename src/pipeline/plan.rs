@@ -5,7 +5,6 @@ use std::sync::{atomic::AtomicUsize, Arc};
 
 use http::{Method, Request};
 
-use super::fill::FenceRead;
 use crate::{
     core::CacheCore,
     entry::Marker,
@@ -39,8 +38,6 @@ pub(crate) struct Plan {
     /// How many requests in this process wait for this one's response,
     /// once it leads a flight.
     pub(crate) followers: Option<Arc<AtomicUsize>>,
-    /// The invalidation counter, when the lookup read it (a likely miss).
-    pub(crate) fence: Option<FenceRead>,
 }
 
 /// The plan of a cacheable request; `None` passes it through. `fields` is
@@ -105,7 +102,6 @@ pub(crate) fn plan<B>(
         conditional: fields.conditional,
         lock: None,
         followers: None,
-        fence: None,
     })
 }
 
