@@ -252,15 +252,33 @@ pub trait Backend: Store {
             if raised(self, fence).await? {
                 return Ok(Fenced::new(false, false));
             }
-            self.put(writes).await?;
-            if !raised(self, fence).await? {
+            // A write that failed may have landed in part, and one whose
+            // second check failed was not checked: both are taken back as
+            // one whose marker rose (removing is always safe).
+            let written = self.put(writes).await;
+            let raised_since = match &written {
+                Ok(()) => raised(self, fence).await,
+                Err(_) => Ok(true),
+            };
+            if written.is_ok() && matches!(raised_since, Ok(false)) {
                 return Ok(Fenced::new(true, false));
             }
+            let mut taken_back = Ok(0);
             for w in writes {
-                if self.get(&w.key).await?.as_ref() == Some(&w.value) {
-                    self.delete(std::slice::from_ref(&w.key)).await?;
+                // Only a value that is still the one written here; one that
+                // cannot be read goes too (costing a miss at worst).
+                let ours = match self.get(&w.key).await {
+                    Ok(value) => value.as_ref() == Some(&w.value),
+                    Err(_) => true,
+                };
+                if ours {
+                    let deleted = self.delete(std::slice::from_ref(&w.key)).await;
+                    taken_back = taken_back.and(deleted);
                 }
             }
+            written?;
+            raised_since?;
+            taken_back?;
             Ok(Fenced::new(false, false))
         })
     }
@@ -344,3 +362,88 @@ impl<S: Store + ?Sized> Store for Adapter<S> {
 }
 
 impl<S: Store + ?Sized> Backend for Adapter<S> {}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::HashMap,
+        sync::{
+            atomic::{AtomicBool, Ordering::SeqCst},
+            Mutex,
+        },
+    };
+
+    use super::*;
+
+    /// A store of plain values whose reads fail once `failing` is set.
+    #[derive(Debug, Default)]
+    struct Flaky {
+        values: Mutex<HashMap<String, Bytes>>,
+        failing: AtomicBool,
+    }
+
+    impl Store for Flaky {
+        fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
+            let got = if self.failing.load(SeqCst) {
+                Err(StoreError::Backend("reads fail".into()))
+            } else {
+                Ok(self.values.lock().unwrap().get(key).cloned())
+            };
+            Box::pin(std::future::ready(got))
+        }
+        fn put<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
+            let mut values = self.values.lock().unwrap();
+            for w in writes {
+                values.insert(w.key.clone(), w.value.clone());
+            }
+            // The write lands; the fence's second check then fails.
+            self.failing.store(true, SeqCst);
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>> {
+            let mut values = self.values.lock().unwrap();
+            let n = keys.iter().filter(|k| values.remove(*k).is_some()).count();
+            Box::pin(std::future::ready(Ok(n as u64)))
+        }
+        fn delete_prefix<'a>(
+            &'a self,
+            _: &'a PathPrefix,
+        ) -> BoxFuture<'a, Result<u64, StoreError>> {
+            Box::pin(std::future::ready(Ok(0)))
+        }
+        fn invalidate_tags<'a>(
+            &'a self,
+            _: &'a [String],
+        ) -> BoxFuture<'a, Result<u64, StoreError>> {
+            Box::pin(std::future::ready(Ok(0)))
+        }
+        fn counter<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+            Box::pin(std::future::ready(Ok(0)))
+        }
+        fn increment<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+            Box::pin(std::future::ready(Ok(1)))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fenced_write_whose_second_check_fails_is_taken_back() {
+        let store = Adapter(Arc::new(Flaky::default()));
+        let writes = [Write {
+            key: "t:v1:default:GET:/p".into(),
+            value: Bytes::from_static(b"old page"),
+            ttl: Duration::from_secs(60),
+            tags: Vec::new(),
+        }];
+        let fence = Fence {
+            counter: 0,
+            markers: vec!["t:v1:#fence:default:GET:/p".into()],
+            unlock: None,
+        };
+        let done = store.put_fenced(&writes, &fence).await;
+        assert!(done.is_err(), "an unchecked write is reported as failed");
+        assert!(
+            store.0.values.lock().unwrap().is_empty(),
+            "a write that could not be checked against the fence stayed stored"
+        );
+    }
+}

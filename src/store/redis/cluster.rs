@@ -136,19 +136,31 @@ pub(super) async fn put_fenced(
     if raised(client, fence).await? {
         return Ok(Fenced::new(false, release.await?));
     }
-    store.put(writes).await?;
-    let (raised_since, unlocked) = futures_util::future::join(raised(client, fence), release).await;
-    let unlocked = unlocked?;
-    if !raised_since? {
-        return Ok(Fenced::new(true, unlocked));
+    // A write that failed may have landed in part, and one whose second
+    // check failed was not checked: both are taken back as one whose
+    // marker rose (removing is always safe; keeping could undo an
+    // invalidation).
+    let written = store.put(writes).await;
+    let check = async {
+        match &written {
+            Ok(()) => raised(client, fence).await,
+            Err(_) => Ok(true),
+        }
+    };
+    let (raised_since, unlocked) = futures_util::future::join(check, release).await;
+    if written.is_ok() && matches!(raised_since, Ok(false)) {
+        return Ok(Fenced::new(true, unlocked?));
     }
     let calls = writes
         .iter()
         .map(|w| client.eval::<i64, _, _, _>(TAKE_BACK_SCRIPT, w.key.as_str(), w.value.clone()));
-    for result in futures_util::future::join_all(calls).await {
+    let taken_back = futures_util::future::join_all(calls).await;
+    written?;
+    raised_since?;
+    for result in taken_back {
         result.map_err(backend)?;
     }
-    Ok(Fenced::new(false, unlocked))
+    Ok(Fenced::new(false, unlocked?))
 }
 
 /// Whether one of the fence's markers holds more than its counter (or
