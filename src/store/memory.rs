@@ -74,11 +74,22 @@ struct Fences(RwLock<FenceState>);
 struct FenceState {
     counters: HashMap<String, u64>,
     markers: HashMap<String, (u64, Instant), KeyHasher>,
+    /// A marker for every key: set when the markers would pass
+    /// [`Fences::MAX`], in place of them all.
+    floor: Option<(u64, Instant)>,
+    /// The size at which expired markers are dropped next.
+    prune_at: usize,
 }
 
 impl Fences {
-    /// Past this many markers, expired ones are dropped on the next raise.
+    /// Past this many markers, expired ones are dropped on the next raise
+    /// (then past twice as many as are left, so the work stays amortised).
     const PRUNE: usize = 4096;
+    /// The most markers kept: past it (invalidations of that many distinct
+    /// keys within the window, which a client may cause through unsafe
+    /// requests) they are replaced by one marker for every key, which fences
+    /// more fills than needed and never fewer.
+    const MAX: usize = 65_536;
 
     fn counter(&self, key: &str) -> u64 {
         let state = self.0.read().unwrap_or_else(|e| e.into_inner());
@@ -88,12 +99,21 @@ impl Fences {
     fn raise(&self, counter_key: &str, markers: &[String], window: Duration) -> u64 {
         let mut state = self.0.write().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if state.markers.len() >= Self::PRUNE {
+        if state.markers.len() >= state.prune_at.max(Self::PRUNE) {
             state.markers.retain(|_, (_, until)| *until > now);
+            state.prune_at = (state.markers.len() * 2).max(Self::PRUNE);
         }
         let counter = state.counters.entry(counter_key.to_owned()).or_insert(0);
         *counter += 1;
         let raised = *counter;
+        if state.markers.len() + markers.len() > Self::MAX {
+            // Every marker was set within the window before now: one for
+            // every key, until the window after now, covers them all.
+            state.markers.clear();
+            state.prune_at = Self::PRUNE;
+            state.floor = Some((raised, now + window));
+            return raised;
+        }
         for marker in markers {
             state.markers.insert(marker.clone(), (raised, now + window));
         }
@@ -503,12 +523,12 @@ impl Backend for MemoryStore {
     ) -> BoxFuture<'a, Result<Fenced, StoreError>> {
         let state = self.fences.0.read().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let raised = fence.markers.iter().any(|m| {
-            state
+        let above = |&(value, until): &(u64, Instant)| until > now && value > fence.counter;
+        let raised = state.floor.as_ref().is_some_and(above)
+            || fence
                 .markers
-                .get(m)
-                .is_some_and(|&(value, until)| until > now && value > fence.counter)
-        });
+                .iter()
+                .any(|m| state.markers.get(m).is_some_and(above));
         if !raised {
             for w in writes {
                 self.write(w);
@@ -701,6 +721,43 @@ mod tests {
         for i in 0..40 {
             assert!(!stored(&s, &format!("k{i}")), "k{i} outlived its tag");
         }
+    }
+
+    #[tokio::test]
+    async fn fence_markers_stay_bounded_and_still_fence_every_fill_in_flight() {
+        let s = MemoryStore::default();
+        let window = Duration::from_secs(120);
+        // A fill reads the counter, then invalidations of more distinct keys
+        // than the store keeps markers for run before it writes.
+        let counter = s.fence("c").await.unwrap();
+        let keys: Vec<String> = (0..Fences::MAX + 10).map(|i| format!("m:{i}")).collect();
+        for chunk in keys.chunks(1000) {
+            s.raise_fence("c", chunk, window).await.unwrap();
+        }
+        let kept = s.fences.0.read().unwrap().markers.len();
+        assert!(kept <= Fences::MAX, "{kept} markers kept");
+        // The fill's own key was among them: it must not store.
+        let fence = Fence {
+            counter,
+            markers: vec!["m:3".into()],
+            unlock: None,
+        };
+        let done = s
+            .put_fenced(&[write("e", b"old", 60_000)], &fence)
+            .await
+            .unwrap();
+        assert!(!done.stored, "a fill from before the invalidation stored");
+        // A fill that read the counter afterwards stores.
+        let fence = Fence {
+            counter: s.fence("c").await.unwrap(),
+            markers: vec!["m:3".into()],
+            unlock: None,
+        };
+        let done = s
+            .put_fenced(&[write("e", b"new", 60_000)], &fence)
+            .await
+            .unwrap();
+        assert!(done.stored);
     }
 
     #[tokio::test]
