@@ -26,7 +26,7 @@ use crate::{
         body_etag, merge_not_modified, not_modified, storable, take_conditionals, variant_id, vary,
         CacheControl, Vary,
     },
-    stampede::{HeldLock, Shared},
+    stampede::{Handover, HeldLock},
     status::{mark, CacheStatus},
     store::Write,
     tags::take_tags,
@@ -160,7 +160,7 @@ where
             (Some(body), _) => collect_up_to(body, core.settings.max_body_bytes).await,
             (None, None) => Collected::Complete(Bytes::new()),
         };
-        let mut shared = None;
+        let mut handover = None;
         let body = match collected {
             Collected::Complete(bytes) => {
                 if plan.rule.http.etag && !parts.headers.contains_key(header::ETAG) {
@@ -234,7 +234,7 @@ where
                 );
                 if let Some(value) = encoded {
                     // Decoded only if a follower asks for it.
-                    shared = Some(Shared::encoded(value.clone(), outcome));
+                    handover = Some(Handover::encoded(value.clone(), outcome));
                     writes.push(Write {
                         key: entry_key,
                         value,
@@ -258,7 +258,7 @@ where
                     crate::metrics::not_modified();
                     let mut response = not_modified_response(&parts.headers);
                     mark(status_header, response.headers_mut(), outcome);
-                    return Ok((response, shared));
+                    return Ok((response, handover));
                 }
                 CacheBody::full(bytes)
             }
@@ -269,7 +269,7 @@ where
             &mut parts.headers,
             outcome,
         );
-        Ok((Response::from_parts(parts, body), shared))
+        Ok((Response::from_parts(parts, body), handover))
     }
 }
 

@@ -20,13 +20,13 @@ use crate::{
     core::{bump, CacheCore},
     entry::{self, Entry, Freshness},
     http::selects,
-    stampede::{Coalesced, HeldLock, Join, Shared, Waited},
+    stampede::{Coalesced, Handover, HeldLock, Join, Waited},
     status::{mark, CacheStatus},
 };
 
 /// The response to a request that went to the service, and the entry
 /// waiting requests may be served, if any.
-pub(crate) type Filled<B, E> = Result<(Response<CacheBody<B>>, Option<Shared>), E>;
+pub(crate) type Filled<B, E> = Result<(Response<CacheBody<B>>, Option<Handover>), E>;
 
 /// The rest of a request that found nothing it may serve: single-flight in
 /// this process, the cross-instance lock, and the service (revalidating
@@ -95,21 +95,21 @@ where
                 // A lock this request took in its lookup is this process's:
                 // the leader holds it and releases it.
                 plan.lock = None;
-                let shared = match follower.wait().await {
+                let handover = match follower.wait().await {
                     Waited::TimedOut if !rejoined => {
                         rejoined = true;
                         join = core.flights.join(plan.key(), hold);
                         continue;
                     }
-                    Waited::Published(shared) => Some(shared),
+                    Waited::Published(handover) => Some(handover),
                     Waited::Released | Waited::TimedOut => None,
                 };
                 // A response that was never fresh is not reused for a request
                 // that was not forwarded (see `Entry::never_fresh`).
-                let usable = shared.as_ref().and_then(|shared| {
-                    let entry = shared.entry()?;
+                let usable = handover.as_ref().and_then(|handover| {
+                    let entry = handover.entry()?;
                     (!entry.never_fresh() && selects(entry, req.headers(), plan.shared_only))
-                        .then(|| (entry.clone(), shared.outcome))
+                        .then(|| (entry.clone(), handover.outcome))
                 });
                 if let Some((entry, outcome)) = usable {
                     bump(&core.counters.coalesced);
@@ -168,7 +168,7 @@ where
                         now,
                     );
                     if let Some(guard) = guard {
-                        guard.publish(Shared::decoded(entry, CacheStatus::Hit));
+                        guard.publish(Handover::decoded(entry, CacheStatus::Hit));
                     }
                     return Ok(response);
                 }
@@ -184,9 +184,9 @@ where
             let core = core.clone();
             tokio::spawn(async move { core.unlock(&held).await });
         }
-        let (response, shared) = result?;
-        if let (Some(guard), Some(shared)) = (guard, shared) {
-            guard.publish(shared);
+        let (response, handover) = result?;
+        if let (Some(guard), Some(handover)) = (guard, handover) {
+            guard.publish(handover);
         }
         Ok(response)
     }
@@ -259,8 +259,8 @@ where
     bump(&core.counters.stale);
     tracing::debug!(key = %plan.key(), "service failed; serving the stale entry");
     let response = cached_response(core, stale.clone(), plan.head, CacheStatus::Stale, now);
-    let shared = Shared::decoded(stale, CacheStatus::Stale);
-    Ok((response, Some(shared)))
+    let handover = Handover::decoded(stale, CacheStatus::Stale);
+    Ok((response, Some(handover)))
 }
 
 /// Refreshes an entry in the background (stale-while-revalidate, early
@@ -305,10 +305,10 @@ pub(crate) fn refresh_in_background<S, ReqBody, ResBody>(
             }
         }
         bump(&core.counters.background_refreshes);
-        if let Ok((_, Some(shared))) =
+        if let Ok((_, Some(handover))) =
             call_origin(&core, inner, req, &plan, Some(generation), None).await
         {
-            guard.publish(shared);
+            guard.publish(handover);
         }
         if let Some(held) = &plan.lock {
             core.unlock(held).await;

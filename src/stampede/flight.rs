@@ -18,7 +18,7 @@ use crate::{entry::Entry, status::CacheStatus};
 
 /// What a leader hands its followers: the entry to serve and the cache
 /// status to serve it with (`HIT`, or `STALE` when the service failed).
-pub(crate) struct Shared {
+pub(crate) struct Handover {
     /// The entry, once decoded: a leader that stored a response hands over
     /// the encoded value, and the first follower that asks decodes it (a
     /// leader nobody waits for decodes nothing).
@@ -27,7 +27,7 @@ pub(crate) struct Shared {
     pub(crate) outcome: CacheStatus,
 }
 
-impl Shared {
+impl Handover {
     /// An entry already at hand.
     pub(crate) fn decoded(entry: Arc<Entry>, outcome: CacheStatus) -> Self {
         Self {
@@ -55,7 +55,7 @@ impl Shared {
     }
 }
 
-type Slot = watch::Receiver<Option<Arc<Shared>>>;
+type Slot = watch::Receiver<Option<Arc<Handover>>>;
 
 /// A flight in the map.
 struct Flight {
@@ -89,7 +89,7 @@ pub(crate) struct Follower {
 /// How a follower's wait ended.
 pub(crate) enum Waited {
     /// The leader's result.
-    Published(Arc<Shared>),
+    Published(Arc<Handover>),
     /// The leader ended without a result to share (an uncacheable response,
     /// an error, a dropped request).
     Released,
@@ -104,7 +104,7 @@ pub(crate) enum Waited {
 pub(crate) struct FlightGuard {
     map: Arc<Mutex<FlightMap>>,
     key: String,
-    tx: watch::Sender<Option<Arc<Shared>>>,
+    tx: watch::Sender<Option<Arc<Handover>>>,
     followers: Arc<AtomicUsize>,
 }
 
@@ -161,8 +161,8 @@ impl FlightGuard {
         self.followers.clone()
     }
 
-    pub(crate) fn publish(self, shared: Shared) {
-        let _ = self.tx.send(Some(Arc::new(shared)));
+    pub(crate) fn publish(self, handover: Handover) {
+        let _ = self.tx.send(Some(Arc::new(handover)));
     }
 }
 
@@ -222,7 +222,7 @@ mod tests {
         };
         assert_eq!(guard.followers().load(Relaxed), 1);
         let waiter = tokio::spawn(slot.wait());
-        guard.publish(Shared::decoded(Arc::new(entry()), CacheStatus::Hit));
+        guard.publish(Handover::decoded(Arc::new(entry()), CacheStatus::Hit));
         let Waited::Published(got) = waiter.await.unwrap() else {
             panic!("a result")
         };
@@ -235,14 +235,14 @@ mod tests {
 
     #[test]
     fn a_stored_value_is_decoded_once_when_a_follower_asks() {
-        let shared = Shared::encoded(value(b"stored"), CacheStatus::Hit);
-        let first = shared.entry().expect("an entry").clone();
+        let handover = Handover::encoded(value(b"stored"), CacheStatus::Hit);
+        let first = handover.entry().expect("an entry").clone();
         assert_eq!(first.body, "stored");
         // The same decoded entry for every follower.
-        assert!(Arc::ptr_eq(&first, shared.entry().unwrap()));
+        assert!(Arc::ptr_eq(&first, handover.entry().unwrap()));
         // A value that does not decode sends the followers to the service.
         assert!(
-            Shared::encoded(Bytes::from_static(b"junk"), CacheStatus::Hit)
+            Handover::encoded(Bytes::from_static(b"junk"), CacheStatus::Hit)
                 .entry()
                 .is_none()
         );
@@ -301,7 +301,7 @@ mod tests {
         drop(stalled);
         assert!(matches!(early.wait().await, Waited::Released));
         let waiter = tokio::spawn(late.wait());
-        next.publish(Shared::decoded(Arc::new(entry()), CacheStatus::Hit));
+        next.publish(Handover::decoded(Arc::new(entry()), CacheStatus::Hit));
         assert!(matches!(waiter.await.unwrap(), Waited::Published(_)));
     }
 }

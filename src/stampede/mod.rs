@@ -16,7 +16,7 @@ pub(crate) mod lock;
 pub(crate) mod seen;
 
 pub(crate) use self::{
-    flight::{Flights, Join, Shared, Waited},
+    flight::{Flights, Handover, Join, Waited},
     lock::{give_back_lock, Coalesced, HeldLock},
     seen::Seen,
 };
