@@ -13,7 +13,7 @@ use crate::http::RequestFields;
 /// What one pass over a request's fields found: the checks the layer makes
 /// on every request, for the price of one walk over its field names.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Fields {
+pub(crate) struct RequestChecks {
     /// `Upgrade` (such as a WebSocket handshake): the request passes
     /// through untouched. Its `Connection: upgrade` is meant for the server
     /// that answers it, and its response is never stored.
@@ -35,7 +35,7 @@ pub(crate) struct Fields {
     pub(crate) http: RequestFields,
 }
 
-impl Fields {
+impl RequestChecks {
     pub(crate) fn scan(headers: &HeaderMap) -> Self {
         let mut fields = Self::default();
         for (name, value) in headers {
@@ -72,7 +72,7 @@ impl Fields {
 /// or `Connection: accept-language` on a route that varies on it).
 /// `Content-Length` and `Transfer-Encoding` stay even when named: they
 /// frame a body the service still reads, and hiding them would hide that
-/// body from [`Fields::refused`].
+/// body from [`RequestChecks::refused`].
 pub(crate) fn strip_connection_fields(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -132,37 +132,39 @@ mod tests {
     #[test]
     fn bodies_and_method_overrides_are_refused() {
         assert_eq!(
-            Fields::scan(&headers(&[("content-length", "0")])).refused,
+            RequestChecks::scan(&headers(&[("content-length", "0")])).refused,
             None
         );
         assert_eq!(
-            Fields::scan(&headers(&[("content-length", "00")])).refused,
+            RequestChecks::scan(&headers(&[("content-length", "00")])).refused,
             None
         );
-        assert!(Fields::scan(&headers(&[("content-length", "5")]))
+        assert!(RequestChecks::scan(&headers(&[("content-length", "5")]))
             .refused
             .is_some());
-        assert!(Fields::scan(&headers(&[("content-length", "x")]))
+        assert!(RequestChecks::scan(&headers(&[("content-length", "x")]))
             .refused
             .is_some());
-        assert!(Fields::scan(&headers(&[("transfer-encoding", "chunked")]))
-            .refused
-            .is_some());
+        assert!(
+            RequestChecks::scan(&headers(&[("transfer-encoding", "chunked")]))
+                .refused
+                .is_some()
+        );
         for name in [
             "x-http-method-override",
             "X-HTTP-Method",
             "x-method-override",
         ] {
             assert!(
-                Fields::scan(&headers(&[(name, "DELETE")]))
+                RequestChecks::scan(&headers(&[(name, "DELETE")]))
                     .refused
                     .is_some(),
                 "{name}"
             );
         }
         assert_eq!(
-            Fields::scan(&headers(&[("accept", "*/*")])),
-            Fields::default()
+            RequestChecks::scan(&headers(&[("accept", "*/*")])),
+            RequestChecks::default()
         );
     }
 }

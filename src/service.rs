@@ -92,20 +92,20 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let mut fields = crate::request::Fields::scan(req.headers());
-        if fields.upgrade {
+        let mut checks = crate::request::RequestChecks::scan(req.headers());
+        if checks.upgrade {
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
                 .insert(CacheHandle::new(self.core.clone()));
             return ResponseFuture::bypass(self.inner.call(req), self.core.clone());
         }
-        if fields.connection {
+        if checks.connection {
             crate::request::strip_connection_fields(req.headers_mut());
             // What the rest of the path sees is the request without them
             // (a refusal found before stays).
-            let refused = fields.refused;
-            fields = crate::request::Fields::scan(req.headers());
-            fields.refused = fields.refused.or(refused);
+            let refused = checks.refused;
+            checks = crate::request::RequestChecks::scan(req.headers());
+            checks.refused = checks.refused.or(refused);
         }
         if let Some(targets) = unsafe_targets(&self.core, &req) {
             bump(&self.core.counters.bypasses);
@@ -115,7 +115,7 @@ where
             let core = self.core.clone();
             return ResponseFuture::cache(Box::pin(invalidate_after(core, call, targets)));
         }
-        let Some(plan) = plan(&self.core, &req, &fields) else {
+        let Some(plan) = plan(&self.core, &req, &checks) else {
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
                 .insert(CacheHandle::new(self.core.clone()));

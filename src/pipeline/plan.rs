@@ -40,13 +40,13 @@ pub(crate) struct Plan {
     pub(crate) followers: Option<Arc<AtomicUsize>>,
 }
 
-/// The plan of a cacheable request; `None` passes it through. `fields` is
+/// The plan of a cacheable request; `None` passes it through. `checks` is
 /// what the walk over the request's field names found (see
-/// [`crate::request::Fields`]).
+/// [`crate::request::RequestChecks`]).
 pub(crate) fn plan<B>(
     core: &CacheCore,
     req: &Request<B>,
-    fields: &crate::request::Fields,
+    checks: &crate::request::RequestChecks,
 ) -> Option<Plan> {
     let head = req.method() == Method::HEAD;
     if !head && req.method() != Method::GET {
@@ -55,8 +55,8 @@ pub(crate) fn plan<B>(
     let uri = req.uri();
     let rule = core.policies.for_request(req).as_ref()?;
     let headers = req.headers();
-    let refused = fields.refused;
-    let fields = fields.http;
+    let refused = checks.refused;
+    let fields = checks.http;
     if fields.passes_through {
         return None;
     }
