@@ -515,19 +515,8 @@ fn push_digest(key: &mut String, parts: &[&[u8]]) {
     for p in parts {
         hasher.update(p);
     }
-    push_hex(key, &hasher.finalize()[..16]);
+    crate::hex::push(key, &hasher.finalize()[..16]);
 }
-
-/// Appends `bytes` as lower-case hex.
-pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
-    out.reserve(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn floor_boundary(s: &str, max: usize) -> usize {
     if s.len() <= max {

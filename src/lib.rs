@@ -84,6 +84,7 @@ mod entry;
 mod error;
 mod future;
 mod handle;
+mod hex;
 mod http;
 mod jitter;
 mod key;

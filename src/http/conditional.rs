@@ -73,7 +73,7 @@ pub(crate) fn body_etag(body: &[u8]) -> HeaderValue {
     let digest = Sha256::digest(body);
     let mut tag = String::with_capacity(34);
     tag.push('"');
-    crate::key::push_hex(&mut tag, &digest[..16]);
+    crate::hex::push(&mut tag, &digest[..16]);
     tag.push('"');
     HeaderValue::try_from(tag).expect("hex is a valid header value")
 }

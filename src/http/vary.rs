@@ -66,7 +66,7 @@ pub(crate) fn variant_id(request: &HeaderMap, names: &[String]) -> String {
     }
     let digest = hash.finalize();
     let mut id = String::with_capacity(24);
-    crate::key::push_hex(&mut id, &digest[..12]);
+    crate::hex::push(&mut id, &digest[..12]);
     id
 }
 /// Whether the stored `entry` answers a request with these headers (RFC
