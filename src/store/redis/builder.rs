@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use fred::prelude::{Builder, ClientLike, Config, Pool, ReconnectPolicy};
 
-use super::{eviction::check_eviction, generations::Tracked, RedisStore};
+use super::{eviction::check_eviction, tracked::Tracked, RedisStore};
 use crate::error::{Error, StoreError};
 
 /// Settings for a [`RedisStore`]; see [`RedisStore::builder`].

@@ -6,7 +6,7 @@
 //! - `batch.rs`: entry reads of concurrent hits sent together;
 //! - `commands.rs`: the commands and scripts of each operation;
 //! - `cluster.rs`: the same operations where keys span hash slots;
-//! - `generations.rs`: namespace generations kept current by client tracking;
+//! - `tracked.rs`: namespace generations kept current by client tracking;
 //! - `eviction.rs`: the check that Redis cannot evict what invalidation needs.
 
 mod batch;
@@ -14,7 +14,7 @@ mod builder;
 mod cluster;
 mod commands;
 mod eviction;
-mod generations;
+mod tracked;
 
 use std::{pin::pin, sync::Arc, time::Duration};
 
@@ -26,7 +26,7 @@ use fred::{
 use futures_util::StreamExt;
 
 pub use self::builder::RedisStoreBuilder;
-use self::{batch::Batch, commands::*, generations::Tracked};
+use self::{batch::Batch, commands::*, tracked::Tracked};
 use super::{Backend, BoxFuture, Fence, Fenced, Fetched, PathPrefix, Store, Write};
 use crate::error::StoreError;
 
