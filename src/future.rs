@@ -22,7 +22,7 @@ use crate::{
     core::CacheCore,
     status::{mark, CacheStatus},
     store::BoxFuture,
-    tags::CacheTags,
+    tags::strip_tags,
 };
 
 pin_project! {
@@ -91,11 +91,7 @@ where
             StateProj::Bypass { future, core } => {
                 let (mut parts, body) = ready!(future.poll(cx))?.into_parts();
                 let settings = &core.settings;
-                // Tags only mean something on stored responses; never leak them.
-                for name in &settings.tag_headers {
-                    parts.headers.remove(name);
-                }
-                parts.extensions.remove::<CacheTags>();
+                strip_tags(&settings.tag_headers, &mut parts);
                 mark(
                     settings.status_header.as_ref(),
                     &mut parts.headers,

@@ -53,6 +53,15 @@ impl std::fmt::Debug for Tagger {
 /// The longest tag kept; longer ones are dropped.
 const MAX_TAG_LEN: usize = 256;
 
+/// Removes the tag headers and the [`CacheTags`] extension from a response
+/// that is not stored: tags are for the cache, never for the client.
+pub(crate) fn strip_tags(headers: &[HeaderName], parts: &mut Parts) {
+    for name in headers {
+        parts.headers.remove(name);
+    }
+    parts.extensions.remove::<CacheTags>();
+}
+
 /// Collects the tags of a response and removes the tag headers and the
 /// [`CacheTags`] extension from it (they are for the cache, not the client).
 /// Tags that are empty, too long or hold control characters are dropped.

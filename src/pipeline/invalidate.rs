@@ -75,10 +75,7 @@ where
     B: Body,
 {
     let (mut parts, body) = call.await?.into_parts();
-    for name in &core.settings.tag_headers {
-        parts.headers.remove(name);
-    }
-    parts.extensions.remove::<crate::tags::CacheTags>();
+    crate::tags::strip_tags(&core.settings.tag_headers, &mut parts);
     if parts.status.is_success() || parts.status.is_redirection() {
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             let Some(uri) = parts
