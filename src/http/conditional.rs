@@ -5,7 +5,10 @@
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 
-use super::{date::http_date, fields::is_hop_by_hop};
+use super::{
+    date::{http_date, strict_http_date},
+    fields::is_hop_by_hop,
+};
 
 /// The result of evaluating a request's `If-None-Match` /
 /// `If-Modified-Since` against a stored response (RFC 9110 §13.2.2).
@@ -20,7 +23,7 @@ pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap, stored_at_ms
             .map(str::trim)
             .any(|tag| tag == "*" || etag.is_some_and(|etag| weak_eq(tag, etag)));
     }
-    let Some(since) = http_date(request.get(header::IF_MODIFIED_SINCE)) else {
+    let Some(since) = strict_http_date(request.get(header::IF_MODIFIED_SINCE)) else {
         return false;
     };
     let modified = http_date(stored.get(header::LAST_MODIFIED))
