@@ -55,6 +55,7 @@ pub struct CachePolicy {
     mode: Option<FreshnessMode>,
     respect_max_age: Option<bool>,
     heuristic: Option<Option<f64>>,
+    heuristic_max: Option<Duration>,
     revalidate_window: Option<Duration>,
     etag: Option<bool>,
     strip_set_cookie: Option<bool>,
@@ -250,8 +251,22 @@ impl CachePolicy {
     /// `fraction` of the time since its `Last-Modified` (RFC 9111 §4.2.2;
     /// `0.1` is the usual value). Default: off, such responses are stored
     /// only to be revalidated. Must be in `0.0..=1.0`.
+    ///
+    /// The heuristic never exceeds [`heuristic_freshness_max`](Self::heuristic_freshness_max)
+    /// (default one day), applies only to the statuses RFC 9110 §15.1 calls
+    /// heuristically cacheable (or a `public` response), and never to a
+    /// response to a request with credentials (`Authorization`, or a
+    /// `Cookie` the route keys as shared-only): those are stored only on
+    /// the response's explicit word.
     pub fn heuristic_freshness(mut self, fraction: f64) -> Self {
         self.heuristic = Some(Some(fraction));
+        self
+    }
+
+    /// The longest freshness the heuristic gives (default: one day). Must
+    /// be more than zero.
+    pub fn heuristic_freshness_max(mut self, max: Duration) -> Self {
+        self.heuristic_max = Some(max);
         self
     }
 
@@ -359,6 +374,7 @@ impl CachePolicy {
             mode,
             respect_max_age: self.respect_max_age.unwrap_or(base.respect_max_age),
             heuristic: self.heuristic.unwrap_or(base.heuristic),
+            heuristic_max: self.heuristic_max.unwrap_or(base.heuristic_max),
             revalidate_window: self.revalidate_window.unwrap_or(if mode_changed {
                 HttpRules::default_window(origin)
             } else {
@@ -387,6 +403,7 @@ pub(crate) struct HttpRules {
     pub(crate) mode: FreshnessMode,
     pub(crate) respect_max_age: bool,
     pub(crate) heuristic: Option<f64>,
+    pub(crate) heuristic_max: Duration,
     pub(crate) revalidate_window: Duration,
     pub(crate) etag: bool,
     pub(crate) strip_set_cookie: bool,
@@ -401,6 +418,7 @@ impl Default for HttpRules {
             mode: FreshnessMode::PolicyDriven,
             respect_max_age: false,
             heuristic: None,
+            heuristic_max: Duration::from_secs(86_400),
             revalidate_window: Self::default_window(false),
             etag: false,
             strip_set_cookie: false,
@@ -500,6 +518,12 @@ impl Resolved {
                     "{what}: heuristic_freshness {f} is outside 0.0..=1.0; use e.g. 0.1"
                 )));
             }
+        }
+        if self.http.heuristic_max.is_zero() {
+            return Err(Error::config(format!(
+                "{what}: heuristic_freshness_max is zero; use e.g. Duration::from_secs(86_400), \
+                 or leave heuristic_freshness off"
+            )));
         }
         check_component(&format!("{what}: namespace"), &self.namespace)?;
         if self.statuses.is_empty() {

@@ -115,6 +115,20 @@ fn respond(
             )
             .into(),
         ),
+        "/modified" | "/modified-public" => {
+            // Last modified 1 000 s ago, no explicit freshness.
+            let now = std::time::SystemTime::now();
+            let b = b.header("date", httpdate::fmt_http_date(now)).header(
+                "last-modified",
+                httpdate::fmt_http_date(now - std::time::Duration::from_secs(1000)),
+            );
+            let b = if path == "/modified-public" {
+                b.header("cache-control", "public")
+            } else {
+                b
+            };
+            b.body(format!("modified {n}").into())
+        }
         "/body" => b
             .header("cache-control", "max-age=60")
             .body(format!("body [{}] {n}", String::from_utf8_lossy(&body)).into()),
@@ -434,5 +448,29 @@ async fn a_get_with_a_body_is_never_stored() {
     assert_eq!(x, "BYPASS");
     let (_, x, body) = raw(proxy.addr, "GET /body HTTP/1.1\r\nhost: shop.example", "").await;
     assert_eq!((x.as_str(), body.as_str()), ("HIT", "body [] 2"));
+    assert_eq!(calls.load(SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_2_2_heuristic_freshness_serves_a_response_with_only_last_modified() {
+    let redis = RedisServer::start();
+    let (upstream, calls, _) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    let (_, x, first) = proxy.get("/modified", &[]).await;
+    assert_eq!((x.as_str(), first.as_str()), ("MISS", "modified 1"));
+    let (_, x, again) = proxy.get("/modified", &[]).await;
+    assert_eq!((x.as_str(), again.as_str()), ("HIT", "modified 1"));
+    assert_eq!(calls.load(SeqCst), 1);
+
+    // A request with credentials gets no heuristic: the response is stored
+    // (it is public) but only to be revalidated, so each such request
+    // reaches the origin.
+    let auth = [("authorization", "Bearer t")];
+    let (_, _, first) = proxy.get("/modified-public", &auth).await;
+    let (_, _, second) = proxy.get("/modified-public", &auth).await;
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("modified 2", "modified 3")
+    );
     assert_eq!(calls.load(SeqCst), 3);
 }

@@ -8,7 +8,7 @@ use http::{header, HeaderMap, StatusCode};
 
 use super::{
     date::format_http_date,
-    freshness::{freshness_lifetime_ms, heuristically_cacheable, initial_age_ms},
+    freshness::{freshness_lifetime_ms, heuristically_cacheable, initial_age_ms, Heuristic},
     vary, CacheControl, Vary,
 };
 use crate::{
@@ -43,7 +43,15 @@ pub(crate) fn storable(
     if !headers.contains_key(header::DATE) {
         headers.insert(header::DATE, format_http_date(response_ms / 1000));
     }
-    lifetimes(rule, status, headers, cc, request_ms, response_ms)
+    lifetimes(
+        rule,
+        status,
+        headers,
+        cc,
+        shared_only,
+        request_ms,
+        response_ms,
+    )
 }
 
 /// Why a response is never stored, whatever the route says: `Set-Cookie`
@@ -79,6 +87,7 @@ fn lifetimes(
     status: StatusCode,
     headers: &HeaderMap,
     cc: &CacheControl,
+    shared_only: bool,
     request_ms: u64,
     response_ms: u64,
 ) -> Option<(Lifetimes, Extra)> {
@@ -95,7 +104,17 @@ fn lifetimes(
         if !storable_status(status) || !(explicit || cc.public || heuristically_cacheable(status)) {
             return None;
         }
-        let lifetime = freshness_lifetime_ms(status, headers, cc, response_ms, rule.http.heuristic);
+        // A request with credentials gets only what the response says
+        // explicitly: no heuristic.
+        let heuristic = rule
+            .http
+            .heuristic
+            .filter(|_| !shared_only)
+            .map(|fraction| Heuristic {
+                fraction,
+                max_ms: u64::try_from(rule.http.heuristic_max.as_millis()).unwrap_or(u64::MAX),
+            });
+        let lifetime = freshness_lifetime_ms(status, headers, cc, response_ms, heuristic);
         lifetimes.fresh = if cc.no_cache {
             Duration::ZERO
         } else {
@@ -158,5 +177,30 @@ mod tests {
         assert!(refuse(with(&[("vary", "*")])).is_some());
         assert!(refuse(with(&[("vary", "accept-language")])).is_none());
         assert!(refuse(with(&[("cache-control", "public, max-age=9")])).is_none());
+    }
+
+    #[test]
+    fn rfc9111_4_2_2_no_heuristic_for_a_request_with_credentials() {
+        let keys = crate::key::KeySpace::new("t", "v1").unwrap();
+        let rule = crate::policy::CachePolicy::new()
+            .origin_driven()
+            .heuristic_freshness(0.1)
+            .resolve(&Resolved::defaults(&keys), "test", &keys)
+            .unwrap()
+            .unwrap();
+        let fresh_for = |shared_only: bool| {
+            let mut h = with(&[
+                ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+                ("last-modified", "Wed, 21 Oct 2015 07:11:20 GMT"),
+                ("cache-control", "public"),
+            ]);
+            let cc = CacheControl::parse(&h);
+            let at = 1_445_412_480_000;
+            storable(&rule, StatusCode::OK, &mut h, &cc, shared_only, at, at)
+                .map(|(lifetimes, _)| lifetimes.fresh)
+        };
+        assert_eq!(fresh_for(false), Some(Duration::from_secs(100)));
+        // Stored (public allows it), but only to be revalidated.
+        assert_eq!(fresh_for(true), Some(Duration::ZERO));
     }
 }
