@@ -105,6 +105,15 @@ fn respond(
                 .header("vary", "accept-language")
                 .body(format!("{lang} {n}").into())
         }
+        "/vary-encoding" => {
+            let encoding = parts
+                .headers
+                .get("accept-encoding")
+                .map_or("-", |v| v.to_str().unwrap());
+            b.header("cache-control", "max-age=60")
+                .header("vary", "accept-encoding")
+                .body(format!("{encoding} {n}").into())
+        }
         "/host" => b.header("cache-control", "max-age=60").body(
             format!(
                 "host {} {n}",
@@ -473,4 +482,33 @@ async fn rfc9111_4_2_2_heuristic_freshness_serves_a_response_with_only_last_modi
         ("modified 2", "modified 3")
     );
     assert_eq!(calls.load(SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_1_accept_encoding_in_another_order_or_case_selects_the_same_variant() {
+    let redis = RedisServer::start();
+    let (upstream, calls, _) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    let (_, x, first) = proxy
+        .get("/vary-encoding", &[("accept-encoding", "gzip, br")])
+        .await;
+    assert_eq!((x.as_str(), first.as_str()), ("MISS", "gzip, br 1"));
+    for same in ["br, gzip", "BR,GZIP", " gzip ,br "] {
+        let (_, x, body) = proxy
+            .get("/vary-encoding", &[("accept-encoding", same)])
+            .await;
+        assert_eq!((x.as_str(), body.as_str()), ("HIT", "gzip, br 1"), "{same}");
+    }
+    let (_, x, other) = proxy
+        .get("/vary-encoding", &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!((x.as_str(), other.as_str()), ("MISS", "gzip 2"));
+    // Accept-Language keeps its order: it can carry priority.
+    let (_, x, _) = proxy.get("/vary", &[("accept-language", "en, fr")]).await;
+    assert_eq!(x, "MISS");
+    let (_, x, _) = proxy.get("/vary", &[("accept-language", "EN ,FR")]).await;
+    assert_eq!(x, "HIT");
+    let (_, x, _) = proxy.get("/vary", &[("accept-language", "fr, en")]).await;
+    assert_eq!(x, "MISS");
+    assert_eq!(calls.load(SeqCst), 4);
 }
