@@ -625,6 +625,14 @@ mod tests {
         assert!(e.contains("default policy: TTL is zero"), "{e}");
         assert!(default(CachePolicy::new().jitter(1.5)).contains("jitter 1.5 is outside"));
         assert!(default(CachePolicy::new().statuses([])).contains("no cacheable statuses"));
+        for never in [103, 206, 304] {
+            let status = http::StatusCode::from_u16(never).unwrap();
+            let e = default(CachePolicy::new().statuses([http::StatusCode::OK, status]));
+            assert!(
+                e.contains(&format!("status {status} cannot be stored")),
+                "{e}"
+            );
+        }
         assert!(default(CachePolicy::new().early_refresh(-1.0)).contains("early_refresh"));
         assert!(default(CachePolicy::new().namespace("a b")).contains("namespace"));
         assert!(err(b().store_timeout(Duration::ZERO)).contains("store_timeout"));

@@ -531,6 +531,16 @@ impl Resolved {
                 "{what}: no cacheable statuses; list at least one, or use CachePolicy::bypass()"
             )));
         }
+        if let Some(status) = self
+            .statuses
+            .iter()
+            .find(|s| s.is_informational() || matches!(s.as_u16(), 206 | 304))
+        {
+            return Err(Error::config(format!(
+                "{what}: status {status} cannot be stored (an interim response, a partial \
+                 one or a 304 is never a complete response); remove it from statuses"
+            )));
+        }
         Ok(())
     }
 

@@ -512,3 +512,66 @@ async fn rfc9111_4_1_accept_encoding_in_another_order_or_case_selects_the_same_v
     assert_eq!(x, "MISS");
     assert_eq!(calls.load(SeqCst), 4);
 }
+
+/// An origin that sends `103 Early Hints` before each final response, over
+/// raw HTTP/1.1 (a hyper service cannot send one).
+async fn early_hints_origin() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let n = c.fetch_add(1, SeqCst) + 1;
+                        let body = format!("final {n}");
+                        let reply = format!(
+                            "HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n\
+                             HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\n\
+                             content-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9110_15_2_an_interim_103_is_neither_stored_nor_served() {
+    let redis = RedisServer::start();
+    let (upstream, calls) = early_hints_origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    let (s, h, body) = proxy.send("GET", "/page", &[], "").await;
+    assert_eq!((s, body.as_str()), (200, "final 1"));
+    assert_eq!(h["x-cache"], "MISS");
+    assert!(
+        h.get("link").is_none(),
+        "the 103's fields are not merged in"
+    );
+    let (s, h, body) = proxy.send("GET", "/page", &[], "").await;
+    assert_eq!((s, body.as_str()), (200, "final 1"));
+    assert_eq!(h["x-cache"], "HIT", "the final response is what was stored");
+    assert!(h.get("link").is_none());
+    assert_eq!(calls.load(SeqCst), 1);
+}
