@@ -42,6 +42,54 @@ pub(crate) struct Settings {
     pub(crate) origin_key: crate::key::OriginKey,
     /// The time budget of a [`CacheHandle`](crate::CacheHandle) call.
     pub(crate) handle_timeout: Duration,
+    pub(crate) targeted: Targeted,
+}
+
+impl Settings {
+    /// Removes what speaks to this cache alone from a response that is not
+    /// stored: the tag fields and extension, and this cache's own targeted
+    /// field.
+    pub(crate) fn strip_cache_fields(&self, parts: &mut http::response::Parts) {
+        crate::tags::strip_tags(&self.tag_headers, parts);
+        if let Some(own) = self.targeted.own() {
+            parts.headers.remove(own);
+        }
+    }
+}
+
+/// The targeted cache-control fields (RFC 9213) this cache follows, most
+/// specific first: its own field (if any) at the head, then the others.
+#[derive(Debug, Clone)]
+pub(crate) struct Targeted {
+    fields: Vec<HeaderName>,
+    own: bool,
+}
+
+impl Targeted {
+    pub(crate) fn new(own: Option<HeaderName>, others: Vec<HeaderName>) -> Self {
+        let has_own = own.is_some();
+        let others = others.into_iter().filter(|n| own.as_ref() != Some(n));
+        Self {
+            fields: own.clone().into_iter().chain(others).collect(),
+            own: has_own,
+        }
+    }
+
+    /// The fields a route follows: all of them in origin-driven mode; in
+    /// policy-driven mode only this cache's own, with which a handler
+    /// overrides its route's TTL for one response.
+    pub(crate) fn for_mode(&self, origin_driven: bool) -> &[HeaderName] {
+        if origin_driven {
+            &self.fields
+        } else {
+            &self.fields[..usize::from(self.own)]
+        }
+    }
+
+    /// This cache's own field: for this cache alone, never sent on.
+    pub(crate) fn own(&self) -> Option<&HeaderName> {
+        self.fields.first().filter(|_| self.own)
+    }
 }
 
 pub(crate) struct CacheCore {

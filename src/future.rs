@@ -22,7 +22,6 @@ use crate::{
     core::CacheCore,
     status::{mark, CacheStatus},
     store::BoxFuture,
-    tags::strip_tags,
 };
 
 pin_project! {
@@ -91,7 +90,7 @@ where
             StateProj::Bypass { future, core } => {
                 let (mut parts, body) = ready!(future.poll(cx))?.into_parts();
                 let settings = &core.settings;
-                strip_tags(&settings.tag_headers, &mut parts);
+                settings.strip_cache_fields(&mut parts);
                 mark(
                     settings.status_header.as_ref(),
                     &mut parts.headers,

@@ -321,7 +321,14 @@ impl CacheHandle {
                 continue;
             }
             // Whether and how long: the layer's own decision after a miss.
-            let cc = crate::http::CacheControl::parse(&parts.headers);
+            let targeted = &settings.targeted;
+            let cc = crate::http::CacheControl::parse_response(
+                &parts.headers,
+                targeted.for_mode(rule.http.origin_driven()),
+            );
+            if let Some(own) = targeted.own() {
+                parts.headers.remove(own);
+            }
             let now = entry::now_ms();
             let status = parts.status;
             let Some((lifetimes, extra)) =

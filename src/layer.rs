@@ -7,7 +7,7 @@ use http::HeaderName;
 use tower_layer::Layer;
 
 use crate::{
-    core::{CacheCore, Settings},
+    core::{CacheCore, Settings, Targeted},
     error::Error,
     key::KeySpace,
     policy::{CachePolicy, Policies, Resolved},
@@ -124,6 +124,8 @@ pub struct RedisCacheLayerBuilder {
     handle_timeout: Duration,
     max_pending_invalidations: usize,
     tag_headers: Vec<HeaderName>,
+    targeted: Vec<HeaderName>,
+    own_cache_control: Option<HeaderName>,
     default_policy: CachePolicy,
     key_host: bool,
     key_scheme: bool,
@@ -156,6 +158,8 @@ impl Default for RedisCacheLayerBuilder {
                 HeaderName::from_static("cache-tag"),
                 HeaderName::from_static("surrogate-key"),
             ],
+            targeted: vec![HeaderName::from_static("cdn-cache-control")],
+            own_cache_control: None,
             default_policy: CachePolicy::new(),
             key_host: false,
             key_scheme: false,
@@ -249,6 +253,45 @@ impl RedisCacheLayerBuilder {
     /// Sends no cache-status header.
     pub fn without_status_header(mut self) -> Self {
         self.status_header = None;
+        self
+    }
+
+    /// The targeted cache-control fields (RFC 9213) that origin-driven
+    /// routes follow, most specific first (default: `CDN-Cache-Control`).
+    /// The first one present with a valid, non-empty structured-field
+    /// dictionary replaces `Cache-Control` and `Expires` for this cache's
+    /// freshness and storability; an invalid one is ignored as a whole.
+    /// These fields are sent on to clients, for the caches after this one.
+    /// An empty list turns them off.
+    ///
+    /// They never open up what the trust rules keep out of the shared
+    /// cache: a response with `Set-Cookie` is not stored, and one to a
+    /// request with `Authorization` or a shared-only `Cookie` is stored
+    /// only when its `Cache-Control` allows it.
+    pub fn targeted_cache_control(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.targeted = names.into_iter().collect();
+        self
+    }
+
+    /// This cache's own targeted field (RFC 9213), such as
+    /// `api-cache-control`: followed before every other field, and removed
+    /// from responses before they leave the layer, so it speaks to this
+    /// cache alone. In policy-driven mode it is the only field read: a
+    /// handler sets it to override its route's TTL for one response
+    /// (`max-age=5`, `no-store`, `stale-while-revalidate=30`...).
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tower_redis_cache::RedisCacheLayer;
+    ///
+    /// let cache = RedisCacheLayer::builder()
+    ///     .own_cache_control(HeaderName::from_static("api-cache-control"))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = cache;
+    /// ```
+    pub fn own_cache_control(mut self, name: HeaderName) -> Self {
+        self.own_cache_control = Some(name);
         self
     }
 
@@ -450,6 +493,17 @@ impl RedisCacheLayerBuilder {
                 "handle_timeout is zero: give handle calls a budget such as 100 ms",
             ));
         }
+        if let Some(name) = self
+            .own_cache_control
+            .iter()
+            .chain(&self.targeted)
+            .find(|n| **n == http::header::CACHE_CONTROL || **n == http::header::PRAGMA)
+        {
+            return Err(Error::config(format!(
+                "{name} cannot be a targeted cache-control field: name a field of its own, \
+                 such as cdn-cache-control or api-cache-control"
+            )));
+        }
         if self.max_pending_invalidations == 0 {
             return Err(Error::config(
                 "max_pending_invalidations is zero: keep e.g. 10000 invalidations for replay",
@@ -513,6 +567,7 @@ impl RedisCacheLayerBuilder {
             tag_headers: self.tag_headers,
             origin_key,
             handle_timeout: self.handle_timeout,
+            targeted: Targeted::new(self.own_cache_control, self.targeted),
         };
         let core = CacheCore::new(store, keys, policies, settings, replay);
         Ok(RedisCacheLayer {
@@ -640,6 +695,10 @@ mod tests {
         assert!(err(b().circuit_breaker(3, Duration::ZERO)).contains("cool-down"));
         assert!(err(b().handle_timeout(Duration::ZERO)).contains("handle_timeout"));
         assert!(err(b().max_pending_invalidations(0)).contains("max_pending_invalidations"));
+        let e = err(b().own_cache_control(http::header::CACHE_CONTROL));
+        assert!(e.contains("cache-control cannot be a targeted"), "{e}");
+        let e = err(b().targeted_cache_control([http::header::PRAGMA]));
+        assert!(e.contains("pragma cannot be a targeted"), "{e}");
         let e = err(b().route("/p/{id}", CachePolicy::new().ttl(Duration::ZERO)));
         assert!(e.contains("route \"/p/{id}\": TTL is zero"), "{e}");
         assert!(err(b().route("p", CachePolicy::new())).contains("must start with '/'"));

@@ -114,6 +114,26 @@ fn respond(
                 .header("vary", "accept-encoding")
                 .body(format!("{encoding} {n}").into())
         }
+        "/cdn" => b
+            .header("cache-control", "no-store")
+            .header("cdn-cache-control", "max-age=60")
+            .body(format!("cdn {n}").into()),
+        "/cdn-invalid" => b
+            .header("cache-control", "max-age=60")
+            .header("cdn-cache-control", "max-age=60, no-store;;")
+            .body(format!("cdn-invalid {n}").into()),
+        "/cdn-no-store" => b
+            .header("cache-control", "max-age=60")
+            .header("expires", "Thu, 01 Jan 2099 00:00:00 GMT")
+            .header("cdn-cache-control", "no-store")
+            .body(format!("cdn-no-store {n}").into()),
+        "/cdn-cookie" => b
+            .header("cdn-cache-control", "public, max-age=60")
+            .header("set-cookie", "session=abc")
+            .body(format!("cdn-cookie {n}").into()),
+        "/cdn-public" => b
+            .header("cdn-cache-control", "public, s-maxage=60")
+            .body(format!("cdn-public {n}").into()),
         "/host" => b.header("cache-control", "max-age=60").body(
             format!(
                 "host {} {n}",
@@ -574,4 +594,63 @@ async fn rfc9110_15_2_an_interim_103_is_neither_stored_nor_served() {
     assert_eq!(h["x-cache"], "HIT", "the final response is what was stored");
     assert!(h.get("link").is_none());
     assert_eq!(calls.load(SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9213_2_2_cdn_cache_control_replaces_cache_control_for_this_cache() {
+    let redis = RedisServer::start();
+    let (upstream, calls, _) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    // Stored for 60 s although Cache-Control says no-store; both fields go
+    // on to the client (the browser must not store it, caches after this
+    // one may).
+    let (_, h, body) = proxy.send("GET", "/cdn", &[], "").await;
+    assert_eq!(
+        (h["x-cache"].to_str().unwrap(), body.as_str()),
+        ("MISS", "cdn 1")
+    );
+    let (_, h, body) = proxy.send("GET", "/cdn", &[], "").await;
+    assert_eq!(
+        (h["x-cache"].to_str().unwrap(), body.as_str()),
+        ("HIT", "cdn 1")
+    );
+    assert_eq!(h["cache-control"], "no-store");
+    assert_eq!(h["cdn-cache-control"], "max-age=60");
+    assert_eq!(calls.load(SeqCst), 1);
+
+    // An invalid targeted field is ignored as a whole: Cache-Control decides.
+    proxy.get("/cdn-invalid", &[]).await;
+    let (_, x, _) = proxy.get("/cdn-invalid", &[]).await;
+    assert_eq!(x, "HIT");
+
+    // A targeted no-store wins over Cache-Control and Expires.
+    proxy.get("/cdn-no-store", &[]).await;
+    let (_, x, body) = proxy.get("/cdn-no-store", &[]).await;
+    assert_eq!((x.as_str(), body.as_str()), ("MISS", "cdn-no-store 4"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9213_a_targeted_field_never_overrides_the_trust_rules() {
+    let redis = RedisServer::start();
+    let (upstream, calls, _) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    // Set-Cookie: never stored, whatever the targeted field says.
+    proxy.get("/cdn-cookie", &[]).await;
+    let (_, x, body) = proxy.get("/cdn-cookie", &[]).await;
+    assert_eq!((x.as_str(), body.as_str()), ("MISS", "cdn-cookie 2"));
+    // Authorization: only Cache-Control can allow sharing the response.
+    let auth = [("authorization", "Bearer alice")];
+    proxy.get("/cdn-public", &auth).await;
+    let (_, x, body) = proxy.get("/cdn-public", &auth).await;
+    assert_eq!((x.as_str(), body.as_str()), ("MISS", "cdn-public 4"));
+    let (_, x, body) = proxy
+        .get("/cdn-public", &[("authorization", "Bearer bob")])
+        .await;
+    assert_ne!(x, "HIT");
+    assert_eq!(body, "cdn-public 5");
+    // Without credentials the same response is stored.
+    proxy.get("/cdn-public", &[]).await;
+    let (_, x, _) = proxy.get("/cdn-public", &[]).await;
+    assert_eq!(x, "HIT");
+    assert_eq!(calls.load(SeqCst), 6);
 }

@@ -2,7 +2,7 @@
 //! response: the directives the cache acts on, parsed as the RFC's grammar
 //! says, with the most restrictive reading of anything malformed.
 
-use http::{header, HeaderMap};
+use http::{header, HeaderMap, HeaderName};
 
 /// The largest delta-seconds value kept (RFC 9111 §1.2.2: 2^31).
 const MAX_DELTA: u64 = 2_147_483_648;
@@ -32,6 +32,9 @@ pub(crate) struct CacheControl {
     /// Header fields named by `no-cache="..."` or `private="..."`: not
     /// stored.
     pub(crate) omit: Vec<String>,
+    /// Read from a targeted field (RFC 9213), which replaces
+    /// `Cache-Control` and `Expires` for this cache.
+    pub(crate) targeted: bool,
 }
 
 impl CacheControl {
@@ -47,6 +50,83 @@ impl CacheControl {
             }
         }
         cc
+    }
+
+    /// The directives this cache follows for a response (RFC 9213 §2.2): the
+    /// first of `targeted` (most specific first) that is present and a
+    /// valid, non-empty structured-field dictionary, which replaces
+    /// `Cache-Control` and `Expires`; else `Cache-Control`.
+    pub(crate) fn parse_response(headers: &HeaderMap, targeted: &[HeaderName]) -> Self {
+        targeted
+            .iter()
+            .find_map(|name| Self::parse_targeted(headers, name))
+            .unwrap_or_else(|| Self::parse(headers))
+    }
+
+    /// A targeted field (RFC 9213 §2.1) as directives: `None` when it is
+    /// absent, empty or not a dictionary (then it is ignored as a whole).
+    /// A delta-seconds directive with a value that is not a non-negative
+    /// integer counts as `0`, and a `no-cache` or `private` with a value
+    /// that is not a list of field names counts unqualified: the most
+    /// restrictive reading, as for `Cache-Control`.
+    fn parse_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
+        let mut lines = headers.get_all(name).iter();
+        let first = lines.next()?;
+        let mut joined = first.as_bytes().to_vec();
+        for line in lines {
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(line.as_bytes());
+        }
+        let dictionary = sfv::Parser::new(&joined).parse::<sfv::Dictionary>().ok()?;
+        if dictionary.is_empty() {
+            return None;
+        }
+        let mut cc = Self {
+            targeted: true,
+            ..Self::default()
+        };
+        for (key, member) in &dictionary {
+            let item = match member {
+                sfv::ListEntry::Item(item) => Some(&item.bare_item),
+                sfv::ListEntry::InnerList(_) => None,
+            };
+            let flag = item.and_then(sfv::BareItem::as_boolean);
+            let seconds = || {
+                item.and_then(sfv::BareItem::as_integer)
+                    .and_then(|i| u64::try_from(i64::from(i)).ok())
+                    .map_or(0, |s| s.min(MAX_DELTA))
+            };
+            // `no-cache=("set-cookie")` or `private="x"`: fields left out.
+            let fields = || -> Option<Vec<String>> {
+                let names: Vec<String> = match member {
+                    sfv::ListEntry::InnerList(list) => list
+                        .items
+                        .iter()
+                        .map(|i| field_name(&i.bare_item))
+                        .collect::<Option<_>>()?,
+                    sfv::ListEntry::Item(item) => vec![field_name(&item.bare_item)?],
+                };
+                (!names.is_empty()).then_some(names)
+            };
+            match key.as_str() {
+                "no-store" => cc.no_store |= flag != Some(false),
+                "no-cache" | "private" if flag == Some(false) => {}
+                "no-cache" | "private" => match (flag, fields()) {
+                    (None, Some(names)) => cc.omit.extend(names),
+                    _ if key.as_str() == "no-cache" => cc.no_cache = true,
+                    _ => cc.private = true,
+                },
+                "public" => cc.public |= flag == Some(true),
+                "must-revalidate" => cc.must_revalidate |= flag != Some(false),
+                "proxy-revalidate" => cc.proxy_revalidate |= flag != Some(false),
+                "max-age" => cc.max_age = Some(seconds()),
+                "s-maxage" => cc.s_maxage = Some(seconds()),
+                "stale-while-revalidate" => cc.stale_while_revalidate = Some(seconds()),
+                "stale-if-error" => cc.stale_if_error = Some(seconds()),
+                _ => {}
+            }
+        }
+        Some(cc)
     }
 
     /// Request directives: `Pragma: no-cache` stands for `no-cache` when the
@@ -271,6 +351,18 @@ fn field_list(list: &str) -> Option<Vec<String>> {
 
 /// delta-seconds: the leading digits (`3600.5` is 3600); no digits is `0`,
 /// a value too large is capped at 2^31.
+/// A field name in a targeted field's `no-cache` or `private` list: a
+/// string or token that is a valid header name, in lower case.
+fn field_name(item: &sfv::BareItem) -> Option<String> {
+    let name = item
+        .as_string()
+        .map(|s| s.as_str())
+        .or_else(|| item.as_token().map(|t| t.as_str()))?;
+    let name = name.to_ascii_lowercase();
+    HeaderName::from_bytes(name.as_bytes()).ok()?;
+    Some(name)
+}
+
 pub(crate) fn parse_seconds(v: &str) -> u64 {
     let digits = v.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
@@ -380,5 +472,94 @@ mod tests {
             ("cache-control", "max-age=5"),
         ]));
         assert!(!r.no_cache);
+    }
+
+    fn targeted(pairs: &[(&'static str, &'static str)]) -> CacheControl {
+        let names = [
+            HeaderName::from_static("api-cache-control"),
+            HeaderName::from_static("cdn-cache-control"),
+        ];
+        CacheControl::parse_response(&with(pairs), &names)
+    }
+
+    #[test]
+    fn rfc9213_2_2_the_first_valid_targeted_field_replaces_cache_control() {
+        let c = targeted(&[
+            ("cache-control", "no-store"),
+            (
+                "cdn-cache-control",
+                "max-age=600, stale-while-revalidate=30",
+            ),
+        ]);
+        assert!(c.targeted && !c.no_store);
+        assert_eq!((c.max_age, c.stale_while_revalidate), (Some(600), Some(30)));
+        // The most specific one present wins.
+        let c = targeted(&[
+            ("cdn-cache-control", "max-age=600"),
+            ("api-cache-control", "s-maxage=5, must-revalidate"),
+        ]);
+        assert_eq!(
+            (c.max_age, c.s_maxage, c.must_revalidate),
+            (None, Some(5), true)
+        );
+        // Several lines make one dictionary.
+        let mut h = with(&[("cdn-cache-control", "max-age=60")]);
+        h.append("cdn-cache-control", "private".parse().unwrap());
+        let c = CacheControl::parse_response(&h, &[HeaderName::from_static("cdn-cache-control")]);
+        assert!(c.private && c.max_age == Some(60));
+    }
+
+    #[test]
+    fn rfc9213_2_1_an_invalid_or_empty_targeted_field_is_ignored_as_a_whole() {
+        for bad in [
+            "max-age=60, no-store;;",
+            "max-age=\"60",
+            "",
+            "Max-Age=60",
+            "a=1,",
+        ] {
+            let c = targeted(&[("cache-control", "max-age=9"), ("cdn-cache-control", bad)]);
+            assert!(!c.targeted, "{bad:?} must be ignored");
+            assert_eq!(c.max_age, Some(9), "{bad:?}: Cache-Control applies");
+        }
+        // The next field in the list is tried.
+        let c = targeted(&[
+            ("api-cache-control", "max-age=("),
+            ("cdn-cache-control", "max-age=7"),
+        ]);
+        assert_eq!(c.max_age, Some(7));
+    }
+
+    #[test]
+    fn rfc9213_2_1_directive_values_read_strictly() {
+        // A lifetime that is not a non-negative integer counts as 0.
+        for v in [
+            "max-age=-1",
+            "max-age=1.5",
+            "max-age=\"60\"",
+            "max-age=?1",
+            "max-age",
+        ] {
+            assert_eq!(
+                targeted(&[("cdn-cache-control", v)]).max_age,
+                Some(0),
+                "{v}"
+            );
+        }
+        let c = targeted(&[("cdn-cache-control", "no-store=?0, public=?1, max-age=3")]);
+        assert!(!c.no_store && c.public);
+        // A list of field names qualifies no-cache and private; anything
+        // else reads as the unqualified directive.
+        let c = targeted(&[(
+            "cdn-cache-control",
+            "no-cache=(\"Set-Cookie\" x-a), private=\"x-b\"",
+        )]);
+        assert!(!c.no_cache && !c.private);
+        assert_eq!(c.omit, ["set-cookie", "x-a", "x-b"]);
+        let c = targeted(&[("cdn-cache-control", "no-cache=5, private=()")]);
+        assert!(c.no_cache && c.private);
+        // Directives a cache does not know are ignored.
+        let c = targeted(&[("cdn-cache-control", "max-age=3, x-ext=\"y\";p=1")]);
+        assert_eq!(c.max_age, Some(3));
     }
 }

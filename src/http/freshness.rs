@@ -39,7 +39,8 @@ pub(crate) fn freshness_lifetime_ms(
     }
     let date = http_date(headers.get(header::DATE)).unwrap_or(response_ms / 1000);
     let mut expires = headers.get_all(header::EXPIRES).iter();
-    if let Some(first) = expires.next() {
+    // A targeted field replaces `Expires` too (RFC 9213 §2.2).
+    if let Some(first) = expires.next().filter(|_| !cc.targeted) {
         // An invalid `Expires` (such as "0") means already expired (§5.3),
         // and so do several (§4.2.1: the response is then stale).
         if expires.next().is_some() {

@@ -35,7 +35,7 @@ pub(crate) fn storable(
     request_ms: u64,
     response_ms: u64,
 ) -> Option<(Lifetimes, Extra)> {
-    if (shared_only && !cc.allows_authorized())
+    if (shared_only && !allows_authorized(headers, cc))
         || refuse_to_store(headers, cc, rule.http.strip_set_cookie).is_some()
     {
         return None;
@@ -52,6 +52,17 @@ pub(crate) fn storable(
         request_ms,
         response_ms,
     )
+}
+
+/// Whether the response may be served to requests with credentials (RFC
+/// 9111 §3.5). Only `Cache-Control` can say so: a targeted field (RFC
+/// 9213) never opens up what the trust rules keep out of the shared cache.
+fn allows_authorized(headers: &HeaderMap, cc: &CacheControl) -> bool {
+    if cc.targeted {
+        CacheControl::parse(headers).allows_authorized()
+    } else {
+        cc.allows_authorized()
+    }
 }
 
 /// Why a response is never stored, whatever the route says: `Set-Cookie`
@@ -94,13 +105,14 @@ fn lifetimes(
     let mut lifetimes = rule.lifetimes();
     let mut extra = Extra {
         initial_age_ms: initial_age_ms(headers, request_ms, response_ms),
-        shared: cc.allows_authorized() || rule.allow_authorization,
+        shared: rule.allow_authorization || allows_authorized(headers, cc),
         ..Extra::default()
     };
     let ms = |s: u64| Duration::from_millis(s.saturating_mul(1000));
     if rule.http.origin_driven() {
-        let explicit =
-            cc.max_age.is_some() || cc.s_maxage.is_some() || headers.contains_key(header::EXPIRES);
+        let explicit = cc.max_age.is_some()
+            || cc.s_maxage.is_some()
+            || (!cc.targeted && headers.contains_key(header::EXPIRES));
         if !storable_status(status) || !(explicit || cc.public || heuristically_cacheable(status)) {
             return None;
         }
@@ -139,7 +151,22 @@ fn lifetimes(
         if !rule.stores_status(status) {
             return None;
         }
-        if rule.http.respect_max_age {
+        if cc.targeted {
+            // This cache's own field, set by the handler: it overrides the
+            // route's TTL and windows for this response.
+            if let Some(s) = cc.s_maxage.or(cc.max_age) {
+                lifetimes.fresh = ms(s);
+            }
+            if cc.no_cache {
+                lifetimes.fresh = Duration::ZERO;
+            }
+            if let Some(s) = cc.stale_while_revalidate {
+                lifetimes.stale_while_revalidate = ms(s);
+            }
+            if let Some(s) = cc.stale_if_error {
+                lifetimes.stale_if_error = ms(s);
+            }
+        } else if rule.http.respect_max_age {
             if let Some(s) = cc.s_maxage.or(cc.max_age) {
                 lifetimes.fresh = lifetimes.fresh.min(ms(s));
             }

@@ -116,7 +116,14 @@ where
             uri.as_ref(),
             &mut parts,
         );
-        let cc = CacheControl::parse(&parts.headers);
+        let targeted = &core.settings.targeted;
+        let cc = CacheControl::parse_response(
+            &parts.headers,
+            targeted.for_mode(plan.rule.http.origin_driven()),
+        );
+        if let Some(own) = targeted.own() {
+            parts.headers.remove(own);
+        }
         // A failure a stale entry will stand in for is not stored.
         let covered_failure = has_fallback && parts.status.is_server_error();
         // With the store down nothing is written: the response is buffered

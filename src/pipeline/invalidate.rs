@@ -75,7 +75,7 @@ where
     B: Body,
 {
     let (mut parts, body) = call.await?.into_parts();
-    crate::tags::strip_tags(&core.settings.tag_headers, &mut parts);
+    core.settings.strip_cache_fields(&mut parts);
     if parts.status.is_success() || parts.status.is_redirection() {
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             let Some(uri) = parts
