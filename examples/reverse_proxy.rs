@@ -45,7 +45,7 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// The cache layer of the proxy: origin-driven freshness (with a tenth of
 /// the time since `Last-Modified`, at most a day, for responses that say
-/// nothing), the host in the key, `x-cache` on.
+/// nothing), the host in the key, `x-cache` and `Cache-Status` (RFC 9211) on.
 pub fn cache_layer(
     builder: RedisCacheLayerBuilder,
 ) -> Result<RedisCacheLayer, tower_redis_cache::Error> {
@@ -53,6 +53,7 @@ pub fn cache_layer(
         .prefix("proxy")
         .default_policy(CachePolicy::new().origin_driven().heuristic_freshness(0.1))
         .key_host(true)
+        .cache_status("tower-redis-cache", false)
         .build()
 }
 

@@ -43,6 +43,7 @@ pub(crate) struct Settings {
     /// The time budget of a [`CacheHandle`](crate::CacheHandle) call.
     pub(crate) handle_timeout: Duration,
     pub(crate) targeted: Targeted,
+    pub(crate) cache_status: Option<crate::status::CacheStatusField>,
 }
 
 impl Settings {

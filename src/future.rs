@@ -20,7 +20,7 @@ use pin_project_lite::pin_project;
 use crate::{
     body::CacheBody,
     core::CacheCore,
-    status::{mark, CacheStatus},
+    status::{cache_status, mark, CacheStatus, Detail, Fwd},
     store::BoxFuture,
 };
 
@@ -45,6 +45,7 @@ pin_project! {
             #[pin]
             future: F,
             core: Arc<CacheCore>,
+            fwd: Fwd,
         },
         Cache {
             future: BoxFuture<'static, Result<Response<CacheBody<B>>, E>>,
@@ -56,9 +57,11 @@ pin_project! {
 }
 
 impl<F, B: Body, E> ResponseFuture<F, B, E> {
-    pub(crate) fn bypass(future: F, core: Arc<CacheCore>) -> Self {
+    /// A request the cache does not handle; `fwd` says why in
+    /// `Cache-Status`.
+    pub(crate) fn bypass(future: F, core: Arc<CacheCore>, fwd: Fwd) -> Self {
         Self {
-            state: State::Bypass { future, core },
+            state: State::Bypass { future, core, fwd },
         }
     }
 
@@ -87,7 +90,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Bypass { future, core } => {
+            StateProj::Bypass { future, core, fwd } => {
                 let (mut parts, body) = ready!(future.poll(cx))?.into_parts();
                 let settings = &core.settings;
                 settings.strip_cache_fields(&mut parts);
@@ -96,6 +99,12 @@ where
                     &mut parts.headers,
                     CacheStatus::Bypass,
                 );
+                let detail = Detail {
+                    fwd: Some(*fwd),
+                    fwd_status: Some(parts.status),
+                    ..Detail::default()
+                };
+                cache_status(settings.cache_status.as_ref(), &mut parts.headers, detail);
                 Poll::Ready(Ok(Response::from_parts(parts, CacheBody::inner(body))))
             }
             StateProj::Cache { future } => future.as_mut().poll(cx),

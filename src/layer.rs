@@ -13,6 +13,7 @@ use crate::{
     policy::{CachePolicy, Policies, Resolved},
     replay::{NamespaceLife, ReplayConfig},
     service::CacheService,
+    status::CacheStatusField,
     store::{MemoryStore, Store},
     CacheHandle,
 };
@@ -126,6 +127,7 @@ pub struct RedisCacheLayerBuilder {
     tag_headers: Vec<HeaderName>,
     targeted: Vec<HeaderName>,
     own_cache_control: Option<HeaderName>,
+    cache_status: Option<(String, bool)>,
     default_policy: CachePolicy,
     key_host: bool,
     key_scheme: bool,
@@ -160,6 +162,7 @@ impl Default for RedisCacheLayerBuilder {
             ],
             targeted: vec![HeaderName::from_static("cdn-cache-control")],
             own_cache_control: None,
+            cache_status: None,
             default_policy: CachePolicy::new(),
             key_host: false,
             key_scheme: false,
@@ -253,6 +256,31 @@ impl RedisCacheLayerBuilder {
     /// Sends no cache-status header.
     pub fn without_status_header(mut self) -> Self {
         self.status_header = None;
+        self
+    }
+
+    /// Adds a `Cache-Status` field (RFC 9211) to every response, naming this
+    /// cache `name`: `hit` and `ttl` for a response served from the cache;
+    /// `fwd` (`uri-miss`, `vary-miss`, `stale`, `request`, `bypass`,
+    /// `method`), `fwd-status` and `stored` for one that went to the
+    /// service; `collapsed` for a request that waited for another's
+    /// response. With `show_key`, also the cache key (it names your routes
+    /// and prefix: leave it off for public clients). Alongside the status
+    /// header, or instead of it with
+    /// [`without_status_header`](Self::without_status_header). Off by default.
+    ///
+    /// ```
+    /// use tower_redis_cache::RedisCacheLayer;
+    ///
+    /// let cache = RedisCacheLayer::builder()
+    ///     .cache_status("api-cache", false)
+    ///     .without_status_header()
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = cache;
+    /// ```
+    pub fn cache_status(mut self, name: impl Into<String>, show_key: bool) -> Self {
+        self.cache_status = Some((name.into(), show_key));
         self
     }
 
@@ -504,6 +532,15 @@ impl RedisCacheLayerBuilder {
                  such as cdn-cache-control or api-cache-control"
             )));
         }
+        let cache_status = match &self.cache_status {
+            None => None,
+            Some((name, key)) => Some(CacheStatusField::new(name, *key).ok_or_else(|| {
+                Error::config(format!(
+                    "cache_status name {name:?} is empty or not printable ASCII; \
+                     use a name such as \"api-cache\""
+                ))
+            })?),
+        };
         if self.max_pending_invalidations == 0 {
             return Err(Error::config(
                 "max_pending_invalidations is zero: keep e.g. 10000 invalidations for replay",
@@ -568,6 +605,7 @@ impl RedisCacheLayerBuilder {
             origin_key,
             handle_timeout: self.handle_timeout,
             targeted: Targeted::new(self.own_cache_control, self.targeted),
+            cache_status,
         };
         let core = CacheCore::new(store, keys, policies, settings, replay);
         Ok(RedisCacheLayer {
@@ -695,6 +733,8 @@ mod tests {
         assert!(err(b().circuit_breaker(3, Duration::ZERO)).contains("cool-down"));
         assert!(err(b().handle_timeout(Duration::ZERO)).contains("handle_timeout"));
         assert!(err(b().max_pending_invalidations(0)).contains("max_pending_invalidations"));
+        let e = err(b().cache_status("caché", false));
+        assert!(e.contains("cache_status name"), "{e}");
         let e = err(b().own_cache_control(http::header::CACHE_CONTROL));
         assert!(e.contains("cache-control cannot be a targeted"), "{e}");
         let e = err(b().targeted_cache_control([http::header::PRAGMA]));

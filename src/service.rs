@@ -10,7 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
@@ -19,6 +19,7 @@ use crate::{
     core::{bump, CacheCore, Lookup},
     future::ResponseFuture,
     pipeline::{invalidate_after, plan, serve, serve_now, unsafe_targets},
+    status::Fwd,
     CacheHandle,
 };
 
@@ -97,7 +98,7 @@ where
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
                 .insert(CacheHandle::new(self.core.clone()));
-            return ResponseFuture::bypass(self.inner.call(req), self.core.clone());
+            return ResponseFuture::bypass(self.inner.call(req), self.core.clone(), Fwd::Bypass);
         }
         if checks.connection {
             crate::request::strip_connection_fields(req.headers_mut());
@@ -119,7 +120,12 @@ where
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
                 .insert(CacheHandle::new(self.core.clone()));
-            return ResponseFuture::bypass(self.inner.call(req), self.core.clone());
+            let fwd = if req.method() == Method::GET || req.method() == Method::HEAD {
+                Fwd::Bypass
+            } else {
+                Fwd::Method
+            };
+            return ResponseFuture::bypass(self.inner.call(req), self.core.clone(), fwd);
         };
         // Wrapping the future in a span moves it; skip that (and making the
         // span) when nobody listens at debug level.

@@ -114,6 +114,10 @@ fn respond(
                 .header("vary", "accept-encoding")
                 .body(format!("{encoding} {n}").into())
         }
+        "/upstream-status" => b
+            .header("cache-control", "max-age=60")
+            .header("cache-status", "origin-cache; fwd=uri-miss")
+            .body(format!("upstream {n}").into()),
         "/cdn" => b
             .header("cache-control", "no-store")
             .header("cdn-cache-control", "max-age=60")
@@ -653,4 +657,81 @@ async fn rfc9213_a_targeted_field_never_overrides_the_trust_rules() {
     let (_, x, _) = proxy.get("/cdn-public", &[]).await;
     assert_eq!(x, "HIT");
     assert_eq!(calls.load(SeqCst), 6);
+}
+
+/// This cache's member of `Cache-Status` (the last one).
+fn cache_status(h: &HeaderMap) -> String {
+    let all: Vec<_> = h.get_all("cache-status").iter().collect();
+    all.last().map_or("", |v| v.to_str().unwrap()).to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9211_cache_status_says_what_the_cache_did() {
+    let redis = RedisServer::start();
+    let (upstream, _, _) = origin().await;
+    let proxy = Proxy::start(&redis, upstream).await;
+    let name = "tower-redis-cache";
+
+    let (_, h, _) = proxy.send("GET", "/fresh", &[], "").await;
+    assert_eq!(
+        cache_status(&h),
+        format!("{name}; fwd=uri-miss; fwd-status=200; stored; ttl=60")
+    );
+    let (_, h, _) = proxy.send("GET", "/fresh", &[], "").await;
+    let hit = cache_status(&h);
+    assert!(
+        hit == format!("{name}; hit; ttl=59") || hit == format!("{name}; hit; ttl=60"),
+        "{hit}"
+    );
+    assert_eq!(h["x-cache"], "HIT", "alongside x-cache");
+
+    // The request's directives refused a fresh response.
+    let (_, h, _) = proxy
+        .send("GET", "/fresh", &[("cache-control", "no-cache")], "")
+        .await;
+    assert!(
+        cache_status(&h).starts_with(&format!("{name}; fwd=request; fwd-status=200; stored")),
+        "{}",
+        cache_status(&h)
+    );
+
+    // Stored never fresh, then revalidated with a 304.
+    proxy.send("GET", "/etag", &[], "").await;
+    let (_, h, _) = proxy.send("GET", "/etag", &[], "").await;
+    assert!(
+        cache_status(&h).starts_with(&format!("{name}; fwd=stale; fwd-status=304")),
+        "{}",
+        cache_status(&h)
+    );
+
+    // Another variant of a URI whose responses vary.
+    proxy
+        .send("GET", "/vary", &[("accept-language", "en")], "")
+        .await;
+    let (_, h, _) = proxy
+        .send("GET", "/vary", &[("accept-language", "fr")], "")
+        .await;
+    assert!(
+        cache_status(&h).starts_with(&format!("{name}; fwd=vary-miss")),
+        "{}",
+        cache_status(&h)
+    );
+
+    // An unsafe method.
+    let (_, h, _) = proxy.send("POST", "/fresh", &[], "x").await;
+    assert_eq!(
+        cache_status(&h),
+        format!("{name}; fwd=method; fwd-status=200")
+    );
+
+    // An upstream cache's member comes first, and is kept on hits.
+    proxy.send("GET", "/upstream-status", &[], "").await;
+    let (_, h, _) = proxy.send("GET", "/upstream-status", &[], "").await;
+    let all: Vec<_> = h.get_all("cache-status").iter().collect();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[0], "origin-cache; fwd=uri-miss");
+    assert!(all[1]
+        .to_str()
+        .unwrap()
+        .starts_with(&format!("{name}; hit")));
 }

@@ -27,7 +27,7 @@ use crate::{
         CacheControl, Vary,
     },
     stampede::{Handover, HeldLock},
-    status::{mark, CacheStatus},
+    status::{cache_status, mark, CacheStatus, Detail, Fwd},
     store::Write,
     tags::take_tags,
     CacheHandle,
@@ -61,6 +61,14 @@ where
         } else {
             (HeaderMap::new(), HeaderMap::new())
         };
+        // For Cache-Status: why the request went to the service.
+        let fwd = match &stored {
+            _ if generation.is_none() => Fwd::Bypass,
+            Some(e) if !e.never_fresh() && e.fresh_left_ms(entry::now_ms()) > 0 => Fwd::Request,
+            Some(_) => Fwd::Stale,
+            None if plan.marker.is_some() => Fwd::VaryMiss,
+            None => Fwd::UriMiss,
+        };
         // Revalidate what is stored: the service may answer 304.
         let revalidating = stored.filter(|_| may_store).filter(|e| {
             let h = &e.headers;
@@ -90,6 +98,17 @@ where
         let request_ms = entry::now_ms();
         let (mut parts, body) = inner.call(req).await?.into_parts();
         let response_ms = entry::now_ms();
+        let fwd_status = parts.status;
+        let detail = |stored: bool, fresh: Option<Duration>| Detail {
+            fwd: Some(fwd),
+            fwd_status: Some(fwd_status),
+            stored,
+            ttl_ms: fresh.map(|d| d.as_millis() as i128),
+            key: Some(plan.key()),
+            detail: (fwd == Fwd::Bypass).then_some("store-unavailable"),
+            ..Detail::default()
+        };
+        let cache_status_field = core.settings.cache_status.as_ref();
         let mut outcome = if generation.is_some() {
             CacheStatus::Miss
         } else {
@@ -153,6 +172,7 @@ where
                 &mut parts.headers,
                 outcome,
             );
+            cache_status(cache_status_field, &mut parts.headers, detail(false, None));
             let body = match (body, known) {
                 (Some(body), _) => CacheBody::inner(body),
                 (None, Some(bytes)) => CacheBody::full(bytes),
@@ -168,6 +188,7 @@ where
             (None, None) => Collected::Complete(Bytes::new()),
         };
         let mut handover = None;
+        let mut stored = false;
         let body = match collected {
             Collected::Complete(bytes) => {
                 if plan.rule.http.etag && !parts.headers.contains_key(header::ETAG) {
@@ -252,9 +273,10 @@ where
                         // Awaited (under the budget) so the client's next request
                         // can already hit. The lock, if held, is released in the
                         // same round trip where the store can.
-                        let _ = core
+                        stored = core
                             .write_fenced(&writes, fence, plan.lock.as_deref())
-                            .await;
+                            .await
+                            .unwrap_or(false);
                     }
                 }
                 if !conditionals.is_empty()
@@ -265,6 +287,12 @@ where
                     crate::metrics::not_modified();
                     let mut response = not_modified_response(&parts.headers);
                     mark(status_header, response.headers_mut(), outcome);
+                    let fresh = stored.then_some(lifetimes.fresh);
+                    cache_status(
+                        cache_status_field,
+                        response.headers_mut(),
+                        detail(stored, fresh),
+                    );
                     return Ok((response, handover));
                 }
                 CacheBody::full(bytes)
@@ -275,6 +303,12 @@ where
             core.settings.status_header.as_ref(),
             &mut parts.headers,
             outcome,
+        );
+        let fresh = stored.then_some(lifetimes.fresh);
+        cache_status(
+            cache_status_field,
+            &mut parts.headers,
+            detail(stored, fresh),
         );
         Ok((Response::from_parts(parts, body), handover))
     }
@@ -300,23 +334,23 @@ impl CacheCore {
 
     /// Writes what a request computed, unless an invalidation of anything
     /// the writes touch ran since `read` (then nothing is written, and
-    /// `fills_fenced` counts it). The lock `held` is released in the same
-    /// round trip where the store can (marked released then); otherwise its
-    /// caller releases it.
+    /// `fills_fenced` counts it); `true` when written. The lock `held` is
+    /// released in the same round trip where the store can (marked released
+    /// then); otherwise its caller releases it.
     pub(crate) async fn write_fenced(
         &self,
         writes: &[Write],
         read: FenceRead,
         held: Option<&HeldLock>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         if self.replay.pending() {
-            return Ok(());
+            return Ok(false);
         }
         if read.at.elapsed() >= crate::store::FENCE_WINDOW / 2 {
             // The markers of an invalidation that ran meanwhile may be gone.
             bump(&self.counters.fills_fenced);
             crate::metrics::fenced();
-            return Ok(());
+            return Ok(false);
         }
         let mut markers = Vec::with_capacity(writes.len() * 2 + 1);
         markers.push(self.keys.prefix_fence_key());
@@ -347,6 +381,6 @@ impl CacheCore {
                 "not stored: an invalidation ran while the response was computed"
             );
         }
-        Ok(())
+        Ok(done.stored)
     }
 }

@@ -14,7 +14,7 @@ use crate::{
     body::CacheBody,
     core::{bump, CacheCore},
     http::same_origin,
-    status::{mark, CacheStatus},
+    status::{cache_status, mark, CacheStatus, Detail, Fwd},
 };
 
 /// What a request with an unsafe method may invalidate (RFC 9111 §4.4): its
@@ -101,6 +101,16 @@ where
         core.settings.status_header.as_ref(),
         &mut parts.headers,
         CacheStatus::Bypass,
+    );
+    let detail = Detail {
+        fwd: Some(Fwd::Method),
+        fwd_status: Some(parts.status),
+        ..Detail::default()
+    };
+    cache_status(
+        core.settings.cache_status.as_ref(),
+        &mut parts.headers,
+        detail,
     );
     Ok(Response::from_parts(parts, CacheBody::inner(body)))
 }

@@ -11,7 +11,7 @@ use tower_service::Service;
 use super::{
     miss::{miss, refresh_in_background},
     plan::Plan,
-    respond::serve_entry,
+    respond::{serve_entry, Via},
 };
 use crate::{
     body::CacheBody,
@@ -49,6 +49,7 @@ pub(crate) fn serve_now<B: Body>(
         request,
         plan,
         CacheStatus::Hit,
+        Via::Lookup,
         now,
     ))
 }
@@ -160,8 +161,15 @@ where
                         // Served from the cache: a lock the lookup took is not needed.
                         give_back_lock(&core, &mut plan.lock);
                         let replaces = entry.stored_at_ms;
-                        let response =
-                            serve_entry(&core, entry, req.headers(), &plan, outcome, now);
+                        let response = serve_entry(
+                            &core,
+                            entry,
+                            req.headers(),
+                            &plan,
+                            outcome,
+                            Via::Lookup,
+                            now,
+                        );
                         if refresh {
                             refresh_in_background(core, inner, req, plan, generation, replaces);
                         }

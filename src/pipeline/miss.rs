@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode};
 use super::{
     fill::fill,
     plan::Plan,
-    respond::{cached_response, serve_entry},
+    respond::{cached_response, serve_entry, Via},
     CachedBody, Inner,
 };
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
     entry::{self, Entry, Freshness},
     http::selects,
     stampede::{Coalesced, Handover, HeldLock, Join, Waited},
-    status::{mark, CacheStatus},
+    status::{cache_status, mark, CacheStatus, Detail, Fwd},
 };
 
 /// The response to a request that went to the service, and the entry
@@ -57,6 +57,19 @@ where
                 core.settings.status_header.as_ref(),
                 response.headers_mut(),
                 CacheStatus::Miss,
+            );
+            let detail = Detail {
+                key: Some(plan.key()),
+                detail: Some("only-if-cached"),
+                ..Detail::default()
+            };
+            cache_status(
+                core.settings.cache_status.as_ref(),
+                response.headers_mut(),
+                Detail {
+                    fwd: Some(Fwd::UriMiss),
+                    ..detail
+                },
             );
             return Ok(response);
         }
@@ -120,6 +133,7 @@ where
                         req.headers(),
                         &plan,
                         outcome,
+                        Via::Collapsed,
                         now,
                     ));
                 }
@@ -165,6 +179,7 @@ where
                         req.headers(),
                         &plan,
                         CacheStatus::Hit,
+                        Via::Collapsed,
                         now,
                     );
                     if let Some(guard) = guard {
@@ -258,7 +273,14 @@ where
     }
     bump(&core.counters.stale);
     tracing::debug!(key = %plan.key(), "service failed; serving the stale entry");
-    let response = cached_response(core, stale.clone(), plan.head, CacheStatus::Stale, now);
+    let response = cached_response(
+        core,
+        stale.clone(),
+        plan,
+        CacheStatus::Stale,
+        Via::ServiceFailed,
+        now,
+    );
     let handover = Handover::decoded(stale, CacheStatus::Stale);
     Ok((response, Some(handover)))
 }

@@ -15,19 +15,52 @@ use crate::{
     core::{bump, CacheCore},
     entry::{Entry, Served},
     http::{not_modified, NOT_MODIFIED_HEADERS},
-    status::{mark, CacheStatus},
+    status::{cache_status, mark, CacheStatus, Detail, Fwd},
 };
+
+/// How a stored entry came to be served, as `Cache-Status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// Found by this request's lookup.
+    Lookup,
+    /// Handed over by the request that led the key (single-flight).
+    Collapsed,
+    /// Standing in for the service, which failed (stale-if-error).
+    ServiceFailed,
+}
+
+/// What `Cache-Status` says about an entry served `via`.
+fn entry_detail<'a>(entry: &Entry, plan: &'a Plan, via: Via, now: u64) -> Detail<'a> {
+    Detail {
+        fwd: match via {
+            Via::Lookup => None,
+            Via::Collapsed => Some(Fwd::UriMiss),
+            Via::ServiceFailed => Some(Fwd::Stale),
+        },
+        ttl_ms: Some(entry.fresh_left_ms(now)),
+        collapsed: via == Via::Collapsed,
+        key: Some(plan.key()),
+        detail: (via == Via::ServiceFailed).then_some("service-failed"),
+        ..Detail::default()
+    }
+}
 
 /// A stored entry as a response; `now` (milliseconds since the epoch) gives
 /// its `age`.
 pub(crate) fn cached_response<B: Body>(
     core: &CacheCore,
     entry: Arc<Entry>,
-    head: bool,
+    plan: &Plan,
     outcome: CacheStatus,
+    via: Via,
     now: u64,
 ) -> Response<CacheBody<B>> {
     let age = entry.age_secs(now);
+    let detail = core
+        .settings
+        .cache_status
+        .as_ref()
+        .map(|_| entry_detail(&entry, plan, via, now));
     let status_header = core.settings.status_header.as_ref();
     // An entry only this request holds (decoded from the store's bytes) is
     // taken apart; one the in-process store or a flight shares is served
@@ -39,7 +72,7 @@ pub(crate) fn cached_response<B: Body>(
             (shared.status, headers, shared.body.clone(), marked)
         }
     };
-    let body = if head {
+    let body = if plan.head {
         CacheBody::empty()
     } else {
         CacheBody::full(body)
@@ -54,6 +87,9 @@ pub(crate) fn cached_response<B: Body>(
         crate::status::record(outcome);
     } else {
         mark(status_header, headers, outcome);
+    }
+    if let Some(detail) = detail {
+        cache_status(core.settings.cache_status.as_ref(), headers, detail);
     }
     response
 }
@@ -110,6 +146,7 @@ pub(crate) fn serve_entry<B: Body>(
     request: &HeaderMap,
     plan: &Plan,
     outcome: CacheStatus,
+    via: Via,
     now: u64,
 ) -> Response<CacheBody<B>> {
     if entry.status == StatusCode::OK
@@ -123,9 +160,13 @@ pub(crate) fn serve_entry<B: Body>(
         let headers = response.headers_mut();
         headers.insert(AGE, age_value(age));
         mark(core.settings.status_header.as_ref(), headers, outcome);
+        if core.settings.cache_status.is_some() {
+            let detail = entry_detail(&entry, plan, via, now);
+            cache_status(core.settings.cache_status.as_ref(), headers, detail);
+        }
         return response;
     }
-    cached_response(core, entry, plan.head, outcome, now)
+    cached_response(core, entry, plan, outcome, via, now)
 }
 
 /// A `304` with the headers RFC 9110 §15.4.5 asks for, from `stored`.
