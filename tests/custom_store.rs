@@ -9,19 +9,13 @@ mod support;
 #[path = "../examples/hashmap_store.rs"]
 mod hashmap_store;
 
-use std::sync::{
-    atomic::{AtomicUsize, Ordering::SeqCst},
-    Arc,
-};
-
-use axum::{extract::Path, routing::get, Router};
+use axum::Router;
 use hashmap_store::HashMapStore;
 use http::{Method, Uri};
-use support::{req_get, send};
+use support::{req_get, send, Origin};
 use tower_redis_cache::{CacheHandle, CachePolicy, RedisCacheLayer};
 
-/// `/items/{id}` (namespace `items`, tagged `item:{id}`) and `/other/{id}`,
-/// answering with a count of the origin's calls.
+/// `/items/{id}` (namespace `items`, tagged `item:{id}`) and `/other/{id}`.
 fn app(store: HashMapStore) -> (Router, CacheHandle) {
     let cache = RedisCacheLayer::builder()
         .store(store)
@@ -29,30 +23,7 @@ fn app(store: HashMapStore) -> (Router, CacheHandle) {
         .build()
         .unwrap();
     let handle = cache.handle();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let call = move || calls.fetch_add(1, SeqCst) + 1;
-    let items = call.clone();
-    let app = Router::new()
-        .route(
-            "/items/{id}",
-            get(move |Path(id): Path<String>| {
-                let n = items();
-                async move {
-                    (
-                        [("cache-tag", format!("item:{id}"))],
-                        format!("item {id} v{n}"),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/other/{id}",
-            get(move |Path(id): Path<String>| {
-                let n = call();
-                async move { format!("other {id} v{n}") }
-            }),
-        )
-        .layer(cache);
+    let app = Origin::tagged_items().router().layer(cache);
     (app, handle)
 }
 

@@ -2,45 +2,26 @@
 
 mod support;
 
-use std::{
-    convert::Infallible,
-    sync::{
-        atomic::{AtomicUsize, Ordering::SeqCst},
-        Arc,
-    },
-};
-
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::{
     client::legacy::Client,
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
     service::TowerToHyperService,
 };
-use support::RedisServer;
-use tower::{service_fn, Layer};
+use support::{reply, Origin, RedisServer};
+use tower::Layer;
 use tower_redis_cache::RedisCacheLayer;
 
 async fn a_hyper_server_behind_the_layer(redis: RedisServer) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    let origin = service_fn(move |req: Request<Incoming>| {
-        let n = c.fetch_add(1, SeqCst) + 1;
-        async move {
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
-                "{} call {n}",
-                req.uri()
-            )))))
-        }
-    });
+    let origin = Origin::new(|req, n| reply(&[], format!("{} call {n}", req.uri())));
     let cache = RedisCacheLayer::builder()
         .store(redis.store().await)
         .build()
         .unwrap();
-    let service = cache.layer(origin);
+    let service = cache.layer(origin.clone());
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -77,7 +58,7 @@ async fn a_hyper_server_behind_the_layer(redis: RedisServer) {
             ("BYPASS".into(), "/a?y=2&x=1 call 2".into()),
         ]
     );
-    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!(origin.calls(), 2);
 }
 
 on_both_topologies!(a_hyper_server_behind_the_layer,);

@@ -14,29 +14,41 @@ mod hashmap_store;
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+        atomic::{AtomicUsize, Ordering::SeqCst},
         Arc,
     },
     time::Duration,
 };
 
-use axum::{extract::Path, routing::get, Router};
+use axum::Router;
 use http::{Method, Uri};
-use support::{req_get, send, RedisServer};
-use tokio::sync::Notify;
+use support::{reply, req_get, send, Origin, RedisServer};
 use tower_redis_cache::{
     store::{MemoryStore, Store},
     CacheHandle, CachePolicy, RedisCacheLayer,
 };
 
-/// The database and the gate that holds a request between its read and its
-/// answer.
-#[derive(Default)]
-struct Origin {
-    version: AtomicUsize,
-    hold: AtomicBool,
-    entered: Notify,
-    release: Notify,
+/// The database (one version for every item) and the origin that reads
+/// it: `GET /items/{id}` answers `item {id} v{version}`, tagged `item:{id}`.
+struct Database {
+    version: Arc<AtomicUsize>,
+    origin: Origin,
+}
+
+impl Database {
+    fn new() -> Self {
+        let version = Arc::new(AtomicUsize::new(0));
+        let read = version.clone();
+        let origin = Origin::new(move |req, _| {
+            let id = req.uri().path().trim_start_matches("/items/");
+            let tag = format!("item:{id}");
+            reply(
+                &[("cache-tag", tag.as_str())],
+                format!("item {id} v{}", read.load(SeqCst)),
+            )
+        });
+        Self { version, origin }
+    }
 }
 
 struct Instance {
@@ -44,10 +56,7 @@ struct Instance {
     handle: CacheHandle,
 }
 
-/// `GET /items/{id}`: reads the item's version, then (while `hold` is set)
-/// waits to be released before it answers with what it read, tagged
-/// `item:{id}`.
-fn instance(store: impl Store, origin: Arc<Origin>) -> Instance {
+fn instance(store: impl Store, db: &Database) -> Instance {
     let cache = RedisCacheLayer::builder()
         .prefix("race")
         .store(store)
@@ -56,25 +65,7 @@ fn instance(store: impl Store, origin: Arc<Origin>) -> Instance {
         .build()
         .unwrap();
     let handle = cache.handle();
-    let app = Router::new()
-        .route(
-            "/items/{id}",
-            get(move |Path(id): Path<String>| {
-                let origin = origin.clone();
-                async move {
-                    let read = origin.version.load(SeqCst);
-                    if origin.hold.swap(false, SeqCst) {
-                        origin.entered.notify_one();
-                        origin.release.notified().await;
-                    }
-                    (
-                        [("cache-tag", format!("item:{id}"))],
-                        format!("item {id} v{read}"),
-                    )
-                }
-            }),
-        )
-        .layer(cache);
+    let app = db.origin.router().layer(cache);
     Instance { app, handle }
 }
 
@@ -103,7 +94,7 @@ async fn invalidate(handle: &CacheHandle, how: How, id: usize) {
 /// miss store. Every instance must then serve the new version, and the page
 /// computed after the invalidation must be stored (a hit follows).
 async fn slow_miss_across(
-    origin: &Origin,
+    db: &Database,
     filler: &Instance,
     writer: &Instance,
     readers: &[&Instance],
@@ -111,17 +102,17 @@ async fn slow_miss_across(
     id: usize,
 ) {
     let uri = format!("/items/{id}");
-    let before = origin.version.load(SeqCst);
-    origin.hold.store(true, SeqCst);
+    let before = db.version.load(SeqCst);
+    let mut hold = db.origin.hold_next();
     let slow = tokio::spawn({
         let app = filler.app.clone();
         let uri = uri.clone();
         async move { send(&app, req_get(&uri)).await }
     });
-    origin.entered.notified().await;
-    let after = origin.version.fetch_add(1, SeqCst) + 1;
+    hold.entered().await;
+    let after = db.version.fetch_add(1, SeqCst) + 1;
     invalidate(&writer.handle, how, id).await;
-    origin.release.notify_one();
+    hold.release();
     let (_, x, body) = slow.await.unwrap();
     assert_eq!((x.as_str(), body), ("MISS", format!("item {id} v{before}")));
     let fenced = filler.handle.stats().fills_fenced;
@@ -143,22 +134,17 @@ async fn slow_miss_across(
 }
 
 /// A slow miss across an invalidation of something else is stored.
-async fn slow_miss_across_another_invalidation(
-    origin: &Origin,
-    one: &Instance,
-    how: How,
-    id: usize,
-) {
+async fn slow_miss_across_another_invalidation(db: &Database, one: &Instance, how: How, id: usize) {
     let uri = format!("/items/{id}");
-    origin.hold.store(true, SeqCst);
+    let mut hold = db.origin.hold_next();
     let slow = tokio::spawn({
         let app = one.app.clone();
         let uri = uri.clone();
         async move { send(&app, req_get(&uri)).await }
     });
-    origin.entered.notified().await;
+    hold.entered().await;
     invalidate(&one.handle, how, id + 1).await;
-    origin.release.notify_one();
+    hold.release();
     assert_eq!(slow.await.unwrap().1, "MISS");
     let (_, x, _) = send(&one.app, req_get(&uri)).await;
     assert_eq!(
@@ -168,23 +154,23 @@ async fn slow_miss_across_another_invalidation(
 }
 
 async fn one_instance(store: impl Store) {
-    let origin = Arc::new(Origin::default());
-    let a = instance(store, origin.clone());
+    let db = Database::new();
+    let a = instance(store, &db);
     for (id, how) in [How::Entry, How::Tag, How::Prefix].into_iter().enumerate() {
-        slow_miss_across(&origin, &a, &a, &[&a], how, id + 1).await;
+        slow_miss_across(&db, &a, &a, &[&a], how, id + 1).await;
     }
-    slow_miss_across_another_invalidation(&origin, &a, How::Entry, 100).await;
-    slow_miss_across_another_invalidation(&origin, &a, How::Tag, 200).await;
+    slow_miss_across_another_invalidation(&db, &a, How::Entry, 100).await;
+    slow_miss_across_another_invalidation(&db, &a, How::Tag, 200).await;
 }
 
 async fn two_instances<S: Store>(make: impl Fn() -> S) {
-    let origin = Arc::new(Origin::default());
-    let a = instance(make(), origin.clone());
-    let b = instance(make(), origin.clone());
+    let db = Database::new();
+    let a = instance(make(), &db);
+    let b = instance(make(), &db);
     for (id, how) in [How::Entry, How::Tag, How::Prefix].into_iter().enumerate() {
         // The miss on one instance, the update through the other.
-        slow_miss_across(&origin, &a, &b, &[&a, &b], how, id + 1).await;
-        slow_miss_across(&origin, &b, &a, &[&b, &a], how, id + 11).await;
+        slow_miss_across(&db, &a, &b, &[&a, &b], how, id + 1).await;
+        slow_miss_across(&db, &b, &a, &[&b, &a], how, id + 11).await;
     }
 }
 

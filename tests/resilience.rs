@@ -4,66 +4,23 @@
 mod support;
 
 use std::{
-    convert::Infallible,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+        atomic::{AtomicBool, Ordering::SeqCst},
         Arc,
     },
     time::{Duration, Instant},
 };
 
-use axum::{extract::Path, http::StatusCode, routing::get, Router};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use support::{req_get, send, RedisServer};
+use support::{req_get, send, Origin, RedisServer};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_redis_cache::{
     fred::prelude::{Expiration, KeysInterface, SetOptions},
     store::{BoxFuture, PathPrefix, RedisStore, RedisStoreBuilder, Store, Write},
     CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder, StoreError,
 };
-
-/// A slow origin whose answers can be switched to 503.
-#[derive(Clone)]
-struct Origin {
-    calls: Arc<AtomicUsize>,
-    failing: Arc<AtomicBool>,
-    delay: Duration,
-}
-
-impl Origin {
-    fn new(delay_ms: u64) -> Self {
-        Self {
-            calls: Arc::default(),
-            failing: Arc::default(),
-            delay: Duration::from_millis(delay_ms),
-        }
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(SeqCst)
-    }
-
-    fn router(&self) -> Router {
-        let o = self.clone();
-        Router::new().route(
-            "/items/{id}",
-            get(move |Path(id): Path<String>| {
-                let o = o.clone();
-                async move {
-                    let n = o.calls.fetch_add(1, SeqCst) + 1;
-                    tokio::time::sleep(o.delay).await;
-                    if o.failing.load(SeqCst) {
-                        (StatusCode::SERVICE_UNAVAILABLE, "origin down".to_owned())
-                    } else {
-                        (StatusCode::OK, format!("item {id} v{n}"))
-                    }
-                }
-            }),
-        )
-    }
-}
 
 async fn layer(
     redis: &RedisServer,
@@ -84,7 +41,7 @@ fn layer_on(
 async fn a_thousand_concurrent_misses_through_four_instances_reach_the_origin_once(
     redis: RedisServer,
 ) {
-    let origin = Origin::new(200);
+    let origin = Origin::items().delay(Duration::from_millis(200));
     let mut apps = Vec::new();
     let mut handles = Vec::new();
     for _ in 0..4 {
@@ -162,7 +119,7 @@ async fn take_lock(
 }
 
 async fn a_crashed_leader_costs_at_most_its_lock_ttl(redis: RedisServer) {
-    let origin = Origin::new(0);
+    let origin = Origin::items();
     let cache = layer(&redis, |b| b.coalesce_timeout(Duration::from_secs(5))).await;
     let handle = cache.handle();
     let app = origin.router().layer(cache);
@@ -190,7 +147,7 @@ async fn a_crashed_leader_costs_at_most_its_lock_ttl(redis: RedisServer) {
 }
 
 async fn a_first_hit_in_another_instance_leaves_no_lock_behind(redis: RedisServer) {
-    let origin = Origin::new(0);
+    let origin = Origin::items();
     let first = origin.router().layer(layer(&redis, |b| b).await);
     let second = origin.router().layer(layer(&redis, |b| b).await);
     assert_eq!(send(&first, req_get("/items/1")).await.1, "MISS");
@@ -203,7 +160,7 @@ async fn a_first_hit_in_another_instance_leaves_no_lock_behind(redis: RedisServe
 }
 
 async fn a_lock_that_expired_and_was_taken_by_another_instance_is_left_alone(redis: RedisServer) {
-    let origin = Origin::new(700);
+    let origin = Origin::items().delay(Duration::from_millis(700));
     let cache = layer(&redis, |b| b.lock_ttl(Duration::from_millis(300))).await;
     let app = origin.router().layer(cache);
     let client = redis.client().await;
@@ -225,7 +182,7 @@ async fn a_lock_that_expired_and_was_taken_by_another_instance_is_left_alone(red
 }
 
 async fn a_wait_that_runs_out_goes_to_the_origin(redis: RedisServer) {
-    let origin = Origin::new(0);
+    let origin = Origin::items();
     let cache = layer(&redis, |b| b.coalesce_timeout(Duration::from_millis(200))).await;
     let handle = cache.handle();
     let app = origin.router().layer(cache);
@@ -254,7 +211,7 @@ async fn a_wait_that_runs_out_goes_to_the_origin(redis: RedisServer) {
 async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background(
     redis: RedisServer,
 ) {
-    let origin = Origin::new(500);
+    let origin = Origin::items().delay(Duration::from_millis(500));
     let cache = layer(&redis, |b| {
         b.route(
             "/items/{id}",
@@ -301,7 +258,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_backgroun
 }
 
 async fn a_failing_origin_is_covered_by_the_stale_entry(redis: RedisServer) {
-    let origin = Origin::new(0);
+    let origin = Origin::items();
     let cache = layer(&redis, |b| {
         b.default_policy(
             CachePolicy::new()
@@ -314,7 +271,7 @@ async fn a_failing_origin_is_covered_by_the_stale_entry(redis: RedisServer) {
     let app = origin.router().layer(cache);
     assert_eq!(send(&app, req_get("/items/1")).await.2, "item 1 v1");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    origin.failing.store(true, SeqCst);
+    origin.fail(true);
     for _ in 0..3 {
         let (status, x, body) = send(&app, req_get("/items/1")).await;
         assert_eq!(
@@ -326,22 +283,24 @@ async fn a_failing_origin_is_covered_by_the_stale_entry(redis: RedisServer) {
     let (status, _, _) = send(&app, req_get("/items/2")).await;
     assert_eq!(status, 503);
     // Back up: a fresh answer replaces the stale one.
-    origin.failing.store(false, SeqCst);
+    origin.fail(false);
     let (status, x, _) = send(&app, req_get("/items/1")).await;
     assert_eq!((status, x.as_str()), (200, "MISS"));
     assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
 }
 
 async fn a_service_error_is_covered_by_the_stale_entry(redis: RedisServer) {
-    let fail = Arc::new(AtomicBool::new(false));
+    // The origin behind a connection that can be made to fail.
+    let (origin, fail) = (Origin::items(), Arc::new(AtomicBool::new(false)));
     let f = fail.clone();
-    let service = service_fn(move |_req: Request<Full<Bytes>>| {
+    let service = service_fn(move |req: Request<Full<Bytes>>| {
         let failing = f.load(SeqCst);
+        let answer = origin.clone().oneshot(req);
         async move {
             if failing {
                 Err(std::io::Error::other("upstream connection reset"))
             } else {
-                Ok(Response::new(Full::new(Bytes::from_static(b"good"))))
+                Ok(answer.await.unwrap())
             }
         }
     });
@@ -355,25 +314,24 @@ async fn a_service_error_is_covered_by_the_stale_entry(redis: RedisServer) {
     })
     .await;
     let svc = cache.layer(service);
-    let get = || Request::get("/x").body(Full::new(Bytes::new())).unwrap();
-    svc.clone().oneshot(get()).await.unwrap();
+    let get = |uri| Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+    svc.clone().oneshot(get("/items/1")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
     fail.store(true, SeqCst);
     let res = svc
         .clone()
-        .oneshot(get())
+        .oneshot(get("/items/1"))
         .await
         .expect("the stale entry, not the error");
     assert_eq!(res.headers()["x-cache"], "STALE");
-    let other = Request::get("/y").body(Full::new(Bytes::new())).unwrap();
     assert!(
-        svc.oneshot(other).await.is_err(),
+        svc.oneshot(get("/items/2")).await.is_err(),
         "no stale entry: the error passes"
     );
 }
 
 async fn early_refresh_renews_hot_entries_before_they_expire(redis: RedisServer) {
-    let origin = Origin::new(30);
+    let origin = Origin::items().delay(Duration::from_millis(30));
     let cache = layer(&redis, |b| {
         b.default_policy(
             CachePolicy::new()
@@ -396,7 +354,7 @@ async fn early_refresh_renews_hot_entries_before_they_expire(redis: RedisServer)
     assert!(origin.calls() >= 2, "the refresh reached the origin");
 
     // Off by default.
-    let origin = Origin::new(30);
+    let origin = Origin::items().delay(Duration::from_millis(30));
     let cache = layer(&redis, |b| {
         b.version("v2")
             .default_policy(CachePolicy::new().ttl(Duration::from_millis(400)))
@@ -413,7 +371,7 @@ async fn early_refresh_renews_hot_entries_before_they_expire(redis: RedisServer)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_under_load_no_request_fails_and_hits_return_soon_after() {
     let mut redis = RedisServer::start();
-    let origin = Origin::new(2);
+    let origin = Origin::items().delay(Duration::from_millis(2));
     let cache = layer(&redis, |b| b).await;
     let app = origin.router().layer(cache);
     let stop = Arc::new(AtomicBool::new(false));
@@ -475,7 +433,7 @@ async fn redis_killed_under_load_no_request_fails_and_hits_return_soon_after() {
 async fn a_stalled_redis_adds_at_most_the_budget_to_any_request() {
     use tower_redis_cache::fred::{prelude::ClientLike, types::CustomCommand};
     let redis = RedisServer::start();
-    let origin = Origin::new(20);
+    let origin = Origin::items().delay(Duration::from_millis(20));
     let budget = Duration::from_millis(50);
     let cache = layer(&redis, |b| b.store_timeout(budget)).await;
     let handle = cache.handle();
@@ -518,7 +476,7 @@ async fn a_stalled_redis_adds_at_most_the_budget_to_any_request() {
 }
 
 async fn the_redis_lock_works_without_single_flight(redis: RedisServer) {
-    let origin = Origin::new(100);
+    let origin = Origin::items().delay(Duration::from_millis(100));
     let mut apps = Vec::new();
     for _ in 0..2 {
         apps.push(
@@ -542,8 +500,8 @@ async fn the_redis_lock_works_without_single_flight(redis: RedisServer) {
 async fn waiters_released_by_an_unshareable_response_call_the_service_themselves(
     redis: RedisServer,
 ) {
-    let origin = Origin::new(100);
-    origin.failing.store(true, SeqCst); // 503: not stored, not shared
+    let origin = Origin::items().delay(Duration::from_millis(100));
+    origin.fail(true); // 503: not stored, not shared
     let app = origin.router().layer(layer(&redis, |b| b).await);
     let tasks: Vec<_> = (0..5)
         .map(|_| {
@@ -563,7 +521,7 @@ async fn get_body<S>(svc: S) -> (u16, String)
 where
     S: tower::Service<
         Request<Full<Bytes>>,
-        Response = Response<tower_redis_cache::CacheBody<Full<Bytes>>>,
+        Response = Response<tower_redis_cache::CacheBody<axum::body::Body>>,
     >,
     S::Error: std::fmt::Debug,
 {
@@ -578,36 +536,15 @@ where
 }
 
 async fn a_stalled_leader_holds_its_waiters_only_until_the_coalesce_timeout(redis: RedisServer) {
-    // The first request's origin call hangs until the gate opens; later
+    // The first request's origin call hangs until it is released; later
     // calls answer after 100 ms.
-    let calls = Arc::new(AtomicUsize::new(0));
-    let (open, gate) = tokio::sync::oneshot::channel::<()>();
-    let gate = Arc::new(std::sync::Mutex::new(Some(gate)));
-    let counted = calls.clone();
-    let inner = service_fn(move |_req: Request<Full<Bytes>>| {
-        let n = counted.fetch_add(1, SeqCst) + 1;
-        let gate = gate.lock().unwrap().take();
-        async move {
-            match gate {
-                Some(gate) => {
-                    let _ = gate.await;
-                }
-                None => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("v{n}")))))
-        }
-    });
+    let origin = Origin::items().delay(Duration::from_millis(100));
+    let mut stall = origin.hold_next();
     let cache = layer(&redis, |b| b.coalesce_timeout(Duration::from_millis(300))).await;
-    let svc = cache.layer(inner);
+    let svc = cache.layer(origin.clone());
     let stalled = tokio::spawn(get_body(svc.clone()));
     // The first request leads and its origin call hangs.
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while calls.load(SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the first request reaches the origin");
+    stall.entered().await;
     let waiters: Vec<_> = (0..20)
         .map(|_| tokio::spawn(get_body(svc.clone())))
         .collect();
@@ -616,22 +553,26 @@ async fn a_stalled_leader_holds_its_waiters_only_until_the_coalesce_timeout(redi
             .await
             .expect("a waiter still waits on the stalled leader")
             .unwrap();
-        assert_eq!(got, (200, "v2".to_owned()), "the new leader's response");
+        assert_eq!(
+            got,
+            (200, "item 1 v2".to_owned()),
+            "the new leader's response"
+        );
     }
     assert_eq!(
-        calls.load(SeqCst),
+        origin.calls(),
         2,
         "the stalled call and one new leader, not one call per waiter"
     );
     // The stalled request still answers its own client when it ends.
-    open.send(()).unwrap();
-    assert_eq!(stalled.await.unwrap(), (200, "v1".to_owned()));
+    stall.release();
+    assert_eq!(stalled.await.unwrap(), (200, "item 1 v1".to_owned()));
 }
 
 async fn a_slow_origin_past_origin_timeout_is_covered_by_the_stale_entry_and_still_refreshes(
     redis: RedisServer,
 ) {
-    let origin = Origin::new(600);
+    let origin = Origin::items().delay(Duration::from_millis(600));
     let cache = layer(&redis, |b| {
         b.default_policy(
             CachePolicy::new()
@@ -692,7 +633,7 @@ fn dead_store() -> RedisStore {
 
 #[tokio::test]
 async fn with_redis_down_concurrent_misses_still_share_one_origin_call() {
-    let origin = Origin::new(300);
+    let origin = Origin::items().delay(Duration::from_millis(300));
     let cache = RedisCacheLayer::builder()
         .prefix("t")
         .store(dead_store())
@@ -715,13 +656,15 @@ async fn with_redis_down_a_response_nobody_waits_for_streams_through_unbuffered(
         .build()
         .unwrap();
     let (open, gate) = tokio::sync::oneshot::channel::<()>();
-    let gate = Arc::new(std::sync::Mutex::new(Some(gate)));
-    let inner = service_fn(move |_req: Request<Full<Bytes>>| {
+    let gate = std::sync::Mutex::new(Some(gate));
+    let inner = Origin::new(move |_, _| {
         let gate = gate.lock().unwrap().take().unwrap();
-        async move { Ok::<_, Infallible>(Response::new(support::gated_body(gate))) }
+        Response::new(axum::body::Body::new(support::gated_body(gate)))
     });
     let svc = cache.layer(inner);
-    let req = Request::get("/items/1").body(Full::default()).unwrap();
+    let req = Request::get("/items/1")
+        .body(Full::<Bytes>::default())
+        .unwrap();
     let res = tokio::time::timeout(Duration::from_secs(5), svc.oneshot(req))
         .await
         .expect("headers arrive before the body ends")
@@ -802,7 +745,7 @@ async fn the_lookup_of_a_new_key_sets_the_lock_before_it_reads_the_entry() {
     // only now and then; the order of the commands shows it every time.
     let redis = RedisServer::start();
     let monitor = Monitor::start(&redis);
-    let origin = Origin::new(0);
+    let origin = Origin::items();
     let app = origin.router().layer(layer(&redis, |b| b).await);
     let outcome = send(&app, req_get("/items/1")).await.1;
     let lines = monitor.until(|line| line.contains(r#""MGET" "t:v1:default:GET:/items/1""#));
@@ -888,7 +831,7 @@ async fn with_items_1_stored(
     Origin,
     tower_redis_cache::fred::prelude::Client,
 ) {
-    let origin = Origin::new(0);
+    let origin = Origin::items();
     let app = origin.router().layer(cache);
     assert_eq!(send(&app, req_get("/items/1")).await.1, "MISS");
     let client = redis.client().await;
@@ -946,13 +889,14 @@ async fn without_tracking_a_hit_is_one_mget_that_also_reads_the_generation() {
 }
 
 /// Sends requests on `uri` until one is a `MISS`; fails the test if none is
-/// within `within`.
-async fn miss_within(app: &axum::Router, uri: &str, within: Duration) {
-    let deadline = Instant::now() + within;
+/// within half a second (a push's delay, well below the second after which
+/// an instance reads the generation again without one).
+async fn misses_soon(app: &axum::Router, uri: &str) {
+    let deadline = Instant::now() + Duration::from_millis(500);
     while send(app, req_get(uri)).await.1 != "MISS" {
         assert!(
             Instant::now() < deadline,
-            "still served from before the namespace bump after {within:?}"
+            "still served from before the namespace bump after 500 ms"
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -971,7 +915,7 @@ async fn a_bump_from_any_client_of_redis_reaches_a_tracking_instance_by_push() {
     // Without it, the instance would learn of the bump when its copy of the
     // generation ages out (a second), which the bound here excludes.
     let _: u64 = client.incr("t:v1:default:generation").await.unwrap();
-    miss_within(&app, "/items/1", Duration::from_millis(500)).await;
+    misses_soon(&app, "/items/1").await;
     assert_eq!(origin.calls(), 2);
 }
 
@@ -1020,7 +964,7 @@ async fn the_tracking_connection_comes_back_after_it_is_killed_and_pushes_again(
     until_the_generation_is_tracked(&app, "/items/1", key, &client, &monitor).await;
     drop(monitor);
     let _: u64 = client.incr("t:v1:default:generation").await.unwrap();
-    miss_within(&app, "/items/1", Duration::from_millis(500)).await;
+    misses_soon(&app, "/items/1").await;
     assert_eq!(origin.calls(), 2);
 }
 
@@ -1041,7 +985,7 @@ async fn a_burst_of_invalidations_larger_than_the_event_queue_leaves_tracking_wo
         b
     })
     .await;
-    let origin = Origin::new(0);
+    let origin = Origin::items();
     let app = origin.router().layer(cache);
     let client = redis.client().await;
     for n in 0..NAMESPACES {
@@ -1068,7 +1012,7 @@ async fn a_burst_of_invalidations_larger_than_the_event_queue_leaves_tracking_wo
         .await;
     drop(monitor);
     let _: u64 = client.incr("t:v1:ns0:generation").await.unwrap();
-    miss_within(&app, "/items/0", Duration::from_millis(500)).await;
+    misses_soon(&app, "/items/0").await;
 }
 
 /// Redis's count of read events (`total_reads_processed` in `INFO stats`).
@@ -1226,7 +1170,7 @@ async fn with_batch_reads_off_concurrent_hits_each_send_their_own_get() {
 #[tokio::test]
 async fn with_the_breaker_open_an_invalidation_is_queued_without_touching_the_store() {
     use http::{Method, Uri};
-    let origin = Origin::new(0);
+    let origin = Origin::items();
     let cache = RedisCacheLayer::builder()
         .prefix("t")
         .store(dead_store())
@@ -1329,17 +1273,7 @@ async fn an_invalidation_whose_store_call_panics_is_replayed_and_hits_come_back(
         .build()
         .unwrap();
     let handle = cache.handle();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    let app = Router::new()
-        .route(
-            "/items/{id}",
-            get(move |Path(id): Path<String>| {
-                let n = c.fetch_add(1, SeqCst) + 1;
-                async move { format!("item {id} v{n}") }
-            }),
-        )
-        .layer(cache);
+    let app = Origin::items().router().layer(cache);
     assert_eq!(send(&app, req_get("/items/1")).await.1, "MISS");
     assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
     let done = handle

@@ -9,170 +9,130 @@ mod support;
 mod reverse_proxy;
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
-        Arc, Mutex,
+        Arc,
     },
 };
 
+use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
+    rt::TokioExecutor,
 };
-use support::RedisServer;
+use support::{reply, status, Origin, RedisServer};
 use tower_redis_cache::RedisCacheLayer;
 
-/// What the origin saw: method, path and query, headers, body.
-type Seen = Arc<Mutex<Vec<(String, String, HeaderMap, Bytes)>>>;
-
-/// Starts the test origin; returns its address, its call counter and what it saw.
-async fn origin() -> (SocketAddr, Arc<AtomicUsize>, Seen) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen: Seen = Arc::default();
-    let (c, s) = (calls.clone(), seen.clone());
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (c, s) = (c.clone(), s.clone());
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (c, s) = (c.clone(), s.clone());
-                async move {
-                    let n = c.fetch_add(1, SeqCst) + 1;
-                    let (parts, body) = req.into_parts();
-                    let body = body.collect().await.unwrap().to_bytes();
-                    let target = parts.uri.path_and_query().unwrap().as_str().to_owned();
-                    s.lock().unwrap().push((
-                        parts.method.to_string(),
-                        target.clone(),
-                        parts.headers.clone(),
-                        body.clone(),
-                    ));
-                    Ok::<_, Infallible>(respond(&parts, &target, n, body))
-                }
-            });
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, calls, seen)
+/// Starts the test origin on a loopback port; returns its address and the
+/// origin (its calls, what it saw).
+async fn origin() -> (SocketAddr, Origin) {
+    let origin = Origin::new(respond);
+    (origin.serve().await, origin)
 }
 
-fn respond(
-    parts: &http::request::Parts,
-    target: &str,
-    n: usize,
-    body: Bytes,
-) -> Response<Full<Bytes>> {
-    let b = Response::builder();
-    let path = parts.uri.path();
-    let res = match path {
-        "/fresh" => b
-            .header("cache-control", "max-age=60")
-            .body(format!("fresh {n} {target}").into()),
-        "/etag" => {
-            if parts
-                .headers
-                .get("if-none-match")
-                .is_some_and(|v| v == "\"e1\"")
-            {
-                b.status(304)
-                    .header("etag", "\"e1\"")
-                    .body(Bytes::new().into())
-            } else {
-                b.header("cache-control", "max-age=0")
-                    .header("etag", "\"e1\"")
-                    .body(format!("etag {n}").into())
-            }
+fn respond(req: &Request<Bytes>, n: usize) -> Response<Body> {
+    let target = req.uri().path_and_query().unwrap().as_str();
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .map_or("-", |v: &http::HeaderValue| v.to_str().unwrap())
+    };
+    match req.uri().path() {
+        "/fresh" => reply(
+            &[("cache-control", "max-age=60")],
+            format!("fresh {n} {target}"),
+        ),
+        "/etag" if header("if-none-match") == "\"e1\"" => {
+            status(304, &[("etag", "\"e1\"")], Bytes::new())
         }
-        "/vary" => {
-            let lang = parts
-                .headers
-                .get("accept-language")
-                .map_or("-", |v| v.to_str().unwrap());
-            b.header("cache-control", "max-age=60")
-                .header("vary", "accept-language")
-                .body(format!("{lang} {n}").into())
-        }
-        "/vary-encoding" => {
-            let encoding = parts
-                .headers
-                .get("accept-encoding")
-                .map_or("-", |v| v.to_str().unwrap());
-            b.header("cache-control", "max-age=60")
-                .header("vary", "accept-encoding")
-                .body(format!("{encoding} {n}").into())
-        }
-        "/upstream-status" => b
-            .header("cache-control", "max-age=60")
-            .header("cache-status", "origin-cache; fwd=uri-miss")
-            .body(format!("upstream {n}").into()),
-        "/cdn" => b
-            .header("cache-control", "no-store")
-            .header("cdn-cache-control", "max-age=60")
-            .body(format!("cdn {n}").into()),
-        "/cdn-invalid" => b
-            .header("cache-control", "max-age=60")
-            .header("cdn-cache-control", "max-age=60, no-store;;")
-            .body(format!("cdn-invalid {n}").into()),
-        "/cdn-no-store" => b
-            .header("cache-control", "max-age=60")
-            .header("expires", "Thu, 01 Jan 2099 00:00:00 GMT")
-            .header("cdn-cache-control", "no-store")
-            .body(format!("cdn-no-store {n}").into()),
-        "/cdn-cookie" => b
-            .header("cdn-cache-control", "public, max-age=60")
-            .header("set-cookie", "session=abc")
-            .body(format!("cdn-cookie {n}").into()),
-        "/cdn-public" => b
-            .header("cdn-cache-control", "public, s-maxage=60")
-            .body(format!("cdn-public {n}").into()),
-        "/host" => b.header("cache-control", "max-age=60").body(
-            format!(
-                "host {} {n}",
-                parts
-                    .headers
-                    .get("host")
-                    .map_or("-", |v| v.to_str().unwrap())
-            )
-            .into(),
+        "/etag" => reply(
+            &[("cache-control", "max-age=0"), ("etag", "\"e1\"")],
+            format!("etag {n}"),
+        ),
+        "/vary" => reply(
+            &[("cache-control", "max-age=60"), ("vary", "accept-language")],
+            format!("{} {n}", header("accept-language")),
+        ),
+        "/vary-encoding" => reply(
+            &[("cache-control", "max-age=60"), ("vary", "accept-encoding")],
+            format!("{} {n}", header("accept-encoding")),
+        ),
+        "/upstream-status" => reply(
+            &[
+                ("cache-control", "max-age=60"),
+                ("cache-status", "origin-cache; fwd=uri-miss"),
+            ],
+            format!("upstream {n}"),
+        ),
+        "/cdn" => reply(
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=60"),
+            ],
+            format!("cdn {n}"),
+        ),
+        "/cdn-invalid" => reply(
+            &[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "max-age=60, no-store;;"),
+            ],
+            format!("cdn-invalid {n}"),
+        ),
+        "/cdn-no-store" => reply(
+            &[
+                ("cache-control", "max-age=60"),
+                ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+                ("cdn-cache-control", "no-store"),
+            ],
+            format!("cdn-no-store {n}"),
+        ),
+        "/cdn-cookie" => reply(
+            &[
+                ("cdn-cache-control", "public, max-age=60"),
+                ("set-cookie", "session=abc"),
+            ],
+            format!("cdn-cookie {n}"),
+        ),
+        "/cdn-public" => reply(
+            &[("cdn-cache-control", "public, s-maxage=60")],
+            format!("cdn-public {n}"),
         ),
         "/modified" | "/modified-public" => {
             // Last modified 1 000 s ago, no explicit freshness.
             let now = std::time::SystemTime::now();
-            let b = b.header("date", httpdate::fmt_http_date(now)).header(
-                "last-modified",
-                httpdate::fmt_http_date(now - std::time::Duration::from_secs(1000)),
-            );
-            let b = if path == "/modified-public" {
-                b.header("cache-control", "public")
-            } else {
-                b
-            };
-            b.body(format!("modified {n}").into())
+            let date = httpdate::fmt_http_date(now);
+            let modified = httpdate::fmt_http_date(now - std::time::Duration::from_secs(1000));
+            let mut fields = vec![
+                ("date", date.as_str()),
+                ("last-modified", modified.as_str()),
+            ];
+            if req.uri().path() == "/modified-public" {
+                fields.push(("cache-control", "public"));
+            }
+            reply(&fields, format!("modified {n}"))
         }
-        "/body" => b
-            .header("cache-control", "max-age=60")
-            .body(format!("body [{}] {n}", String::from_utf8_lossy(&body)).into()),
-        "/echo" => b
-            .header("cache-control", "no-store")
-            .header("connection", "x-origin-hop")
-            .header("x-origin-hop", "secret")
-            .body(Full::new(body)),
-        _ => b.status(404).body("missing".into()),
-    };
-    res.unwrap()
+        "/host" => reply(
+            &[("cache-control", "max-age=60")],
+            format!("host {} {n}", header("host")),
+        ),
+        "/body" => reply(
+            &[("cache-control", "max-age=60")],
+            format!("body [{}] {n}", String::from_utf8_lossy(req.body())),
+        ),
+        "/echo" => reply(
+            &[
+                ("cache-control", "no-store"),
+                ("connection", "x-origin-hop"),
+                ("x-origin-hop", "secret"),
+            ],
+            req.body().clone(),
+        ),
+        _ => status(404, &[], "missing"),
+    }
 }
 
 struct Proxy {
@@ -232,7 +192,7 @@ impl Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9111_4_2_a_fresh_response_is_served_from_redis_with_the_query_forwarded() {
     let redis = RedisServer::start();
-    let (upstream, calls, seen) = origin().await;
+    let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     let (s, x, first) = proxy.get("/fresh?b=2&a=1", &[]).await;
     assert_eq!(
@@ -241,8 +201,8 @@ async fn rfc9111_4_2_a_fresh_response_is_served_from_redis_with_the_query_forwar
     );
     let (_, x, again) = proxy.get("/fresh?a=1&b=2", &[]).await;
     assert_eq!((x.as_str(), again.as_str()), ("HIT", first.as_str()));
-    assert_eq!(calls.load(SeqCst), 1);
-    assert_eq!(seen.lock().unwrap()[0].0, "GET");
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(origin.seen()[0].method, "GET");
     let (s, _, _) = proxy.get("/nothing", &[]).await;
     assert_eq!(s, 404);
 }
@@ -250,7 +210,7 @@ async fn rfc9111_4_2_a_fresh_response_is_served_from_redis_with_the_query_forwar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9111_4_3_stale_responses_are_revalidated_with_the_origin() {
     let redis = RedisServer::start();
-    let (upstream, calls, seen) = origin().await;
+    let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     let (_, x, first) = proxy.get("/etag", &[]).await;
     assert_eq!((x.as_str(), first.as_str()), ("MISS", "etag 1"));
@@ -259,8 +219,8 @@ async fn rfc9111_4_3_stale_responses_are_revalidated_with_the_origin() {
         (s, x.as_str(), second.as_str()),
         (200, "REVALIDATED", "etag 1")
     );
-    assert_eq!(calls.load(SeqCst), 2);
-    assert_eq!(seen.lock().unwrap()[1].2["if-none-match"], "\"e1\"");
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(origin.seen()[1].headers["if-none-match"], "\"e1\"");
     // The client's own validator: a 304 from the proxy.
     let (s, _, body) = proxy.get("/etag", &[("if-none-match", "\"e1\"")]).await;
     assert_eq!((s, body.as_str()), (304, ""));
@@ -269,7 +229,7 @@ async fn rfc9111_4_3_stale_responses_are_revalidated_with_the_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9111_4_1_variants_through_the_proxy() {
     let redis = RedisServer::start();
-    let (upstream, calls, _) = origin().await;
+    let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     assert_eq!(
         proxy.get("/vary", &[("accept-language", "en")]).await.2,
@@ -281,13 +241,13 @@ async fn rfc9111_4_1_variants_through_the_proxy() {
     );
     let (_, x, en) = proxy.get("/vary", &[("accept-language", "en")]).await;
     assert_eq!((x.as_str(), en.as_str()), ("HIT", "en 1"));
-    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!(origin.calls(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9111_4_4_a_post_through_the_proxy_invalidates_the_target() {
     let redis = RedisServer::start();
-    let (upstream, calls, _) = origin().await;
+    let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     proxy.get("/fresh", &[]).await;
     assert_eq!(proxy.get("/fresh", &[]).await.1, "HIT");
@@ -295,13 +255,13 @@ async fn rfc9111_4_4_a_post_through_the_proxy_invalidates_the_target() {
     assert_eq!(s, 200);
     let (_, x, body) = proxy.get("/fresh", &[]).await;
     assert_eq!((x.as_str(), body.as_str()), ("MISS", "fresh 3 /fresh"));
-    assert_eq!(calls.load(SeqCst), 3);
+    assert_eq!(origin.calls(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn methods_headers_and_bodies_are_forwarded_faithfully_minus_hop_by_hop() {
     let redis = RedisServer::start();
-    let (upstream, _, seen) = origin().await;
+    let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     let big = "x".repeat(300_000);
     let (s, headers, body) = proxy
@@ -324,13 +284,16 @@ async fn methods_headers_and_bodies_are_forwarded_faithfully_minus_hop_by_hop() 
         None,
         "the origin's hop-by-hop headers stay behind"
     );
-    let seen = seen.lock().unwrap();
-    let (method, target, h, received) = &seen[0];
-    assert_eq!((method.as_str(), target.as_str()), ("PUT", "/echo?q=1"));
+    let seen = origin.seen().remove(0);
+    assert_eq!(
+        (seen.method.as_str(), seen.target.as_str()),
+        ("PUT", "/echo?q=1")
+    );
+    let h = &seen.headers;
     assert_eq!(h["x-custom"], "kept");
     assert_eq!(h["content-type"], "text/plain");
     assert!(h.get("x-client-hop").is_none());
-    assert_eq!(received.len(), big.len());
+    assert_eq!(seen.body.len(), big.len());
 }
 
 /// A raw exchange with the proxy (see `support::raw_http`).
@@ -341,7 +304,7 @@ async fn raw(addr: SocketAddr, head: &str, body: &str) -> (u16, String, String) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absolute_form_target_naming_another_host_than_host_is_refused_not_keyed() {
     let redis = RedisServer::start();
-    let (upstream, calls, _) = origin().await;
+    let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     let (s, _, _) = raw(
         proxy.addr,
@@ -350,7 +313,7 @@ async fn an_absolute_form_target_naming_another_host_than_host_is_refused_not_ke
     )
     .await;
     assert_eq!(s, 400, "the origin may read either host");
-    assert_eq!(calls.load(SeqCst), 0);
+    assert_eq!(origin.calls(), 0);
     let (s, x, body) = raw(proxy.addr, "GET /host HTTP/1.1\r\nhost: victim.example", "").await;
     assert_eq!((s, x.as_str()), (200, "MISS"));
     assert!(body.starts_with("host victim.example "), "{body}");
@@ -367,7 +330,7 @@ async fn an_absolute_form_target_naming_another_host_than_host_is_refused_not_ke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_with_characters_a_key_would_drop_is_refused() {
     let redis = RedisServer::start();
-    let (upstream, _, _) = origin().await;
+    let (upstream, _origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     for host in [
         "victim.example/",
@@ -400,7 +363,7 @@ async fn a_host_with_characters_a_key_would_drop_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_host_fields_are_refused() {
     let redis = RedisServer::start();
-    let (upstream, calls, _) = origin().await;
+    let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     let (s, _, _) = raw(
         proxy.addr,
@@ -409,7 +372,7 @@ async fn two_host_fields_are_refused() {
     )
     .await;
     assert_eq!(s, 400);
-    assert_eq!(calls.load(SeqCst), 0);
+    assert_eq!(origin.calls(), 0);
     let (_, x, body) = raw(proxy.addr, "GET /host HTTP/1.1\r\nhost: victim.example", "").await;
     assert_eq!(x, "MISS");
     assert!(body.starts_with("host victim.example "), "{body}");
@@ -418,7 +381,7 @@ async fn two_host_fields_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_origin_is_sent_exactly_the_host_that_was_keyed_and_no_client_forwarding_fields() {
     let redis = RedisServer::start();
-    let (upstream, _, seen) = origin().await;
+    let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     let (s, x, body) = raw(
         proxy.addr,
@@ -429,8 +392,7 @@ async fn the_origin_is_sent_exactly_the_host_that_was_keyed_and_no_client_forwar
     .await;
     assert_eq!((s, x.as_str()), (200, "MISS"));
     assert!(body.starts_with("host shop.example "), "{body}");
-    let seen = seen.lock().unwrap();
-    let h = &seen[0].2;
+    let h = origin.seen().remove(0).headers;
     assert_eq!(h["host"], "shop.example");
     for name in ["x-forwarded-host", "forwarded", "x-forwarded-proto"] {
         assert!(h.get(name).is_none(), "{name} reached the origin");
@@ -440,7 +402,7 @@ async fn the_origin_is_sent_exactly_the_host_that_was_keyed_and_no_client_forwar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9110_7_6_1_a_field_named_in_connection_cannot_choose_a_variant() {
     let redis = RedisServer::start();
-    let (upstream, _, _) = origin().await;
+    let (upstream, _origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     // The origin never sees `accept-language: de` (it is hop-by-hop here),
     // so what it answers must not be stored as the `de` variant.
@@ -458,7 +420,7 @@ async fn rfc9110_7_6_1_a_field_named_in_connection_cannot_choose_a_variant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_with_a_body_is_never_stored() {
     let redis = RedisServer::start();
-    let (upstream, calls, _) = origin().await;
+    let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     let (s, x, body) = raw(
         proxy.addr,
@@ -481,19 +443,19 @@ async fn a_get_with_a_body_is_never_stored() {
     assert_eq!(x, "BYPASS");
     let (_, x, body) = raw(proxy.addr, "GET /body HTTP/1.1\r\nhost: shop.example", "").await;
     assert_eq!((x.as_str(), body.as_str()), ("HIT", "body [] 2"));
-    assert_eq!(calls.load(SeqCst), 3);
+    assert_eq!(origin.calls(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9111_4_2_2_heuristic_freshness_serves_a_response_with_only_last_modified() {
     let redis = RedisServer::start();
-    let (upstream, calls, _) = origin().await;
+    let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     let (_, x, first) = proxy.get("/modified", &[]).await;
     assert_eq!((x.as_str(), first.as_str()), ("MISS", "modified 1"));
     let (_, x, again) = proxy.get("/modified", &[]).await;
     assert_eq!((x.as_str(), again.as_str()), ("HIT", "modified 1"));
-    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(origin.calls(), 1);
 
     // A request with credentials gets no heuristic: the response is stored
     // (it is public) but only to be revalidated, so each such request
@@ -505,13 +467,13 @@ async fn rfc9111_4_2_2_heuristic_freshness_serves_a_response_with_only_last_modi
         (first.as_str(), second.as_str()),
         ("modified 2", "modified 3")
     );
-    assert_eq!(calls.load(SeqCst), 3);
+    assert_eq!(origin.calls(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9111_4_1_accept_encoding_in_another_order_or_case_selects_the_same_variant() {
     let redis = RedisServer::start();
-    let (upstream, calls, _) = origin().await;
+    let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     let (_, x, first) = proxy
         .get("/vary-encoding", &[("accept-encoding", "gzip, br")])
@@ -534,7 +496,7 @@ async fn rfc9111_4_1_accept_encoding_in_another_order_or_case_selects_the_same_v
     assert_eq!(x, "HIT");
     let (_, x, _) = proxy.get("/vary", &[("accept-language", "fr, en")]).await;
     assert_eq!(x, "MISS");
-    assert_eq!(calls.load(SeqCst), 4);
+    assert_eq!(origin.calls(), 4);
 }
 
 /// An origin that sends `103 Early Hints` before each final response, over
@@ -603,7 +565,7 @@ async fn rfc9110_15_2_an_interim_103_is_neither_stored_nor_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9213_2_2_cdn_cache_control_replaces_cache_control_for_this_cache() {
     let redis = RedisServer::start();
-    let (upstream, calls, _) = origin().await;
+    let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     // Stored for 60 s although Cache-Control says no-store; both fields go
     // on to the client (the browser must not store it, caches after this
@@ -620,7 +582,7 @@ async fn rfc9213_2_2_cdn_cache_control_replaces_cache_control_for_this_cache() {
     );
     assert_eq!(h["cache-control"], "no-store");
     assert_eq!(h["cdn-cache-control"], "max-age=60");
-    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(origin.calls(), 1);
 
     // An invalid targeted field is ignored as a whole: Cache-Control decides.
     proxy.get("/cdn-invalid", &[]).await;
@@ -636,7 +598,7 @@ async fn rfc9213_2_2_cdn_cache_control_replaces_cache_control_for_this_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9213_a_targeted_field_never_overrides_the_trust_rules() {
     let redis = RedisServer::start();
-    let (upstream, calls, _) = origin().await;
+    let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     // Set-Cookie: never stored, whatever the targeted field says.
     proxy.get("/cdn-cookie", &[]).await;
@@ -656,7 +618,7 @@ async fn rfc9213_a_targeted_field_never_overrides_the_trust_rules() {
     proxy.get("/cdn-public", &[]).await;
     let (_, x, _) = proxy.get("/cdn-public", &[]).await;
     assert_eq!(x, "HIT");
-    assert_eq!(calls.load(SeqCst), 6);
+    assert_eq!(origin.calls(), 6);
 }
 
 /// This cache's member of `Cache-Status` (the last one).
@@ -668,7 +630,7 @@ fn cache_status(h: &HeaderMap) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9211_cache_status_says_what_the_cache_did() {
     let redis = RedisServer::start();
-    let (upstream, _, _) = origin().await;
+    let (upstream, _origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
     let name = "tower-redis-cache";
 

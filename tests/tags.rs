@@ -2,23 +2,12 @@
 
 mod support;
 
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering::SeqCst},
-        Arc,
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
-use axum::{
-    extract::{Path, Query},
-    response::IntoResponse,
-    routing::get,
-    Extension, Router,
-};
+use axum::Router;
 use bytes::Bytes;
 use http::Uri;
-use support::{keys, req_get, request, send, RedisServer};
+use support::{keys, reply, req_get, request, send, Origin, RedisServer};
 use tower_redis_cache::{
     fred::{
         prelude::{ClientLike, KeysInterface, SortedSetsInterface},
@@ -27,29 +16,36 @@ use tower_redis_cache::{
     CachePolicy, CacheTags, RedisCacheLayer,
 };
 
-#[derive(serde::Deserialize)]
-struct Tagging {
-    header: Option<String>,
-    ext: Option<String>,
-}
-
 /// `/{ns}/{id}?header=a,b&ext=c`: tags through the response header and the
-/// response extension; counts origin calls.
-fn app(calls: Arc<AtomicUsize>) -> Router {
-    let handler = move |Path((ns, id)): Path<(String, String)>, Query(t): Query<Tagging>| {
-        let n = calls.fetch_add(1, SeqCst) + 1;
-        async move {
-            let mut res = format!("{ns}/{id} call {n}").into_response();
-            if let Some(h) = t.header {
-                res.headers_mut().insert("cache-tag", h.parse().unwrap());
+/// response extension.
+fn tagging_origin() -> Router {
+    Origin::new(|req, n| {
+        let mut res = reply(
+            &[],
+            format!("{} call {n}", req.uri().path().trim_start_matches('/')),
+        );
+        for (name, value) in req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+        {
+            match name {
+                "header" => {
+                    res.headers_mut()
+                        .insert("cache-tag", value.parse().unwrap());
+                }
+                "ext" => {
+                    res.extensions_mut()
+                        .insert(CacheTags::new(value.split(',')));
+                }
+                _ => {}
             }
-            if let Some(e) = t.ext {
-                return (Extension(CacheTags::new(e.split(','))), res).into_response();
-            }
-            res
         }
-    };
-    Router::new().route("/{ns}/{id}", get(handler.clone()).post(handler))
+        res
+    })
+    .router()
 }
 
 async fn tagged_layer(redis: &RedisServer) -> RedisCacheLayer {
@@ -75,10 +71,9 @@ async fn tagged_layer(redis: &RedisServer) -> RedisCacheLayer {
 }
 
 async fn tags_from_headers_extensions_and_policies_across_namespaces(redis: RedisServer) {
-    let calls = Arc::new(AtomicUsize::new(0));
     let cache = tagged_layer(&redis).await;
     let handle = cache.handle();
-    let app = app(calls.clone()).layer(cache);
+    let app = tagging_origin().layer(cache);
     for uri in [
         "/a/1?header=product:1,shelf",
         "/a/2?ext=product:2,shelf",
@@ -139,7 +134,7 @@ async fn tags_from_headers_extensions_and_policies_across_namespaces(redis: Redi
 }
 
 async fn tag_headers_never_leave_the_layer_even_when_not_cached(redis: RedisServer) {
-    let app = app(Arc::default()).layer(tagged_layer(&redis).await);
+    let app = tagging_origin().layer(tagged_layer(&redis).await);
     let res = send(&app, request("POST", "/a/1?header=secret-tag")).await;
     assert_eq!(res.1, "BYPASS");
     let res = tower::ServiceExt::oneshot(app, request("POST", "/a/1?header=secret-tag"))
@@ -159,7 +154,7 @@ async fn tag_indexes_are_pruned_and_expire(redis: RedisServer) {
         )
         .build()
         .unwrap();
-    let app = app(Arc::default()).layer(cache);
+    let app = tagging_origin().layer(cache);
     for i in 0..5 {
         send(&app, req_get(&format!("/x/{i}?header=t"))).await;
     }
@@ -183,7 +178,7 @@ async fn tag_indexes_are_pruned_and_expire(redis: RedisServer) {
 async fn concurrent_writes_and_invalidations_leave_no_untracked_entry(redis: RedisServer) {
     let cache = tagged_layer(&redis).await;
     let handle = cache.handle();
-    let app = app(Arc::default()).layer(cache);
+    let app = tagging_origin().layer(cache);
     let writers: Vec<_> = (0..60)
         .map(|i| {
             let app = app.clone();
@@ -214,7 +209,7 @@ async fn concurrent_writes_and_invalidations_leave_no_untracked_entry(redis: Red
 async fn batch_writes_carry_tags(redis: RedisServer) {
     let cache = tagged_layer(&redis).await;
     let handle = cache.handle();
-    let app = app(Arc::default()).layer(cache);
+    let app = tagging_origin().layer(cache);
     let batch = (1..=3).map(|i| {
         let res = http::Response::builder()
             .header("cache-tag", "batch")
@@ -400,7 +395,7 @@ on_both_topologies!(
 async fn the_in_memory_store_keeps_tags_too() {
     let cache = RedisCacheLayer::builder().build().unwrap();
     let handle = cache.handle();
-    let app = app(Arc::default()).layer(cache);
+    let app = tagging_origin().layer(cache);
     send(&app, req_get("/a/1?header=t1")).await;
     send(&app, req_get("/a/2?ext=t1,t2")).await;
     send(&app, req_get("/a/3?header=t2")).await;

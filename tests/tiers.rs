@@ -4,17 +4,11 @@
 
 mod support;
 
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering::SeqCst},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use axum::{extract::Path, routing::get, Router};
+use axum::Router;
 use http::{Method, Uri};
-use support::{req_get, send, RedisServer};
+use support::{req_get, send, Origin, RedisServer};
 use tower_redis_cache::{
     fred::{
         prelude::{ClientLike, KeysInterface},
@@ -32,7 +26,7 @@ struct Instance {
     app: Router,
     handle: CacheHandle,
     store: TieredStore,
-    calls: Arc<AtomicUsize>,
+    origin: Origin,
 }
 
 async fn instance(redis: &RedisServer) -> Instance {
@@ -46,27 +40,13 @@ async fn instance(redis: &RedisServer) -> Instance {
         .build()
         .unwrap();
     let handle = cache.handle();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    let app = Router::new()
-        .route(
-            "/items/{id}",
-            get(move |Path(id): Path<String>| {
-                let n = c.fetch_add(1, SeqCst) + 1;
-                async move {
-                    (
-                        [("cache-tag", format!("item:{id}"))],
-                        format!("item {id} call {n}"),
-                    )
-                }
-            }),
-        )
-        .layer(cache);
+    let origin = Origin::tagged_items();
+    let app = origin.router().layer(cache);
     Instance {
         app,
         handle,
         store,
-        calls,
+        origin,
     }
 }
 
@@ -148,7 +128,7 @@ async fn any_write_to_a_key_drops_it_from_l1(redis: RedisServer) {
     let _: u64 = raw.del(key.as_str()).await.unwrap();
     let took = time_until_miss(&b, "/items/9").await;
     assert!(took < PROPAGATION_BOUND, "{took:?}");
-    assert_eq!(b.calls.load(SeqCst), 2);
+    assert_eq!(b.origin.calls(), 2);
 }
 
 on_both_topologies!(

@@ -6,13 +6,13 @@
 mod support;
 
 use std::{
-    sync::atomic::{AtomicUsize, Ordering::SeqCst},
+    sync::LazyLock,
     time::{Duration, Instant},
 };
 
-use axum::{extract::Path, routing::get, Router};
+use axum::Router;
 use http::{Method, Uri};
-use support::{req_get, send, Captured, RedisServer};
+use support::{req_get, send, Captured, Origin, RedisServer};
 use tower_redis_cache::{
     fred::{prelude::KeysInterface, util::redis_keyslot},
     store::{LocalTier, RedisStore, TieredStore},
@@ -23,7 +23,8 @@ use tower_redis_cache::{
 /// (docs/tiers.md).
 const PROPAGATION_BOUND: Duration = Duration::from_millis(200);
 
-static CALLS: AtomicUsize = AtomicUsize::new(0);
+/// Shared by every instance: each answer is told from any other.
+static ORIGIN: LazyLock<Origin> = LazyLock::new(Origin::items);
 
 struct Instance {
     app: Router,
@@ -42,16 +43,7 @@ async fn instance_on(store: RedisStore) -> Instance {
         .build()
         .unwrap();
     let handle = cache.handle();
-    let app = Router::new()
-        .route(
-            "/items/{id}",
-            get(move |Path(id): Path<String>| {
-                // Shared by every instance: each answer is told from any other.
-                let n = CALLS.fetch_add(1, SeqCst) + 1;
-                async move { format!("item {id} call {n}") }
-            }),
-        )
-        .layer(cache);
+    let app = ORIGIN.router().layer(cache);
     Instance { app, handle, store }
 }
 

@@ -4,58 +4,19 @@
 
 mod support;
 
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering::SeqCst},
-        Arc,
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
-use axum::{body::Body, extract::RawQuery, routing::get, Router};
-use http::{header, HeaderMap, Method, Request, Uri};
-use support::{read, req_get, send, RedisServer};
+use axum::body::Body;
+use http::{header, Method, Request, Uri};
+use support::{read, req_get, send, Origin, RedisServer};
 use tower::ServiceExt;
 use tower_redis_cache::{fred::prelude::KeysInterface, CachePolicy, RedisCacheLayer};
 
-/// An app whose answers reflect what it was sent (host, language, body,
-/// method override, query), as an origin that reads them would.
-fn app(calls: Arc<AtomicUsize>) -> Router {
-    let c = calls.clone();
-    let reflect = move |headers: HeaderMap, RawQuery(q): RawQuery, body: String| {
-        let n = c.fetch_add(1, SeqCst) + 1;
-        async move {
-            let field = |name: &str| {
-                headers
-                    .get(name)
-                    .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
-            };
-            (
-                [(header::VARY, "accept-language")],
-                format!(
-                    "host={} lang={} override={} query={} body=[{body}] call={n}",
-                    field("host"),
-                    field("accept-language"),
-                    field("x-http-method-override"),
-                    q.unwrap_or_default(),
-                ),
-            )
-        }
-    };
-    let slow = calls.clone();
-    Router::new()
-        .route("/page", get(reflect.clone()))
-        .route("/items/{id}", get(reflect))
-        .route(
-            "/slow",
-            get(move |body: String| {
-                let n = slow.fetch_add(1, SeqCst) + 1;
-                async move {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    format!("slow body=[{body}] call={n}")
-                }
-            }),
-        )
+/// An origin whose answers reflect what it was sent (host, language, body,
+/// method override, query), as an origin that reads them would, and vary
+/// by language.
+fn reflecting() -> Origin {
+    Origin::reflecting().header("vary", "accept-language")
 }
 
 async fn layer(redis: &RedisServer, key_host: bool) -> RedisCacheLayer {
@@ -79,8 +40,7 @@ fn get_with(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_host_cannot_be_keyed_passes_uncached_and_poisons_nothing() {
     let redis = RedisServer::start();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let app = app(calls.clone()).layer(layer(&redis, true).await);
+    let app = reflecting().router().layer(layer(&redis, true).await);
     let attacks = [
         get_with("http://victim.example/page", &[("host", "evil.example")]),
         get_with("/page", &[("host", "victim.example/")]),
@@ -113,8 +73,7 @@ async fn a_request_whose_host_cannot_be_keyed_passes_uncached_and_poisons_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9110_7_6_1_fields_named_in_connection_shape_neither_key_nor_variant() {
     let redis = RedisServer::start();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let app = app(calls.clone()).layer(layer(&redis, true).await);
+    let app = reflecting().router().layer(layer(&redis, true).await);
     // `Connection: host` would make the key read a host the app never sees.
     let (_, x, _) = send(
         &app,
@@ -153,8 +112,7 @@ async fn rfc9110_7_6_1_fields_named_in_connection_shape_neither_key_nor_variant(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_with_a_body_or_a_method_override_is_never_stored() {
     let redis = RedisServer::start();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let app = app(calls.clone()).layer(layer(&redis, false).await);
+    let app = reflecting().router().layer(layer(&redis, false).await);
     let with_body = Request::get("/page")
         .header(header::CONTENT_LENGTH, "4")
         .body(Body::from("evil"))
@@ -179,8 +137,9 @@ async fn a_get_with_a_body_or_a_method_override_is_never_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_with_a_body_never_leads_the_flight_others_wait_on() {
     let redis = RedisServer::start();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let app = app(calls.clone()).layer(layer(&redis, false).await);
+    // Each call takes 300 ms.
+    let origin = Origin::reflecting().delay(Duration::from_millis(300));
+    let app = origin.router().layer(layer(&redis, false).await);
     let with_body = Request::get("/slow")
         .header(header::CONTENT_LENGTH, "4")
         .body(Body::from("evil"))
@@ -193,16 +152,15 @@ async fn a_get_with_a_body_never_leads_the_flight_others_wait_on() {
     assert!(body.contains("body=[]"), "the plain GET got {body:?}");
     let (_, x, _) = read(poisoner.await.unwrap().unwrap()).await;
     assert_eq!(x, "BYPASS");
-    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!(origin.calls(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc3986_6_2_2_spellings_of_one_url_share_an_entry_and_every_invalidation() {
     let redis = RedisServer::start();
-    let calls = Arc::new(AtomicUsize::new(0));
     let cache = layer(&redis, false).await;
     let handle = cache.handle();
-    let app = app(calls.clone()).layer(cache);
+    let app = reflecting().router().layer(cache);
     let (_, x, _) = send(&app, req_get("/items/7?q=%41%2c")).await;
     assert_eq!(x, "MISS");
     let (_, x, _) = send(&app, req_get("/items/%37?q=A%2C")).await;
@@ -226,13 +184,12 @@ async fn rfc3986_6_2_2_spellings_of_one_url_share_an_entry_and_every_invalidatio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_of_the_previous_key_format_is_a_miss_during_a_rolling_deploy() {
     let redis = RedisServer::start();
-    let calls = Arc::new(AtomicUsize::new(0));
     let cache = layer(&redis, false).await;
     let key = cache
         .handle()
         .key_for(&Method::GET, &Uri::from_static("/page"))
         .unwrap();
-    let old = app(calls.clone()).layer(cache);
+    let old = reflecting().router().layer(cache);
     send(&old, req_get("/page")).await;
     assert_eq!(send(&old, req_get("/page")).await.1, "HIT");
     // The same entry as an instance of key format 1 (entry format 4) would
@@ -246,7 +203,7 @@ async fn an_entry_of_the_previous_key_format_is_a_miss_during_a_rolling_deploy()
         .await
         .unwrap();
     // A new instance never serves it.
-    let fresh = app(calls.clone()).layer(layer(&redis, false).await);
+    let fresh = reflecting().router().layer(layer(&redis, false).await);
     let (_, x, _) = send(&fresh, req_get("/page")).await;
     assert_eq!(x, "MISS");
 }

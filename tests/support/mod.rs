@@ -1,7 +1,14 @@
 //! Test support: private `redis-server` processes (one, or a 3-master
-//! cluster) on free loopback ports, started per test and killed on drop.
+//! cluster) on free loopback ports, started per test and killed on drop,
+//! and the origin every test puts behind the layer ([`Origin`]).
 //! Never touches a Redis the tests did not start.
 #![allow(dead_code)]
+
+mod origin;
+
+// Each test binary uses a part.
+#[allow(unused_imports)]
+pub use origin::{reply, status, Hold, Origin, Seen};
 
 use std::{
     io::{Read, Write},
