@@ -19,7 +19,7 @@ use std::{
 
 use axum::body::Body;
 use http::{header, HeaderValue, Method, Request, Uri};
-use support::{read, reply, send, Origin, RedisServer};
+use support::{raw_http, read, reply, send, Origin, RedisServer};
 use tower::ServiceExt;
 use tower_redis_cache::{CachePolicy, RedisCacheLayer};
 
@@ -326,41 +326,6 @@ async fn a_prefix_invalidation_reaches_long_paths_under_key_host() {
     );
 }
 
-/// Lost invalidation (the plain race under the `Vary` one above). A miss
-/// that read the origin's data before an update and stores after the
-/// update's invalidation writes the old page back for its whole TTL: key
-/// invalidations leave no mark that a later write of an older response
-/// could be checked against (a namespace bump does: the write carries the
-/// generation its lookup read).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_miss_in_flight_does_not_store_a_page_older_than_an_invalidation() {
-    let redis = RedisServer::start();
-    let version = Arc::new(AtomicUsize::new(1));
-    let v = version.clone();
-    // The data is read, then the page takes a while to render.
-    let origin = Origin::new(move |_, _| reply(&[], format!("version={}", v.load(SeqCst))));
-    let cache = layer(&redis, false).await;
-    let handle = cache.handle();
-    let app = origin.router().layer(cache);
-    let mut rendering = origin.hold_next();
-    let slow = tokio::spawn(app.clone().oneshot(with(Method::GET, "/p", &[], "")));
-    rendering.entered().await;
-    version.store(2, SeqCst);
-    handle
-        .invalidate(&Method::GET, &Uri::from_static("/p"))
-        .await
-        .unwrap();
-    rendering.release();
-    let (_, _, body) = read(slow.await.unwrap().unwrap()).await;
-    assert_eq!(body, "version=1");
-    // A hit answers at once; a miss renders the new version.
-    let (_, x, body) = send(&app, with(Method::GET, "/p", &[], "")).await;
-    assert_eq!(
-        body, "version=2",
-        "a reader after the invalidation got the page from before it ({x})"
-    );
-}
-
 /// A reverse-proxy origin that answers every request with the `Host` it
 /// was sent, fresh for a minute.
 async fn host_echo_origin() -> std::net::SocketAddr {
@@ -373,11 +338,6 @@ async fn host_echo_origin() -> std::net::SocketAddr {
     })
     .serve()
     .await
-}
-
-/// One raw HTTP/1.1 exchange (see `support::raw_http`).
-async fn raw(addr: std::net::SocketAddr, head: &str) -> (u16, String, String) {
-    support::raw_http(addr, head, "").await
 }
 
 /// Poisoning (proxy). For an absolute-form `https://shop.example:443/...`
@@ -398,13 +358,14 @@ async fn the_proxy_sends_the_origin_the_host_the_cache_keyed_for_an_https_target
     let upstream: Uri = format!("http://{upstream}").parse().unwrap();
     tokio::spawn(reverse_proxy::serve(listener, upstream, cache, false));
 
-    let (_, x, body) = raw(
+    let (_, x, body) = raw_http(
         addr,
         "GET https://shop.example:443/page HTTP/1.1\r\nhost: shop.example:443",
+        "",
     )
     .await;
     assert_eq!(x, "MISS", "{body}");
-    let (_, x, body) = raw(addr, "GET /page HTTP/1.1\r\nhost: shop.example").await;
+    let (_, x, body) = raw_http(addr, "GET /page HTTP/1.1\r\nhost: shop.example", "").await;
     assert_eq!(
         body, "host shop.example",
         "a plain visitor got the page built for another host ({x})"

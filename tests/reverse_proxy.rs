@@ -24,7 +24,7 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use support::{reply, status, Origin, RedisServer};
+use support::{raw_http, reply, status, Origin, RedisServer};
 use tower_redis_cache::RedisCacheLayer;
 
 /// Starts the test origin on a loopback port; returns its address and the
@@ -296,17 +296,12 @@ async fn methods_headers_and_bodies_are_forwarded_faithfully_minus_hop_by_hop() 
     assert_eq!(seen.body.len(), big.len());
 }
 
-/// A raw exchange with the proxy (see `support::raw_http`).
-async fn raw(addr: SocketAddr, head: &str, body: &str) -> (u16, String, String) {
-    support::raw_http(addr, head, body).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absolute_form_target_naming_another_host_than_host_is_refused_not_keyed() {
     let redis = RedisServer::start();
     let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
-    let (s, _, _) = raw(
+    let (s, _, _) = raw_http(
         proxy.addr,
         "GET http://victim.example/host HTTP/1.1\r\nhost: evil.example",
         "",
@@ -314,11 +309,11 @@ async fn an_absolute_form_target_naming_another_host_than_host_is_refused_not_ke
     .await;
     assert_eq!(s, 400, "the origin may read either host");
     assert_eq!(origin.calls(), 0);
-    let (s, x, body) = raw(proxy.addr, "GET /host HTTP/1.1\r\nhost: victim.example", "").await;
+    let (s, x, body) = raw_http(proxy.addr, "GET /host HTTP/1.1\r\nhost: victim.example", "").await;
     assert_eq!((s, x.as_str()), (200, "MISS"));
     assert!(body.starts_with("host victim.example "), "{body}");
     // Both agreeing is fine, and keyed as one host.
-    let (s, x, again) = raw(
+    let (s, x, again) = raw_http(
         proxy.addr,
         "GET http://Victim.example:80/host HTTP/1.1\r\nhost: victim.example",
         "",
@@ -340,7 +335,7 @@ async fn a_host_with_characters_a_key_would_drop_is_refused() {
         "victim.example:x",
         "[::1",
     ] {
-        let (s, _, body) = raw(
+        let (s, _, body) = raw_http(
             proxy.addr,
             &format!("GET /host HTTP/1.1\r\nhost: {host}"),
             "",
@@ -351,7 +346,7 @@ async fn a_host_with_characters_a_key_would_drop_is_refused() {
             "{host}: {s} {body}"
         );
     }
-    let (s, x, body) = raw(proxy.addr, "GET /host HTTP/1.1\r\nhost: victim.example", "").await;
+    let (s, x, body) = raw_http(proxy.addr, "GET /host HTTP/1.1\r\nhost: victim.example", "").await;
     assert_eq!(
         (s, x.as_str()),
         (200, "MISS"),
@@ -365,7 +360,7 @@ async fn two_host_fields_are_refused() {
     let redis = RedisServer::start();
     let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
-    let (s, _, _) = raw(
+    let (s, _, _) = raw_http(
         proxy.addr,
         "GET /host HTTP/1.1\r\nhost: victim.example\r\nhost: evil.example",
         "",
@@ -373,7 +368,7 @@ async fn two_host_fields_are_refused() {
     .await;
     assert_eq!(s, 400);
     assert_eq!(origin.calls(), 0);
-    let (_, x, body) = raw(proxy.addr, "GET /host HTTP/1.1\r\nhost: victim.example", "").await;
+    let (_, x, body) = raw_http(proxy.addr, "GET /host HTTP/1.1\r\nhost: victim.example", "").await;
     assert_eq!(x, "MISS");
     assert!(body.starts_with("host victim.example "), "{body}");
 }
@@ -383,7 +378,7 @@ async fn the_origin_is_sent_exactly_the_host_that_was_keyed_and_no_client_forwar
     let redis = RedisServer::start();
     let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
-    let (s, x, body) = raw(
+    let (s, x, body) = raw_http(
         proxy.addr,
         "GET /host HTTP/1.1\r\nhost: Shop.Example:80\r\nx-forwarded-host: evil.example\r\n\
          forwarded: host=evil.example\r\nx-forwarded-proto: https",
@@ -400,29 +395,11 @@ async fn the_origin_is_sent_exactly_the_host_that_was_keyed_and_no_client_forwar
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rfc9110_7_6_1_a_field_named_in_connection_cannot_choose_a_variant() {
-    let redis = RedisServer::start();
-    let (upstream, _origin) = origin().await;
-    let proxy = Proxy::start(&redis, upstream).await;
-    // The origin never sees `accept-language: de` (it is hop-by-hop here),
-    // so what it answers must not be stored as the `de` variant.
-    let (_, _, first) = proxy
-        .get(
-            "/vary",
-            &[("connection", "accept-language"), ("accept-language", "de")],
-        )
-        .await;
-    assert!(first.starts_with("- "), "{first}");
-    let (_, _, de) = proxy.get("/vary", &[("accept-language", "de")]).await;
-    assert!(de.starts_with("de "), "a German client got {de:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_with_a_body_is_never_stored() {
     let redis = RedisServer::start();
     let (upstream, origin) = origin().await;
     let proxy = Proxy::start(&redis, upstream).await;
-    let (s, x, body) = raw(
+    let (s, x, body) = raw_http(
         proxy.addr,
         "GET /body HTTP/1.1\r\nhost: shop.example\r\ncontent-length: 4",
         "evil",
@@ -432,16 +409,16 @@ async fn a_get_with_a_body_is_never_stored() {
         (s, x.as_str(), body.as_str()),
         (200, "BYPASS", "body [evil] 1")
     );
-    let (_, x, body) = raw(proxy.addr, "GET /body HTTP/1.1\r\nhost: shop.example", "").await;
+    let (_, x, body) = raw_http(proxy.addr, "GET /body HTTP/1.1\r\nhost: shop.example", "").await;
     assert_eq!((x.as_str(), body.as_str()), ("MISS", "body [] 2"));
-    let (_, x, _) = raw(
+    let (_, x, _) = raw_http(
         proxy.addr,
         "GET /body HTTP/1.1\r\nhost: shop.example\r\ntransfer-encoding: chunked",
         "4\r\nevil\r\n0\r\n\r\n",
     )
     .await;
     assert_eq!(x, "BYPASS");
-    let (_, x, body) = raw(proxy.addr, "GET /body HTTP/1.1\r\nhost: shop.example", "").await;
+    let (_, x, body) = raw_http(proxy.addr, "GET /body HTTP/1.1\r\nhost: shop.example", "").await;
     assert_eq!((x.as_str(), body.as_str()), ("HIT", "body [] 2"));
     assert_eq!(origin.calls(), 3);
 }

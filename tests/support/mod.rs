@@ -530,16 +530,6 @@ impl RedisServer {
         String::from_utf8_lossy(&reply).into_owned()
     }
 
-    /// The port of node `node`.
-    pub fn node_port(&self, node: usize) -> u16 {
-        self.nodes[node].port
-    }
-
-    /// How many nodes the server has (started or added).
-    pub fn node_count(&self) -> usize {
-        self.nodes.len()
-    }
-
     /// The cluster id of node `node`.
     pub fn node_id(&self, node: usize) -> String {
         let reply = self.node_command_full(node, "CLUSTER MYID");
@@ -784,14 +774,6 @@ fn reply_complete(reply: &[u8]) -> bool {
     {
         Some(len) if len >= 0 => reply.len() >= end + 2 + len as usize + 2,
         _ => true,
-    }
-}
-
-impl RedisServer {
-    /// Kills node `node` of a cluster (SIGKILL), as a crash or a shutdown
-    /// for maintenance would.
-    pub fn stop_node(&mut self, node: usize) {
-        self.nodes[node].stop();
     }
 }
 
