@@ -1,6 +1,6 @@
 //! The Redis store, through fred: a connection pool built from a URL
-//! (`redis://`, `rediss://`, `redis-cluster://`), with a command timeout, a
-//! reconnect policy and a bounded command queue.
+//! (`redis://`, `rediss://`, `redis-cluster://`, `redis-sentinel://`), with a
+//! command timeout, a reconnect policy and a bounded command queue.
 //!
 //! - `builder.rs`: the settings and the pool they build;
 //! - `batch.rs`: entry reads of concurrent hits sent together;
@@ -30,7 +30,8 @@ use self::{batch::Batch, commands::*, tracked::Tracked};
 use super::{Backend, BoxFuture, Fence, Fenced, Fetched, PathPrefix, Store, Write};
 use crate::error::StoreError;
 
-/// A [`Store`] on Redis (standalone or Cluster) through a fred connection pool.
+/// A [`Store`] on Redis (standalone, Cluster, or a master behind Sentinel)
+/// through a fred connection pool.
 ///
 /// Build it from a URL with [`RedisStore::builder`], or wrap a pool you
 /// already have with [`RedisStore::from_pool`]. While Redis is unreachable,
