@@ -187,14 +187,15 @@ where
                 } else if plan.shared_only && !cc.allows_authorized() {
                     "the request carries Authorization (or a Cookie the route shares only), \
                      and the response does not say public, s-maxage or must-revalidate"
-                } else if let Some(why) = crate::http::refuse_to_store(
-                    &parts.headers,
-                    &cc,
-                    plan.rule.http.strip_set_cookie,
-                ) {
-                    why
                 } else {
-                    "the route does not store this status, or the response has no freshness"
+                    crate::http::refuse_to_store(
+                        &parts.headers,
+                        &cc,
+                        plan.rule.http.strip_set_cookie,
+                    )
+                    .unwrap_or(
+                        "the route does not store this status, or the response has no freshness",
+                    )
                 };
                 crate::status::not_stored(method, uri, reason);
             }

@@ -982,8 +982,8 @@ impl SentinelSet {
         let reply = self.sentinel("SENTINEL GET-MASTER-ADDR-BY-NAME mymaster");
         reply
             .lines()
-            .filter_map(|l| l.trim().parse::<u16>().ok())
-            .last()
+            .rev()
+            .find_map(|l| l.trim().parse::<u16>().ok())
             .unwrap_or(0)
     }
 
