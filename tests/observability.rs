@@ -198,59 +198,25 @@ async fn every_bypass_says_why_with_the_method_and_path() {
         }
         b.body(axum::body::Body::empty()).unwrap()
     };
-    let cases: [(http::Request<axum::body::Body>, &str, &str, &str); 7] = [
-        (
-            with("GET", "/unlisted", None),
-            "BYPASS",
-            "GET /unlisted",
-            "no route rule matches",
-        ),
-        (
-            with("GET", "/off", None),
-            "BYPASS",
-            "GET /off",
-            "CachePolicy::bypass()",
-        ),
-        (
-            with("OPTIONS", "/cached", None),
-            "BYPASS",
-            "OPTIONS /cached",
-            "only GET and HEAD",
-        ),
-        (
-            with("POST", "/cached", None),
-            "BYPASS",
-            "POST /cached",
-            "an unsafe method",
-        ),
-        (
-            with("GET", "/cached", Some(("content-length", "3"))),
-            "BYPASS",
-            "GET /cached",
-            "a GET or HEAD with a body",
-        ),
-        (
-            with("GET", "/cached?user=1", Some(("range", "bytes=0-1"))),
-            "BYPASS",
-            "GET /cached",
-            "a Range or precondition field",
-        ),
-        (
-            with("GET", "/big", None),
-            "MISS",
-            "GET /big",
-            "larger than max_body_bytes",
-        ),
+    // Method, target, a header, the status header, the reason logged.
+    #[rustfmt::skip]
+    let cases = [
+        ("GET", "/unlisted", None, "BYPASS", "no route rule matches"),
+        ("GET", "/off", None, "BYPASS", "CachePolicy::bypass()"),
+        ("OPTIONS", "/cached", None, "BYPASS", "only GET and HEAD"),
+        ("POST", "/cached", None, "BYPASS", "an unsafe method"),
+        ("GET", "/cached", Some(("content-length", "3")), "BYPASS", "a GET or HEAD with a body"),
+        ("GET", "/cached?user=1", Some(("range", "bytes=0-1")), "BYPASS", "a Range or precondition field"),
+        ("GET", "/big", None, "MISS", "larger than max_body_bytes"),
     ];
-    for (req, status, target, reason) in cases {
-        let (_, x_cache, _) = send(&app, req).await;
-        assert_eq!(x_cache, status, "{target}");
-        let (method, path) = target.split_once(' ').unwrap();
-        let method = format!("method={method}");
-        let path = format!("path={path:?}");
+    for (method, uri, header, status, reason) in cases {
+        let (_, x_cache, _) = send(&app, with(method, uri, header)).await;
+        assert_eq!(x_cache, status, "{method} {uri}");
+        let path = uri.split('?').next().unwrap();
+        let (method_field, path_field) = (format!("method={method}"), format!("path={path:?}"));
         let text = logs.text();
-        let lines = lines_with(&text, &["DEBUG", &method, &path, reason]);
-        assert_eq!(lines.len(), 1, "{target}: {reason}:\n{text}");
+        let lines = lines_with(&text, &["DEBUG", &method_field, &path_field, reason]);
+        assert_eq!(lines.len(), 1, "{method} {uri}: {reason}:\n{text}");
     }
     // Not a BYPASS, but the operator sees why nothing was stored.
     let (_, x_cache, _) = send(
