@@ -116,6 +116,8 @@ pub(crate) struct CacheCore {
     /// (`Backend::fetch_or_lock` gave `None`), so the layer stops preparing
     /// for it.
     pub(crate) prelocks: AtomicBool,
+    /// What the store is and where (`Backend::describe`), for logs.
+    pub(crate) store_name: Box<str>,
 }
 
 #[derive(Default)]
@@ -169,7 +171,14 @@ impl CacheCore {
         settings: Settings,
         replay: ReplayConfig,
     ) -> Self {
+        let store_name = store.describe().into_boxed_str();
+        tracing::info!(
+            store = %store_name,
+            keys = %format_args!("{}*", keys.base()),
+            "cache layer built"
+        );
         Self {
+            store_name,
             replay: Replay::new(replay),
             breaker: Breaker::new(
                 settings.breaker_threshold,
@@ -296,16 +305,21 @@ impl CacheCore {
             Ok(_) => {
                 self.breaker.record_success();
                 if !self.store_healthy.load(Relaxed) && !self.store_healthy.swap(true, Relaxed) {
-                    tracing::info!("cache store answers again; caching resumed");
+                    tracing::info!(store = %self.store_name, "cache store answers again; caching resumed");
                 }
             }
             Err(e) => {
                 bump(&self.counters.store_errors);
                 self.breaker.record_failure();
                 if self.store_healthy.swap(false, Relaxed) {
-                    tracing::warn!(op, error = %e, "cache store failed; requests pass through to the service");
+                    tracing::warn!(
+                        store = %self.store_name,
+                        op,
+                        error = %e,
+                        "cache store failed; requests pass through to the service"
+                    );
                 } else {
-                    tracing::debug!(op, error = %e, "cache store failed");
+                    tracing::debug!(store = %self.store_name, op, error = %e, "cache store failed");
                 }
             }
         }

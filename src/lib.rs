@@ -19,19 +19,54 @@
 //! response as a shared cache computes it ([`FreshnessMode::OriginDriven`],
 //! for a cache in front of any origin; see `examples/reverse_proxy.rs`).
 //!
-//! Stores: [`store::RedisStore`] (standalone or Cluster),
+//! Stores: [`store::RedisStore`] (standalone, Cluster or Sentinel),
 //! [`store::TieredStore`] (an in-process tier in front of Redis, coherent
 //! through client tracking) and [`store::MemoryStore`] (the default when no
 //! Redis is configured).
 //!
 //! # Quick start
 //!
+//! The layer goes around the router; its [`CacheHandle`] goes into your
+//! state (or comes as an extractor, [`CacheHandle`] implementing axum's
+//! `FromRequestParts`) to invalidate after writes:
+//!
 //! ```
 //! use std::time::Duration;
-//! use axum::{routing::get, Router};
-//! use tower_redis_cache::{CachePolicy, RedisCacheLayer};
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use axum::{extract::{Path, State}, http::Method, routing::get, Router};
+//! use tower_redis_cache::{CacheHandle, CachePolicy, RedisCacheLayer};
+//!
+//! #[derive(Clone)]
+//! struct AppState {
+//!     cache: CacheHandle,
+//! }
+//!
+//! async fn show(Path(id): Path<u64>) -> String {
+//!     format!("product {id}") // runs on a miss only
+//! }
+//!
+//! // From the state.
+//! async fn update(State(s): State<AppState>, Path(id): Path<u64>) -> &'static str {
+//!     // ... write to the database, then drop what it changed:
+//!     let uri = format!("/products/{id}").parse().expect("a number makes a valid path");
+//!     if let Err(e) = s.cache.invalidate(&Method::GET, &uri).await {
+//!         // Bad input only: Redis being away queues the invalidation
+//!         // (`Invalidation::queued`) and replays it. Log and answer.
+//!         tracing::warn!(error = %e, "cache invalidation refused");
+//!     }
+//!     "updated"
+//! }
+//!
+//! // As an extractor (any handler behind the layer).
+//! async fn clear(cache: CacheHandle) -> &'static str {
+//!     if let Err(e) = cache.invalidate_namespace("products").await {
+//!         tracing::warn!(error = %e, "cache invalidation refused");
+//!     }
+//!     "cleared"
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cache = RedisCacheLayer::builder()
 //!     // .redis_url("redis://127.0.0.1:6379")  // without it: the in-memory store
 //!     .prefix("api")
@@ -41,18 +76,47 @@
 //!         CachePolicy::new().namespace("products").ttl(Duration::from_secs(900)),
 //!     )
 //!     .build()?;
-//! let handle = cache.handle(); // keep it in your state to invalidate
+//! let state = AppState { cache: cache.handle() };
 //!
 //! let app: Router = Router::new()
-//!     .route("/products/{id}", get(|| async { "a product" }))
-//!     .layer(cache);
-//! # let _ = (app, handle);
+//!     .route("/products/{id}", get(show).put(update))
+//!     .route("/admin/clear", axum::routing::post(clear))
+//!     .layer(cache)
+//!     .with_state(state);
+//! # let _ = app;
 //! // axum::serve(listener, app).await?;
 //! # Ok(()) }
 //! ```
 //!
-//! The guide in the repository's `docs/` folder covers keys, policies,
-//! HTTP semantics, security, invalidation, failure behaviour and operations.
+//! # Guide and examples
+//!
+//! The guide is the `docs/` folder of the crate's sources (readable on
+//! docs.rs):
+//! [getting started](https://docs.rs/crate/tower-redis-cache/latest/source/docs/getting-started.md),
+//! [configuration](https://docs.rs/crate/tower-redis-cache/latest/source/docs/configuration.md),
+//! [keys](https://docs.rs/crate/tower-redis-cache/latest/source/docs/keys.md),
+//! [invalidation](https://docs.rs/crate/tower-redis-cache/latest/source/docs/invalidation.md),
+//! [HTTP semantics](https://docs.rs/crate/tower-redis-cache/latest/source/docs/http-semantics.md),
+//! [security](https://docs.rs/crate/tower-redis-cache/latest/source/docs/security.md),
+//! [resilience](https://docs.rs/crate/tower-redis-cache/latest/source/docs/resilience.md),
+//! [operations and logs](https://docs.rs/crate/tower-redis-cache/latest/source/docs/operations.md),
+//! [Redis Cluster](https://docs.rs/crate/tower-redis-cache/latest/source/docs/cluster.md),
+//! [managed Redis, Sentinel and TLS](https://docs.rs/crate/tower-redis-cache/latest/source/docs/managed-redis.md),
+//! [the L1 tier](https://docs.rs/crate/tower-redis-cache/latest/source/docs/tiers.md),
+//! [coming from fastapi-rc](https://docs.rs/crate/tower-redis-cache/latest/source/docs/migrating-from-fastapi-rc.md).
+//!
+//! The [examples](https://docs.rs/crate/tower-redis-cache/latest/source/examples/)
+//! each run with one `cargo run --example <name>` from a clone:
+//! [`products`](https://docs.rs/crate/tower-redis-cache/latest/source/examples/products.rs)
+//! (an axum product API: state, invalidation by tag, batch writes),
+//! [`per_route`](https://docs.rs/crate/tower-redis-cache/latest/source/examples/per_route.rs),
+//! [`hyper_service`](https://docs.rs/crate/tower-redis-cache/latest/source/examples/hyper_service.rs)
+//! (no axum),
+//! [`hashmap_store`](https://docs.rs/crate/tower-redis-cache/latest/source/examples/hashmap_store.rs)
+//! (a store of your own),
+//! [`tags`](https://docs.rs/crate/tower-redis-cache/latest/source/examples/tags.rs),
+//! [`reverse_proxy`](https://docs.rs/crate/tower-redis-cache/latest/source/examples/reverse_proxy.rs)
+//! (a shared cache in front of any origin).
 //!
 //! # Features
 //!
@@ -118,10 +182,41 @@ pub use {
     tags::CacheTags,
 };
 
-/// The README's Rust snippets, compiled as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-struct ReadmeDoctests;
+/// The Rust snippets of the README and the guide, compiled (and, unless
+/// marked `no_run`, run) as doctests, so that what a reader copies builds.
+#[cfg(all(doctest, feature = "axum", feature = "l1"))]
+mod guide_snippets {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
+    #[doc = include_str!("../docs/getting-started.md")]
+    struct GettingStarted;
+    #[doc = include_str!("../docs/configuration.md")]
+    struct Configuration;
+    #[doc = include_str!("../docs/keys.md")]
+    struct Keys;
+    #[doc = include_str!("../docs/invalidation.md")]
+    struct Invalidation;
+    #[doc = include_str!("../docs/http-semantics.md")]
+    struct HttpSemantics;
+    #[doc = include_str!("../docs/security.md")]
+    struct Security;
+    #[doc = include_str!("../docs/resilience.md")]
+    struct Resilience;
+    #[doc = include_str!("../docs/operations.md")]
+    struct Operations;
+    #[doc = include_str!("../docs/cluster.md")]
+    struct Cluster;
+    #[doc = include_str!("../docs/managed-redis.md")]
+    struct ManagedRedis;
+    #[doc = include_str!("../docs/tiers.md")]
+    struct Tiers;
+    #[doc = include_str!("../docs/migrating-from-fastapi-rc.md")]
+    struct MigratingFromFastapiRc;
+    #[doc = include_str!("../docs/design.md")]
+    struct Design;
+    #[doc = include_str!("../docs/performance.md")]
+    struct Performance;
+}
 
 /// Entry points for the crate's own benchmarks (`benches/micro.rs`,
 /// `benches/hitpath.rs`), compiled only with the `bench` feature. Not part

@@ -701,6 +701,12 @@ impl Policies {
         self.lookup(matched_route(req), req.uri().path())
     }
 
+    /// Whether `rule` is the default one: no route pattern or prefix
+    /// matched.
+    pub(crate) fn is_default(&self, rule: &Rule) -> bool {
+        std::ptr::eq(rule, &self.default)
+    }
+
     /// The rule for a request: the route pattern axum matched (if any), else
     /// the most specific pattern matching `path`, else the longest path
     /// prefix, else the default.

@@ -95,6 +95,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let mut checks = crate::request::RequestChecks::scan(req.headers());
         if checks.upgrade {
+            crate::status::bypassed(req.method(), req.uri(), "an Upgrade request");
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
                 .insert(CacheHandle::new(self.core.clone()));
@@ -109,6 +110,11 @@ where
             checks.refused = checks.refused.or(refused);
         }
         if let Some(targets) = unsafe_targets(&self.core, &req) {
+            crate::status::bypassed(
+                req.method(),
+                req.uri(),
+                "an unsafe method: not cached; what it changes is invalidated if it succeeds",
+            );
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
                 .insert(CacheHandle::new(self.core.clone()));

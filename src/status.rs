@@ -1,7 +1,9 @@
 //! The cache status of a response: what the layer did with it, counted,
 //! logged and (when configured) sent in the status header.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use std::fmt::Display;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 /// What the layer did with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,18 @@ impl CacheStatus {
 pub(crate) fn record(status: CacheStatus) {
     crate::metrics::request(status.as_str());
     tracing::debug!(outcome = status.as_str(), "cache outcome");
+}
+
+/// Logs at `debug` why a request is a `BYPASS`, with its method and path
+/// (never its query, which may carry a secret). The fields are formatted
+/// only when the level is enabled.
+pub(crate) fn bypassed(method: &Method, uri: &Uri, reason: impl Display) {
+    tracing::debug!(%method, path = uri.path(), %reason, "cache BYPASS");
+}
+
+/// Logs at `debug` why a response the cache looked up was not stored.
+pub(crate) fn not_stored(method: &Method, uri: &Uri, reason: impl Display) {
+    tracing::debug!(%method, path = uri.path(), %reason, "cache response not stored");
 }
 
 /// Counts a request's outcome and sets the status header (when enabled).

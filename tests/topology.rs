@@ -1,6 +1,7 @@
 //! The L1 tier on a Redis Cluster whose topology changes under it: a
 //! resharding to a new master, a failover to a replica, and a server that
-//! refuses client tracking.
+//! refuses client tracking. And the layer behind Redis Sentinel, through a
+//! failover.
 #![cfg(feature = "l1")]
 
 mod support;
@@ -12,7 +13,7 @@ use std::{
 
 use axum::Router;
 use http::{Method, Uri};
-use support::{req_get, send, Captured, Origin, RedisServer};
+use support::{req_get, send, Captured, Origin, RedisServer, SentinelSet};
 use tower_redis_cache::{
     fred::{prelude::KeysInterface, util::redis_keyslot},
     store::{LocalTier, RedisStore, TieredStore},
@@ -299,4 +300,57 @@ async fn a_server_that_refuses_tracking_leaves_the_l1_off_with_a_warning() {
     let (_, x_cache, body) = send(&b.app, req_get("/items/1")).await;
     assert_eq!(x_cache, "MISS");
     assert_ne!(body, first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinel_the_layer_caches_and_follows_a_failover() {
+    let set = tokio::task::spawn_blocking(SentinelSet::start)
+        .await
+        .unwrap();
+    let first_master = set.master_port();
+    let store = RedisStore::builder(set.url()).connect().await.unwrap();
+    let cache = RedisCacheLayer::builder()
+        .prefix("sentinel")
+        .store(store)
+        .build()
+        .unwrap();
+    let origin = Origin::items();
+    let app = origin.router().layer(cache);
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "MISS");
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
+    let key = "sentinel:v1:default:GET:/items/1";
+    assert!(
+        set.node_command(0, &format!("EXISTS {key}"))
+            .starts_with(":1"),
+        "the entry went to the master the sentinel named"
+    );
+
+    let set = tokio::task::spawn_blocking(move || {
+        set.failover();
+        set
+    })
+    .await
+    .unwrap();
+    assert_ne!(set.master_port(), first_master);
+
+    // Every answer is the service's or the cache's, never an error; within
+    // a few seconds a new entry is written to the promoted replica (a write
+    // to the old master, now a replica, would be refused) and served.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, x_cache, body) = send(&app, req_get("/items/2")).await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("item 2 v"), "{body}");
+        if x_cache == "HIT" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no hit within 20 s of the failover (last: {x_cache})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(set.node_command(1, "ROLE").contains("master"));
+    // The entry stored before the failover was replicated and is served.
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
 }

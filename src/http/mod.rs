@@ -31,7 +31,7 @@ pub(crate) use self::{
     fields::{is_hop_by_hop, RequestFields},
     freshness::{judge, Use},
     invalidation::same_origin,
-    storage::storable,
+    storage::{refuse_to_store, storable},
     vary::{selects, variant_id, vary, Vary},
 };
 

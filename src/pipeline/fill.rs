@@ -93,7 +93,17 @@ where
         } else {
             None
         };
+        if may_store && generation.is_some() && fence.is_none() {
+            crate::status::bypassed(
+                req.method(),
+                req.uri(),
+                "the store did not answer when its invalidation counter was read",
+            );
+        }
         let generation = generation.filter(|_| !may_store || fence.is_some());
+        // For the debug lines below, which name the request.
+        let target = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| (req.method().clone(), req.uri().clone()));
         let started = Instant::now();
         let request_ms = entry::now_ms();
         let (mut parts, body) = inner.call(req).await?.into_parts();
@@ -167,6 +177,28 @@ where
             None
         };
         let Some((lifetimes, mut extra)) = stamped else {
+            if let (Some((method, uri)), true) = (&target, generation.is_some()) {
+                let reason = if plan.head {
+                    "a HEAD response (the GET's entry serves HEADs)"
+                } else if plan.cc.no_store {
+                    "the request says Cache-Control: no-store"
+                } else if covered_failure {
+                    "a server error, with a stale entry standing in for it"
+                } else if plan.shared_only && !cc.allows_authorized() {
+                    "the request carries Authorization (or a Cookie the route shares only), \
+                     and the response does not say public, s-maxage or must-revalidate"
+                } else {
+                    crate::http::refuse_to_store(
+                        &parts.headers,
+                        &cc,
+                        plan.rule.http.strip_set_cookie,
+                    )
+                    .unwrap_or(
+                        "the route does not store this status, or the response has no freshness",
+                    )
+                };
+                crate::status::not_stored(method, uri, reason);
+            }
             mark(
                 core.settings.status_header.as_ref(),
                 &mut parts.headers,
@@ -297,7 +329,16 @@ where
                 }
                 CacheBody::full(bytes)
             }
-            Collected::NotStorable(body) => body,
+            Collected::NotStorable(body) => {
+                if let Some((method, uri)) = &target {
+                    crate::status::not_stored(
+                        method,
+                        uri,
+                        "the body is larger than max_body_bytes, has trailers, or failed",
+                    );
+                }
+                body
+            }
         };
         mark(
             core.settings.status_header.as_ref(),

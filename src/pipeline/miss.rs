@@ -73,11 +73,17 @@ where
             );
             return Ok(response);
         }
-        bump(if generation.is_some() {
-            &core.counters.misses
+        if generation.is_some() {
+            bump(&core.counters.misses);
         } else {
-            &core.counters.bypasses
-        });
+            bump(&core.counters.bypasses);
+            let reason = if core.replay.pending() {
+                "invalidations wait for the store to confirm them: no entry is served meanwhile"
+            } else {
+                "the store did not answer (see the store failure logged before)"
+            };
+            crate::status::bypassed(req.method(), req.uri(), reason);
+        }
         if plan.head {
             return Ok(call_origin(&core, inner, req, &plan, generation, stale)
                 .await?

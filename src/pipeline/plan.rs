@@ -11,6 +11,7 @@ use crate::{
     http::CacheControl,
     policy::{CookiePolicy, Resolved},
     stampede::HeldLock,
+    status::bypassed,
 };
 
 /// What a cacheable request will use.
@@ -49,19 +50,35 @@ pub(crate) fn plan<B>(
     checks: &crate::request::RequestChecks,
 ) -> Option<Plan> {
     let head = req.method() == Method::HEAD;
+    let uri = req.uri();
     if !head && req.method() != Method::GET {
+        bypassed(req.method(), uri, "only GET and HEAD are cached");
         return None;
     }
-    let uri = req.uri();
-    let rule = core.policies.for_request(req).as_ref()?;
+    let rule = core.policies.for_request(req);
+    let Some(rule) = rule.as_ref() else {
+        let reason = if core.policies.is_default(rule) {
+            "no route rule matches, and unmatched routes pass through \
+             (bypass_unmatched, or a bypass default_policy)"
+        } else {
+            "the route's policy is CachePolicy::bypass()"
+        };
+        bypassed(req.method(), uri, reason);
+        return None;
+    };
     let headers = req.headers();
     let refused = checks.refused;
     let fields = checks.http;
     if fields.passes_through {
+        bypassed(
+            req.method(),
+            uri,
+            "a Range or precondition field (If-Match, If-Unmodified-Since, If-Range)",
+        );
         return None;
     }
     if let Some(reason) = refused {
-        tracing::debug!(reason, path = uri.path(), "passed through uncached");
+        bypassed(req.method(), uri, reason);
         return None;
     }
     let cc = if !fields.directives {
@@ -80,12 +97,17 @@ pub(crate) fn plan<B>(
         CookiePolicy::Ignore
     };
     if cookies == CookiePolicy::Pass {
+        bypassed(
+            req.method(),
+            uri,
+            "a Cookie field, and the route's cookies(CookiePolicy::Pass)",
+        );
         return None;
     }
     let origin = match core.settings.origin_key.of(uri, headers) {
         Ok(origin) => origin,
         Err(reason) => {
-            tracing::debug!(%reason, path = uri.path(), "passed through uncached");
+            bypassed(req.method(), uri, reason);
             return None;
         }
     };

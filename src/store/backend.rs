@@ -95,6 +95,12 @@ pub(crate) const FENCE_WINDOW: Duration = Duration::from_secs(120);
 /// The operations the layer runs on a store. Every method has a default
 /// built from the [`Store`] methods; the built-in stores override them.
 pub trait Backend: Store {
+    /// What the store is, for the line logged at start and the store
+    /// failures: where it lives, never a password.
+    fn describe(&self) -> String {
+        "a store of your own".to_owned()
+    }
+
     /// Reads `key` and the generation counter at `generation_key`, in one
     /// round trip where the backend allows it.
     fn fetch<'a>(
@@ -361,7 +367,11 @@ impl<S: Store + ?Sized> Store for Adapter<S> {
     }
 }
 
-impl<S: Store + ?Sized> Backend for Adapter<S> {}
+impl<S: Store + ?Sized> Backend for Adapter<S> {
+    fn describe(&self) -> String {
+        format!("a store of your own ({})", std::any::type_name::<S>())
+    }
+}
 
 #[cfg(test)]
 mod tests {

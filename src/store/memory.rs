@@ -490,6 +490,14 @@ impl Store for MemoryStore {
 }
 
 impl Backend for MemoryStore {
+    fn describe(&self) -> String {
+        let max = self.entries.policy().max_capacity().unwrap_or(0);
+        format!(
+            "the in-memory store of this process ({}; not shared with other instances)",
+            crate::store::size(max)
+        )
+    }
+
     fn fetch<'a>(
         &'a self,
         key: &'a str,

@@ -34,6 +34,16 @@ pub use self::redis::{RedisStore, RedisStoreBuilder};
 #[cfg_attr(docsrs, doc(cfg(feature = "l1")))]
 pub use self::tiered::{LocalTier, TieredStore};
 
+/// `bytes` for a log line: whole mebibytes as such, else in bytes.
+pub(crate) fn size(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 /// The hasher of the in-process caches' keys. Keys are request paths a
 /// client chooses, so it is seeded per cache (foldhash's `RandomState`); it
 /// costs a fraction of the standard library's SipHash on every lookup.

@@ -32,6 +32,9 @@ struct Node {
     port: u16,
     dir: PathBuf,
     cluster: bool,
+    /// A sentinel (`redis-server --sentinel`) watching the master on this
+    /// port as `mymaster`.
+    sentinel_of: Option<u16>,
 }
 
 /// A standalone Redis or a 3-master Redis Cluster, started for one test on
@@ -49,6 +52,10 @@ fn free_port() -> u16 {
 
 impl Node {
     fn start(cluster: bool) -> Self {
+        Self::start_as(cluster, None)
+    }
+
+    fn start_as(cluster: bool, sentinel_of: Option<u16>) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!(
             "tower-redis-cache-test-{port}-{}",
@@ -60,6 +67,7 @@ impl Node {
             port,
             dir,
             cluster,
+            sentinel_of,
         };
         // A port found free can be taken before redis-server binds it (by
         // an outgoing connection's ephemeral port, or another test): then
@@ -77,6 +85,20 @@ impl Node {
     /// `false` when it exited first (the port was taken).
     fn spawn(&mut self) -> bool {
         let mut command = Command::new("redis-server");
+        if let Some(master) = self.sentinel_of {
+            // A sentinel rewrites its configuration file: one of its own.
+            let conf = self.dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "sentinel monitor mymaster 127.0.0.1 {master} 1\n\
+                     sentinel down-after-milliseconds mymaster 2000\n\
+                     sentinel failover-timeout mymaster 5000\n"
+                ),
+            )
+            .expect("sentinel.conf");
+            command.arg(conf).arg("--sentinel");
+        }
         command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args([
@@ -882,6 +904,106 @@ pub async fn raw_http(addr: std::net::SocketAddr, head: &str, body: &str) -> (u1
         .unwrap_or("")
         .to_owned();
     (status, x_cache, body.to_owned())
+}
+
+/// A Redis master, one replica and one Redis Sentinel watching them as
+/// `mymaster`, on free loopback ports, torn down on drop.
+pub struct SentinelSet {
+    /// The master at start, its replica, then the sentinel.
+    nodes: Vec<Node>,
+}
+
+impl SentinelSet {
+    /// Starts the master and its replica, waits until the replica is in
+    /// sync, then starts the sentinel and waits until it knows the replica.
+    pub fn start() -> Self {
+        let master = Node::start(false);
+        let replica = Node::start(false);
+        let reply = replica.command(&format!("REPLICAOF 127.0.0.1 {}", master.port));
+        assert!(reply.starts_with("+OK"), "REPLICAOF: {reply}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !replica
+            .command("INFO replication")
+            .contains("master_link_status:up")
+        {
+            assert!(Instant::now() < deadline, "the replica never synced");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sentinel = Node::start_as(false, Some(master.port));
+        let set = Self {
+            nodes: vec![master, replica, sentinel],
+        };
+        let replica = format!("127.0.0.1:{}", set.nodes[1].port);
+        while !set
+            .sentinel("SENTINEL REPLICAS mymaster")
+            .contains(&replica)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel never found the replica"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        set
+    }
+
+    /// `redis-sentinel://` URL of the sentinel, for service `mymaster`.
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}?sentinelServiceName=mymaster",
+            self.nodes[2].port
+        )
+    }
+
+    /// Sends one command to the sentinel and reads its reply.
+    fn sentinel(&self, command: &str) -> String {
+        self.nodes[2].command(command)
+    }
+
+    /// Sends one command to node `node` (0: the first master, 1: the first
+    /// replica) and reads its reply.
+    pub fn node_command(&self, node: usize, command: &str) -> String {
+        self.nodes[node].command(command)
+    }
+
+    /// The port of the master the sentinel names now.
+    pub fn master_port(&self) -> u16 {
+        let reply = self.sentinel("SENTINEL GET-MASTER-ADDR-BY-NAME mymaster");
+        reply
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().parse::<u16>().ok())
+            .unwrap_or(0)
+    }
+
+    /// Asks the sentinel for a failover (`SENTINEL FAILOVER mymaster`) and
+    /// waits until it names the replica as master, the replica says it is
+    /// one, and the old master follows it.
+    pub fn failover(&self) {
+        let (old, new) = (self.nodes[0].port, self.nodes[1].port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let reply = self.sentinel("SENTINEL FAILOVER mymaster");
+            if reply.starts_with("+OK") {
+                break;
+            }
+            // -NOGOODSLAVE until the sentinel has fresh news of the replica.
+            assert!(Instant::now() < deadline, "SENTINEL FAILOVER: {reply}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        while !(self.master_port() == new
+            && self.nodes[1].command("ROLE").contains("master")
+            && self.nodes[0]
+                .command("INFO replication")
+                .contains(&format!("master_port:{new}")))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the failover from {old} to {new} did not complete"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Log output captured in memory, to give `tracing_subscriber`'s writer and

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use fred::prelude::{Builder, ClientLike, Config, Pool, ReconnectPolicy};
 
-use super::{eviction::check_eviction, tracked::Tracked, RedisStore};
+use super::{address, eviction::check_eviction, tracked::Tracked, RedisStore};
 use crate::error::{Error, StoreError};
 
 /// Settings for a [`RedisStore`]; see [`RedisStore::builder`].
@@ -22,8 +22,11 @@ pub struct RedisStoreBuilder {
 
 impl RedisStore {
     /// Settings for a store at `url`: `redis://[user:pass@]host[:port][/db]`,
-    /// `rediss://...` (TLS, with the `tls` feature) or
-    /// `redis-cluster://host:port?node=host2:port2...`.
+    /// `rediss://...` (TLS, with the `tls` feature),
+    /// `redis-cluster://host:port?node=host2:port2...`, or, behind Redis
+    /// Sentinel, `redis-sentinel://[user:pass@]sentinel1:26379[/db]?sentinelServiceName=mymaster&node=sentinel2:26379...`
+    /// (the hosts are the sentinels; the store connects to the master they
+    /// name and follows a failover). See `docs/managed-redis.md`.
     ///
     /// Defaults: a pool of 4 connections, 1 s command timeout, 2 s connect
     /// timeout, reconnect forever with exponential backoff from 50 ms up to 1 s,
@@ -141,12 +144,23 @@ impl RedisStoreBuilder {
         }
         if !matches!(
             scheme,
-            "redis" | "rediss" | "redis-cluster" | "rediss-cluster"
+            "redis"
+                | "rediss"
+                | "redis-cluster"
+                | "rediss-cluster"
+                | "redis-sentinel"
+                | "rediss-sentinel"
         ) {
             return Err(Error::config(format!(
                 "Redis URL scheme {scheme:?} is not supported: use redis://, rediss://, \
-                 redis-cluster:// or rediss-cluster://"
+                 redis-cluster://, rediss-cluster://, redis-sentinel:// or rediss-sentinel://"
             )));
+        }
+        if scheme.ends_with("-sentinel") && !self.url.contains("sentinelServiceName=") {
+            return Err(Error::config(
+                "a redis-sentinel:// URL needs the service name of the master: \
+                 redis-sentinel://sentinel1:26379/0?sentinelServiceName=mymaster&node=sentinel2:26379",
+            ));
         }
         if self.pool_size == 0 {
             return Err(Error::config("Redis pool size is 0: use at least 1"));
@@ -196,7 +210,31 @@ impl RedisStoreBuilder {
     /// Builds the store and starts connecting in the background: the call
     /// returns at once, and until the connection is up the layer passes
     /// requests through. Must run inside a Tokio runtime.
+    ///
+    /// If Redis does not answer within the connect timeout, that is logged
+    /// once at `warn`, naming the server (never the password).
     pub fn build(self) -> Result<RedisStore, Error> {
+        let timeout = self.connect_timeout;
+        let store = self.start()?;
+        let pool = store.pool.clone();
+        tokio::spawn(async move {
+            let error = match tokio::time::timeout(timeout, pool.wait_for_connect()).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no connection within {} ms", timeout.as_millis()),
+            };
+            tracing::warn!(
+                store = %format_args!("Redis at {}", address(&pool.next().client_config())),
+                %error,
+                "cache store unreachable at start; requests pass through to the service \
+                 until it answers (the pool keeps reconnecting)"
+            );
+        });
+        Ok(store)
+    }
+
+    /// Builds the store and starts connecting, without a word.
+    fn start(self) -> Result<RedisStore, Error> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::config(
                 "a Redis store must be built inside a Tokio runtime (e.g. in #[tokio::main])",
@@ -221,8 +259,8 @@ impl RedisStoreBuilder {
     /// reconnecting after later outages either way.
     pub async fn connect(self) -> Result<RedisStore, Error> {
         let timeout = self.connect_timeout;
-        let url = self.url.clone();
-        let store = self.build()?;
+        let store = self.start()?;
+        let url = address(&store.pool.next().client_config());
         match tokio::time::timeout(timeout, store.pool.wait_for_connect()).await {
             Ok(Ok(())) => Ok(store),
             Ok(Err(e)) => Err(Error::Store(StoreError::Backend(format!(
@@ -255,6 +293,34 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(e.to_string().contains("pool size"), "{e}");
+    }
+
+    #[test]
+    fn logged_addresses_keep_the_user_and_drop_the_password() {
+        for (url, logged) in [
+            (
+                "redis://app:pw1@10.0.0.1:6380/2",
+                "redis://app@10.0.0.1:6380/2",
+            ),
+            (
+                "redis-cluster://:pw2@10.0.0.1:7000?node=10.0.0.2:7001",
+                "redis-cluster://10.0.0.1:7000?node=10.0.0.2:7001",
+            ),
+            (
+                "redis-sentinel://:pw3@10.0.0.1:26379/1?sentinelServiceName=main&node=10.0.0.2:26380",
+                "redis-sentinel://10.0.0.1:26379/1?sentinelServiceName=main&node=10.0.0.2:26380",
+            ),
+        ] {
+            assert_eq!(address(&Config::from_url(url).unwrap()), logged, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sentinel_url_without_a_service_name_fails_at_build() {
+        let e = RedisStore::builder("redis-sentinel://127.0.0.1:26379")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("sentinelServiceName"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The Redis store, through fred: a connection pool built from a URL
-//! (`redis://`, `rediss://`, `redis-cluster://`), with a command timeout, a
-//! reconnect policy and a bounded command queue.
+//! (`redis://`, `rediss://`, `redis-cluster://`, `redis-sentinel://`), with a
+//! command timeout, a reconnect policy and a bounded command queue.
 //!
 //! - `builder.rs`: the settings and the pool they build;
 //! - `batch.rs`: entry reads of concurrent hits sent together;
@@ -30,7 +30,8 @@ use self::{batch::Batch, commands::*, tracked::Tracked};
 use super::{Backend, BoxFuture, Fence, Fenced, Fetched, PathPrefix, Store, Write};
 use crate::error::StoreError;
 
-/// A [`Store`] on Redis (standalone or Cluster) through a fred connection pool.
+/// A [`Store`] on Redis (standalone, Cluster, or a master behind Sentinel)
+/// through a fred connection pool.
 ///
 /// Build it from a URL with [`RedisStore::builder`], or wrap a pool you
 /// already have with [`RedisStore::from_pool`]. While Redis is unreachable,
@@ -59,6 +60,58 @@ pub struct RedisStore {
     generations: Option<Arc<Tracked>>,
     /// Entry reads waiting to go out together (`None`: each goes alone).
     batch: Option<Arc<Batch>>,
+}
+
+/// Where `config` points, as a URL without its password (for logs): the
+/// scheme, the user, the host and port (each seed or sentinel node), the
+/// database and the Sentinel service.
+pub(crate) fn address(config: &fred::prelude::Config) -> String {
+    use fred::prelude::ServerConfig;
+    #[cfg(feature = "tls")]
+    let s = if config.tls.is_some() { "s" } else { "" };
+    #[cfg(not(feature = "tls"))]
+    let s = "";
+    let user = config
+        .username
+        .as_deref()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let db = config.database.map(|d| format!("/{d}")).unwrap_or_default();
+    // fred lists the URL's host after its `node`s.
+    let nodes = |hosts: &[fred::types::config::Server], mut query: Vec<String>| {
+        let (first, others) = hosts
+            .split_last()
+            .map_or((String::new(), &[][..]), |(h, o)| {
+                (format!("{}:{}", h.host, h.port), o)
+            });
+        query.extend(others.iter().map(|h| format!("node={}:{}", h.host, h.port)));
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
+        (first, query)
+    };
+    match &config.server {
+        ServerConfig::Centralized { server } => {
+            format!("redis{s}://{user}{}:{}{db}", server.host, server.port)
+        }
+        ServerConfig::Clustered { hosts, .. } => {
+            let (first, query) = nodes(hosts, Vec::new());
+            format!("redis{s}-cluster://{user}{first}{query}")
+        }
+        ServerConfig::Sentinel {
+            hosts,
+            service_name,
+            ..
+        } => {
+            let service = vec![format!("sentinelServiceName={service_name}")];
+            let (first, query) = nodes(hosts, service);
+            format!("redis{s}-sentinel://{user}{first}{db}{query}")
+        }
+        #[allow(unreachable_patterns)]
+        _ => format!("{:?}", config.server),
+    }
 }
 
 impl RedisStore {
@@ -265,6 +318,10 @@ impl Store for RedisStore {
 }
 
 impl Backend for RedisStore {
+    fn describe(&self) -> String {
+        format!("Redis at {}", address(&self.pool.next().client_config()))
+    }
+
     fn fetch<'a>(
         &'a self,
         key: &'a str,

@@ -101,7 +101,13 @@ impl Tracked {
                 if this.up.swap(false, Ordering::SeqCst) {
                     let error =
                         error.map_or_else(|| "events missed".to_owned(), |(e, _)| e.to_string());
-                    tracing::warn!(%error, "cache generation tracking lost; hits read the generation from Redis");
+                    tracing::warn!(
+                        %error,
+                        store = %format_args!("Redis at {}", super::address(&this.tracker.client_config())),
+                        "cache lost the connection on which Redis announces namespace \
+                         invalidations; until it is back each hit also reads its namespace's \
+                         counter (MGET instead of GET): correct, a little more work for Redis"
+                    );
                 }
                 this.drop_all();
             }
@@ -127,12 +133,18 @@ impl Tracked {
                             this.known.clear();
                             this.up.store(true, Ordering::SeqCst);
                             tracing::info!(
-                                "cache generation tracking on; hits read their entry alone"
+                                store = %format_args!("Redis at {}", super::address(&tracker.client_config())),
+                                "cache: Redis announces namespace invalidations to this \
+                                 instance (CLIENT TRACKING on); each hit reads one key (GET)"
                             );
                         }
                         Err(error) => tracing::warn!(
                             %error,
-                            "CLIENT TRACKING refused; hits read the generation from Redis"
+                            store = %format_args!("Redis at {}", super::address(&tracker.client_config())),
+                            "cache: Redis refused CLIENT TRACKING, so each hit also reads its \
+                             namespace's counter (MGET instead of GET): correct, a little more \
+                             work for Redis; allow `client|tracking` to the cache's Redis user, \
+                             or build the store with track_generations(false)"
                         ),
                     }
                 }

@@ -463,6 +463,15 @@ impl Store for TieredStore {
 }
 
 impl Backend for TieredStore {
+    fn describe(&self) -> String {
+        let max = self.shared.entries.policy().max_capacity().unwrap_or(0);
+        format!(
+            "{} with an in-process L1 tier ({})",
+            self.shared.redis.describe(),
+            crate::store::size(max)
+        )
+    }
+
     fn fetch<'a>(
         &'a self,
         key: &'a str,
