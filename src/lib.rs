@@ -95,6 +95,7 @@ mod policy;
 mod replay;
 mod request;
 mod service;
+mod shape;
 mod stampede;
 mod status;
 pub mod store;

@@ -18,6 +18,7 @@ use crate::{
     error::Error,
     jitter,
     key::{check_component, KeySpace},
+    shape::{KeySettings, KeyShape},
     tags::Tagger,
 };
 
@@ -62,6 +63,7 @@ pub struct CachePolicy {
     invalidate_on_unsafe: Option<bool>,
     request_directives: Option<bool>,
     cookies: Option<CookiePolicy>,
+    key: KeySettings,
     bypass: bool,
 }
 
@@ -328,6 +330,111 @@ impl CachePolicy {
         self
     }
 
+    /// Query parameters the key leaves out: names (`fbclid`, `gclid`) or
+    /// name prefixes ending in `*` (`utm_*`), compared with names as the
+    /// key holds them (percent-encodings of unreserved characters decoded;
+    /// case matters). Requests that differ only in these parameters share
+    /// an entry.
+    ///
+    /// The parameters are also **taken off the request** before the service
+    /// sees it (unless [`forward_ignored_params`](Self::forward_ignored_params)):
+    /// a parameter the key ignores but the handler reads would let one
+    /// client store, under the shared key, a page every other client is
+    /// then served. Default: none, every parameter is in the key.
+    ///
+    /// ```
+    /// use tower_redis_cache::CachePolicy;
+    ///
+    /// // `/products?page=2&utm_source=mail` is keyed, and handled, as `/products?page=2`.
+    /// let policy = CachePolicy::new().ignore_params(["utm_*", "fbclid", "gclid"]);
+    /// # let _ = policy;
+    /// ```
+    pub fn ignore_params<I, P>(mut self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.key.ignore = Some(patterns.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The only query parameters the key holds (names, or prefixes ending
+    /// in `*`); every other parameter is left out of the key and taken off
+    /// the request as with [`ignore_params`](Self::ignore_params). Give
+    /// either this list or `ignore_params`, not both. Default: every
+    /// parameter is in the key.
+    ///
+    /// ```
+    /// use tower_redis_cache::CachePolicy;
+    ///
+    /// let search = CachePolicy::new().key_params(["q", "page", "sort"]);
+    /// # let _ = search;
+    /// ```
+    pub fn key_params<I, P>(mut self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.key.only = Some(patterns.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Leaves the parameters the key ignores on the request (default
+    /// `false`: they are taken off). Turn it on only when the service
+    /// never reads them to build the response, such as tracking parameters
+    /// an analytics middleware behind the cache records: otherwise
+    /// `?utm_source=x` could store a page that `?` is then served.
+    pub fn forward_ignored_params(mut self, forward: bool) -> Self {
+        self.key.forward = Some(forward);
+        self
+    }
+
+    /// Request headers whose values go into the key (a tenant id, an API
+    /// version), each request getting its own entry per value (an absent
+    /// header is a value of its own). They go into the variant part of
+    /// the key, as `Vary` does, and are added to the response's `Vary` for
+    /// caches downstream. Default: none.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tower_redis_cache::CachePolicy;
+    ///
+    /// let per_tenant = CachePolicy::new().key_headers([HeaderName::from_static("x-tenant-id")]);
+    /// # let _ = per_tenant;
+    /// ```
+    pub fn key_headers(mut self, names: impl IntoIterator<Item = http::HeaderName>) -> Self {
+        self.key.headers = Some(names.into_iter().collect());
+        self
+    }
+
+    /// Extra key material computed from the request's head (the escape
+    /// hatch: a claim of a token an earlier layer verified, a value of an
+    /// extension): requests whose material differs get their own entries.
+    /// It goes into the variant part of the key, escaped, after the key
+    /// headers. The layer cannot name it in `Vary`: if caches downstream
+    /// may store the response, name in its `Vary` the request field the
+    /// material comes from. It runs on every request the policy caches, so
+    /// keep it cheap. Default: none.
+    ///
+    /// ```
+    /// use tower_redis_cache::CachePolicy;
+    ///
+    /// #[derive(Clone)]
+    /// struct Plan(&'static str); // set by an authentication layer
+    ///
+    /// let by_plan = CachePolicy::new().key_fn(|parts| {
+    ///     parts.extensions.get::<Plan>().map_or("anonymous", |p| p.0).to_owned()
+    /// });
+    /// # let _ = by_plan;
+    /// ```
+    pub fn key_fn<F>(mut self, material: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> String + Send + Sync + 'static,
+    {
+        self.key.func = Some(Arc::new(material));
+        self
+    }
+
     /// Fills what this policy leaves unset from `base` and validates the result.
     pub(crate) fn resolve(
         &self,
@@ -359,6 +466,12 @@ impl CachePolicy {
             early_refresh: self.early_refresh.unwrap_or(base.early_refresh),
             tagger: self.tagger.clone().or_else(|| base.tagger.clone()),
             http: self.http(&base.http),
+            shape: None,
+            key: self.key.over(&base.key),
+        };
+        let resolved = Resolved {
+            shape: resolved.key.shape(what)?,
+            ..resolved
         };
         resolved.validate(what)?;
         Ok(Some(Arc::new(resolved)))
@@ -467,6 +580,10 @@ pub(crate) struct Resolved {
     pub(crate) http: HttpRules,
     /// Where this namespace's generation counter lives.
     pub(crate) generation_key: String,
+    /// The key settings as given, for the routes that inherit them.
+    pub(crate) key: KeySettings,
+    /// How the key is shaped; `None` for the default format.
+    pub(crate) shape: Option<Arc<KeyShape>>,
 }
 
 impl Resolved {
@@ -484,6 +601,8 @@ impl Resolved {
             early_refresh: 0.0,
             tagger: None,
             http: HttpRules::default(),
+            key: KeySettings::default(),
+            shape: None,
         }
     }
 

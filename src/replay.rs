@@ -37,6 +37,8 @@ pub(crate) enum Item {
     Tags(Vec<String>),
     /// A namespace whose generation is bumped.
     Namespace(String),
+    /// Every entry of one path (any host, variant or key material).
+    Path(crate::key::ExactPaths),
 }
 
 impl Item {
@@ -48,6 +50,7 @@ impl Item {
             Item::Prefix(_) => "delete_matching",
             Item::Tags(_) => "invalidate_tags",
             Item::Namespace(_) => "bump_generation",
+            Item::Path(_) => "delete_matching",
         }
     }
 
@@ -77,7 +80,9 @@ impl Item {
             Item::Keys(entries) | Item::Tags(entries) => {
                 entries.iter().map(|k| keys.fence_key(k)).collect()
             }
-            Item::Prefix(_) => vec![keys.prefix_fence_key()],
+            // A path's entries for hosts and key material not seen yet
+            // cannot be named: the prefix fence covers them.
+            Item::Prefix(_) | Item::Path(_) => vec![keys.prefix_fence_key()],
             Item::Namespace(_) => Vec::new(),
         };
         if !markers.is_empty() {
@@ -91,6 +96,11 @@ impl Item {
             Item::Prefix(prefix) => {
                 store
                     .delete_prefix(&crate::store::PathPrefix::new(keys, prefix))
+                    .await
+            }
+            Item::Path(paths) => {
+                store
+                    .delete_prefix(&crate::store::PathPrefix::exact(keys, paths))
                     .await
             }
             Item::Tags(tag_keys) => store.invalidate_tags(tag_keys).await,
@@ -222,7 +232,7 @@ impl Replay {
                         None => self.longest().map(|l| l.max(max)),
                     })
             }
-            Item::Prefix(_) | Item::Tags(_) => self.longest(),
+            Item::Prefix(_) | Item::Tags(_) | Item::Path(_) => self.longest(),
             // A bump is already what an item is replaced by.
             Item::Namespace(_) => None,
         }
@@ -246,7 +256,10 @@ impl Replay {
                     }
                 }
             }
-            Item::Prefix(_) | Item::Tags(_) => all(into),
+            Item::Path(paths) if !paths.namespaces.is_empty() => {
+                into.extend(paths.namespaces.iter().cloned());
+            }
+            Item::Prefix(_) | Item::Tags(_) | Item::Path(_) => all(into),
             Item::Namespace(namespace) => {
                 into.insert(namespace.clone());
             }

@@ -116,7 +116,7 @@ where
             let core = self.core.clone();
             return ResponseFuture::cache(Box::pin(invalidate_after(core, call, targets)));
         }
-        let Some(plan) = plan(&self.core, &req, &checks) else {
+        let Some(plan) = plan(&self.core, &mut req, &checks) else {
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
                 .insert(CacheHandle::new(self.core.clone()));

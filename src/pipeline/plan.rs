@@ -43,17 +43,22 @@ pub(crate) struct Plan {
 /// The plan of a cacheable request; `None` passes it through. `checks` is
 /// what the walk over the request's field names found (see
 /// [`crate::request::RequestChecks`]).
+///
+/// On a route whose policy shapes its keys, the query parameters the key
+/// leaves out are taken off `req` here (unless the policy forwards them).
 pub(crate) fn plan<B>(
     core: &CacheCore,
-    req: &Request<B>,
+    req: &mut Request<B>,
     checks: &crate::request::RequestChecks,
 ) -> Option<Plan> {
     let head = req.method() == Method::HEAD;
     if !head && req.method() != Method::GET {
         return None;
     }
-    let uri = req.uri();
     let rule = core.policies.for_request(req).as_ref()?;
+    let shape = rule.shape.as_deref();
+    let shaped = shape.and_then(|s| s.shape_request(req));
+    let uri = req.uri();
     let headers = req.headers();
     let refused = checks.refused;
     let fields = checks.http;
@@ -89,7 +94,19 @@ pub(crate) fn plan<B>(
             return None;
         }
     };
-    let key = core.keys.uri_key(&rule.namespace, &origin, uri);
+    let mut key = match &shaped {
+        None => core.keys.uri_key(&rule.namespace, &origin, uri),
+        Some(query) => core.keys.entry_key_at(
+            &rule.namespace,
+            &Method::GET,
+            &origin,
+            uri.path(),
+            Some(query),
+        ),
+    };
+    if let Some(shape) = shape.filter(|s| s.has_material()) {
+        shape.push_material(&mut key, req);
+    }
     Some(Plan {
         primary: key,
         variant: None,
