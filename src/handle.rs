@@ -250,7 +250,7 @@ impl CacheHandle {
     pub async fn invalidate_path(&self, path: &str) -> Result<Invalidation, Error> {
         let target = http::uri::PathAndQuery::try_from(path)
             .ok()
-            .filter(|t| t.path().starts_with('/') && !path.contains('#'))
+            .filter(|_| path.starts_with('/') && !path.contains('#'))
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "{path:?} is not a path: give one that starts with '/', such as \"/items/7\""
