@@ -704,30 +704,49 @@ impl RoutePattern {
                 "route pattern {pattern:?} must start with '/' (e.g. \"/products/{{id}}\")"
             )));
         };
+        if pattern.matches('{').count() != pattern.matches('}').count() {
+            return Err(Error::config(format!(
+                "route pattern {pattern:?} has unbalanced braces: a capture is a whole \
+                 segment {{name}}, a catch-all a last segment {{*name}}"
+            )));
+        }
         let mut segments = Vec::new();
         let parts: Vec<&str> = rest.split('/').collect();
         for (i, part) in parts.iter().enumerate() {
             let segment = if let Some(inner) =
                 part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
             {
-                if let Some(name) = inner.strip_prefix('*') {
-                    if i + 1 != parts.len() || name.is_empty() {
+                let name = inner.strip_prefix('*').unwrap_or(inner);
+                if name.is_empty() || name.contains(['{', '}', '*', ':']) {
+                    return Err(Error::config(format!(
+                        "route pattern {pattern:?}: {part:?} is not a capture axum 0.8 \
+                         accepts; give it a plain name, e.g. {{id}} or {{*rest}}"
+                    )));
+                }
+                if inner.starts_with('*') {
+                    if i + 1 != parts.len() {
                         return Err(Error::config(format!(
                             "route pattern {pattern:?}: a catch-all {{*name}} must be the last segment"
                         )));
                     }
                     Segment::CatchAll
-                } else if inner.is_empty() {
-                    return Err(Error::config(format!(
-                        "route pattern {pattern:?}: a capture needs a name, e.g. {{id}}"
-                    )));
                 } else {
                     Segment::Capture
                 }
-            } else if part.contains(['{', '}']) || part.starts_with(':') || part.starts_with('*') {
+            } else if let Some(name) = part.strip_prefix(':') {
                 return Err(Error::config(format!(
-                    "route pattern {pattern:?}: use axum 0.8 syntax, a whole segment \
-                     {{name}} or a last segment {{*name}}"
+                    "route pattern {pattern:?}: {part:?} is axum 0.7 syntax, which axum 0.8 \
+                     refuses; write {{{name}}} instead"
+                )));
+            } else if let Some(name) = part.strip_prefix('*') {
+                return Err(Error::config(format!(
+                    "route pattern {pattern:?}: {part:?} is axum 0.7 syntax, which axum 0.8 \
+                     refuses; write {{*{name}}} instead"
+                )));
+            } else if part.contains(['{', '}']) {
+                return Err(Error::config(format!(
+                    "route pattern {pattern:?}: {part:?} puts a capture inside a segment; \
+                     make it a whole segment, e.g. /files/{{name}}"
                 )));
             } else {
                 Segment::Literal((*part).to_owned())
@@ -975,9 +994,21 @@ mod tests {
             .namespace("a b")
             .resolve(&base(), "r", &keys())
             .is_err());
-        for bad in ["products", "/p/:id", "/p/{}", "/p/{*rest}/x", "/p/x{id}"] {
+        for (bad, fix) in [
+            ("products", "must start with '/'"),
+            ("/p/:id", "write {id} instead"),
+            ("/p/*rest", "write {*rest} instead"),
+            ("/p/{}", "give it a plain name"),
+            ("/p/{*}", "give it a plain name"),
+            ("/p/{id", "unbalanced braces"),
+            ("/p/id}", "unbalanced braces"),
+            ("/p/{{id}}", "give it a plain name"),
+            ("/p/{*rest}/x", "must be the last segment"),
+            ("/p/x{id}", "whole segment"),
+        ] {
             let e = Policies::new(None, vec![(bad.into(), None)], vec![]).unwrap_err();
-            assert!(e.to_string().contains(bad), "{e}");
+            let e = e.to_string();
+            assert!(e.contains(&format!("{bad:?}")) && e.contains(fix), "{e}");
         }
         assert!(Policies::new(None, vec![], vec![("static".into(), None)]).is_err());
     }
