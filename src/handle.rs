@@ -201,8 +201,8 @@ impl CacheHandle {
         if method != Method::GET && method != Method::HEAD {
             return None;
         }
-        let rule = self.core.policies.lookup(None, uri.path()).as_ref()?;
-        let query = keyed_query(rule, uri.query());
+        let rule = self.core.policies.for_path(uri.path())?;
+        let query = keyed_query(&rule, uri.query());
         Some(self.core.keys.entry_key_at(
             &rule.namespace,
             &Method::GET,
@@ -307,10 +307,10 @@ impl CacheHandle {
         query: Option<&str>,
     ) -> Invalidation {
         let core = &self.core;
-        let Some(rule) = core.policies.lookup(None, path).as_ref() else {
+        let Some(rule) = core.policies.for_path(path) else {
             return Invalidation::done(0);
         };
-        let query = keyed_query(rule, query);
+        let query = keyed_query(&rule, query);
         let material = rule.shape.as_deref().is_some_and(|s| s.has_material());
         let item = match origin {
             Some(origin) if !material => Item::Keys(vec![core.keys.entry_key_at(
@@ -402,9 +402,10 @@ impl CacheHandle {
         let settings = &core.settings;
         let mut candidates = Vec::new();
         for (uri, response) in responses {
-            let Some(rule) = core.policies.lookup(None, uri.path()).as_ref() else {
+            let Some(rule) = core.policies.for_path(uri.path()) else {
                 continue;
             };
+            let rule = &*rule;
             // Its key needs the request's headers or the key function's
             // material, which a URI does not give.
             if rule.shape.as_deref().is_some_and(|s| s.has_material()) {

@@ -772,6 +772,48 @@ mod tests {
     }
 
     #[test]
+    fn a_path_names_its_entries_for_every_host_variant_and_key_material() {
+        let s = space();
+        let paths = |origin: Option<&str>, query: Option<&str>| ExactPaths {
+            namespaces: vec!["products".into()],
+            origin: origin.map(str::to_owned),
+            path: "/items/7".into(),
+            queries: vec![query.map(str::to_owned)],
+        };
+        let at = |origin: &str, target: &str| {
+            let uri: Uri = target.parse().unwrap();
+            s.entry_key_at("products", &Method::GET, origin, uri.path(), uri.query())
+        };
+        let any = paths(None, None);
+        for key in [
+            at("", "/items/7"),
+            at("//a.example", "/items/%37"),
+            format!("{}#kx-tenant=acme", at("//b.example", "/items/7")),
+            format!("{}#v0001.abc", at("", "/items/7")),
+        ] {
+            assert!(s.is_entry_of(&key, &any), "{key}");
+        }
+        for key in [
+            at("", "/items/70"),
+            at("", "/items/7?a=1"),
+            at("", "/items/7/x"),
+            s.lock_key("products", &at("", "/items/7")),
+            s.entry_key("other", &Method::GET, "/items/7", None),
+        ] {
+            assert!(!s.is_entry_of(&key, &any), "{key}");
+        }
+        let one_host = paths(Some("//a.example"), Some("b=2&a=1"));
+        assert!(s.is_entry_of(&at("//a.example", "/items/7?a=1&b=2"), &one_host));
+        assert!(!s.is_entry_of(&at("//b.example", "/items/7?a=1&b=2"), &one_host));
+        // A hashed query, with material after it.
+        let long = format!("q={}", "x".repeat(600));
+        let key = format!("{}#k@=1", at("", &format!("/items/7?{long}")));
+        assert!(s.is_entry_of(&key, &paths(None, Some(&long))));
+        // A variant's marker is not a cut path's digest.
+        assert!(!s.is_under_path_prefix(&format!("{}#v1.a", at("", "/items/7")), "/items/70"));
+    }
+
+    #[test]
     fn glob_characters_are_escaped_in_patterns() {
         let p = space().prefix_pattern("/a*[b]?\\");
         assert_eq!(p, "api:v1:*:*/a\\*\\[b\\]\\?\\\\*");

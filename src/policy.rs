@@ -9,7 +9,14 @@
 //! from the layer's default policy when the layer is built, and fields the
 //! default policy does not set from `Resolved::defaults`.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, RwLock,
+    },
+    time::Duration,
+};
 
 use http::StatusCode;
 
@@ -799,6 +806,19 @@ pub(crate) struct Policies {
     patterns: Vec<(RoutePattern, Rule)>,
     /// Longest prefix first.
     prefixes: Vec<(String, Rule)>,
+    /// Routes that carry their own policy (registered with
+    /// `CacheRouterExt::cached_route` after the layer was built).
+    carried: RwLock<Carried>,
+    /// Whether `carried` holds any route: requests of layers without such
+    /// routes never take its lock.
+    any_carried: AtomicBool,
+}
+
+/// Routes registered with their own policy, and their layer caches them.
+#[derive(Debug, Default)]
+struct Carried {
+    by_pattern: HashMap<String, Rule>,
+    patterns: Vec<(RoutePattern, Rule)>,
 }
 
 impl Policies {
@@ -830,7 +850,69 @@ impl Policies {
             by_pattern,
             patterns,
             prefixes,
+            carried: RwLock::default(),
+            any_carried: AtomicBool::new(false),
         })
+    }
+
+    fn carried(&self) -> std::sync::RwLockReadGuard<'_, Carried> {
+        // Only whole routes are ever added: a poisoned lock is used as is.
+        self.carried.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a route that carries its own policy: its own layer caches
+    /// it, the layers around it step aside, and the handle resolves its
+    /// paths to it.
+    pub(crate) fn carry(&self, pattern: &str, rule: Rule) -> Result<(), Error> {
+        let parsed = RoutePattern::parse(pattern)?;
+        let twice = || {
+            Error::config(format!(
+                "route pattern {pattern:?} is given twice; give each route one policy"
+            ))
+        };
+        if self.by_pattern.contains_key(pattern) {
+            return Err(twice());
+        }
+        let mut carried = self.carried.write().unwrap_or_else(|e| e.into_inner());
+        if carried
+            .by_pattern
+            .insert(pattern.to_owned(), rule.clone())
+            .is_some()
+        {
+            return Err(twice());
+        }
+        carried.patterns.push((parsed, rule));
+        self.any_carried.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the route axum matched for `req` carries its own policy, so
+    /// that the layer made for it caches it and this one steps aside.
+    pub(crate) fn carried_route<B>(&self, req: &http::Request<B>) -> bool {
+        self.any_carried.load(Ordering::Acquire)
+            && matched_route(req).is_some_and(|m| self.carried().by_pattern.contains_key(m))
+    }
+
+    /// The rule of `path` where no request is at hand (the handle, the
+    /// `Location` of an unsafe request): as [`lookup`](Self::lookup) finds
+    /// it, routes with their own policy included.
+    pub(crate) fn for_path(&self, path: &str) -> Rule {
+        if !self.any_carried.load(Ordering::Acquire) {
+            return self.lookup(None, path).clone();
+        }
+        let carried = self.carried();
+        let best = |patterns: &[(RoutePattern, Rule)]| {
+            patterns
+                .iter()
+                .filter(|(p, _)| p.matches(path))
+                .max_by_key(|(p, _)| p.specificity)
+                .map(|(p, rule)| (p.specificity, rule.clone()))
+        };
+        match (best(&self.patterns), best(&carried.patterns)) {
+            (Some((built, rule)), Some((own, _))) if built > own => rule,
+            (_, Some((_, rule))) | (Some((_, rule)), None) => rule,
+            (None, None) => self.lookup(None, path).clone(),
+        }
     }
 
     /// The rule of a request: by the route axum matched (its `MatchedPath`),

@@ -129,6 +129,42 @@ pub(crate) struct ReplayConfig {
     pub(crate) namespaces: Vec<NamespaceLife>,
 }
 
+impl ReplayConfig {
+    /// Adds the namespace of `rule` and how long an entry of it stays
+    /// stored at most: the TTL with its jitter and the longest window after
+    /// it. An origin-driven rule takes its freshness from the response: no
+    /// bound.
+    pub(crate) fn add(&mut self, keys: &crate::key::KeySpace, rule: &crate::policy::Resolved) {
+        let longest = (!rule.http.origin_driven()).then(|| {
+            let fresh = rule.ttl.mul_f64(1.0 + rule.jitter.max(0.0));
+            fresh
+                + rule
+                    .stale_while_revalidate
+                    .max(rule.stale_if_error)
+                    .max(rule.http.revalidate_window)
+        });
+        match self
+            .namespaces
+            .iter_mut()
+            .find(|n| n.namespace == rule.namespace)
+        {
+            Some(n) => n.longest = n.longest.zip(longest).map(|(a, b)| a.max(b)),
+            None => {
+                let generation_key = keys.generation_key(&rule.namespace);
+                let key_head = generation_key
+                    .strip_suffix("generation")
+                    .unwrap_or(&generation_key)
+                    .to_owned();
+                self.namespaces.push(NamespaceLife {
+                    namespace: rule.namespace.clone(),
+                    key_head,
+                    longest,
+                });
+            }
+        }
+    }
+}
+
 struct Pending {
     id: u64,
     item: Item,
@@ -156,7 +192,7 @@ pub(crate) struct Replay {
     wake: Notify,
     /// Told whenever the queue shrinks.
     changed: Notify,
-    config: ReplayConfig,
+    config: std::sync::RwLock<ReplayConfig>,
     pub(crate) queued: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) dropped: AtomicU64,
@@ -172,7 +208,7 @@ impl Replay {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             changed: Notify::new(),
-            config,
+            config: std::sync::RwLock::new(config),
             queued: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -200,22 +236,35 @@ impl Replay {
         crate::metrics::invalidations_pending(state.items.len());
     }
 
+    fn config(&self) -> std::sync::RwLockReadGuard<'_, ReplayConfig> {
+        // Only whole namespaces are ever added: a poisoned lock is used as is.
+        self.config.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[cfg(test)]
-    pub(crate) fn namespaces(&self) -> &[NamespaceLife] {
-        &self.config.namespaces
+    pub(crate) fn namespaces(&self) -> Vec<NamespaceLife> {
+        self.config().namespaces.clone()
+    }
+
+    /// Adds the namespace of a rule made after the layer was built (a
+    /// route registered with its own policy).
+    pub(crate) fn register(&self, keys: &crate::key::KeySpace, rule: &crate::policy::Resolved) {
+        let mut config = self.config.write().unwrap_or_else(|e| e.into_inner());
+        config.add(keys, rule);
     }
 
     /// The namespace an entry key belongs to.
-    fn namespace_of(&self, key: &str) -> Option<&NamespaceLife> {
-        self.config
+    fn namespace_of(&self, key: &str) -> Option<NamespaceLife> {
+        self.config()
             .namespaces
             .iter()
             .find(|n| key.starts_with(n.key_head.as_str()))
+            .cloned()
     }
 
     /// The longest life of any entry of the layer.
     fn longest(&self) -> Option<Duration> {
-        self.config
+        self.config()
             .namespaces
             .iter()
             .try_fold(Duration::ZERO, |max, n| n.longest.map(|l| l.max(max)))
@@ -241,7 +290,7 @@ impl Replay {
     /// The namespaces an item can touch.
     fn namespaces_of(&self, item: &Item, into: &mut BTreeSet<String>) {
         let all = |into: &mut BTreeSet<String>| {
-            for n in &self.config.namespaces {
+            for n in &self.config().namespaces {
                 into.insert(n.namespace.clone());
             }
         };
@@ -286,7 +335,7 @@ impl Replay {
     /// is past its bound, by bumps of the namespaces they can touch.
     fn compact(&self, state: &mut State) {
         let now = Instant::now();
-        let over = state.items.len() > self.config.bound;
+        let over = state.items.len() > self.config().bound;
         let replace = |p: &Pending| {
             !p.in_flight
                 && (over

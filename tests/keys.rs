@@ -444,3 +444,225 @@ async fn bad_key_settings_fail_at_build_with_what_to_fix() {
         .to_string();
     assert!(e.contains("\"*utm\"") && e.contains("ending in '*'"), "{e}");
 }
+
+/// A handler that answers with its name and a call count.
+fn named(name: &'static str, calls: Arc<AtomicUsize>) -> axum::routing::MethodRouter {
+    get(move || {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        async move { format!("{name} {n}") }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_written_once_carries_its_policy_and_shares_the_cache() {
+    use tower_redis_cache::CacheRouterExt;
+    let (_redis, stores) = stores().await;
+    for (name, store) in stores {
+        let prefix = format!("own-{name}");
+        let cache = store
+            .with(RedisCacheLayer::builder().prefix(prefix.clone()))
+            .bypass_unmatched(true)
+            .build()
+            .unwrap();
+        let handle = cache.handle();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = Router::new()
+            .cached_route(
+                "/items/{id}",
+                named("item", calls.clone()),
+                &cache,
+                CachePolicy::new()
+                    .namespace("items")
+                    .ignore_params(["utm_*"]),
+            )
+            .unwrap()
+            .route("/other", named("other", calls.clone()))
+            // The layer around every route steps aside for the one above.
+            .layer(cache.clone());
+        let (_, x, body) = send(&app, req_get("/items/1?utm_source=x")).await;
+        assert_eq!((x.as_str(), body.as_str()), ("MISS", "item 1"), "{name}");
+        let (_, x, body) = send(&app, req_get("/items/1")).await;
+        assert_eq!((x.as_str(), body.as_str()), ("HIT", "item 1"), "{name}");
+        let (_, x, _) = send(&app, req_get("/other")).await;
+        assert_eq!(x, "BYPASS", "{name}: unmatched routes pass");
+        // One set of counters, each request counted once.
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.hits, stats.misses, stats.bypasses),
+            (1, 1, 1),
+            "{name}"
+        );
+        // The handle knows the route's policy from its one pattern.
+        assert_eq!(
+            handle.key_for(&Method::GET, &Uri::from_static("/items/1?utm_medium=y")),
+            Some(format!("{prefix}:v1:items:GET:/items/1"))
+        );
+        let done = handle
+            .invalidate_path("/items/1?utm_campaign=z")
+            .await
+            .unwrap();
+        assert_eq!(done.removed, 1, "{name}: one entry, not one per layer");
+        let (_, x, body) = send(&app, req_get("/items/1")).await;
+        assert_eq!((x.as_str(), body.as_str()), ("MISS", "item 3"), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_route_written_once_without_the_outer_layer_is_cached_too() {
+    use tower_redis_cache::CacheRouterExt;
+    let cache = RedisCacheLayer::builder().build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .cached_route(
+            "/items/{id}",
+            named("item", calls.clone()),
+            &cache,
+            CachePolicy::new(),
+        )
+        .unwrap()
+        .route("/other", named("other", calls));
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "MISS");
+    assert_eq!(send(&app, req_get("/items/1")).await.1, "HIT");
+    assert_eq!(
+        send(&app, req_get("/other")).await.1,
+        "",
+        "not behind the cache"
+    );
+}
+
+#[tokio::test]
+async fn a_route_written_once_refuses_what_build_refuses() {
+    use std::time::Duration;
+    use tower_redis_cache::CacheRouterExt;
+    let cache = RedisCacheLayer::builder()
+        .route("/taken/{id}", CachePolicy::new())
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let add = |path: &str, policy: CachePolicy| {
+        Router::new()
+            .cached_route(path, named("x", calls.clone()), &cache, policy)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = add("/items/:id", CachePolicy::new());
+    assert!(e.contains("write {id} instead"), "{e}");
+    let e = add("/items/{id", CachePolicy::new());
+    assert!(e.contains("unbalanced braces"), "{e}");
+    let e = add("/taken/{id}", CachePolicy::new());
+    assert!(e.contains("given twice"), "{e}");
+    let e = add("/ok/{id}", CachePolicy::new().ttl(Duration::ZERO));
+    assert!(e.contains("route \"/ok/{id}\": TTL is zero"), "{e}");
+}
+
+/// An axum router for `shop.example` and a plain service for
+/// `admin.example` behind clones of one layer: without the host in the key
+/// they read each other's entries; `key_host(true)`, or a layer per service
+/// with its own prefix on one store, keeps them apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_on_two_hosts_sharing_a_layer_need_the_host_in_the_key() {
+    use axum::body::Body;
+    use tower::ServiceBuilder;
+    let redis = RedisServer::start();
+    let store = redis.store().await;
+    let on = |host: &str| {
+        let mut req = req_get("/status");
+        req.headers_mut().insert("host", host.parse().unwrap());
+        req
+    };
+    let pair = |shop: RedisCacheLayer, admin: RedisCacheLayer| {
+        let router = Router::new()
+            .route("/status", get(|| async { "shop page" }))
+            .layer(shop);
+        let service = ServiceBuilder::new()
+            .layer(admin)
+            .service_fn(|_: Request| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(Body::from("admin page")))
+            });
+        (router, service)
+    };
+    for (what, shop, admin) in [
+        (
+            "one layer",
+            RedisCacheLayer::builder()
+                .prefix("one")
+                .store(store.clone()),
+            None,
+        ),
+        (
+            "one layer, key_host",
+            RedisCacheLayer::builder()
+                .prefix("host")
+                .store(store.clone())
+                .key_host(true),
+            None,
+        ),
+        (
+            "a prefix per service",
+            RedisCacheLayer::builder()
+                .prefix("shop")
+                .store(store.clone()),
+            Some(
+                RedisCacheLayer::builder()
+                    .prefix("admin")
+                    .store(store.clone()),
+            ),
+        ),
+    ] {
+        let shop = shop.build().unwrap();
+        let admin = admin.map_or_else(|| shop.clone(), |b| b.build().unwrap());
+        let (router, service) = pair(shop, admin);
+        let (_, x, body) = send(&router, on("shop.example")).await;
+        assert_eq!((x.as_str(), body.as_str()), ("MISS", "shop page"), "{what}");
+        let (_, x, body) = read(service.oneshot(on("admin.example")).await.unwrap()).await;
+        if what == "one layer" {
+            // The hazard docs/configuration.md warns of.
+            assert_eq!((x.as_str(), body.as_str()), ("HIT", "shop page"), "{what}");
+        } else {
+            assert_eq!(
+                (x.as_str(), body.as_str()),
+                ("MISS", "admin page"),
+                "{what}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn rfc9111_4_4_an_unsafe_request_removes_every_tenants_entry_of_its_target() {
+    let cache = RedisCacheLayer::builder()
+        .default_policy(
+            CachePolicy::new()
+                .invalidate_on_unsafe(true)
+                .ignore_params(["utm_*"])
+                .key_headers([HeaderName::from_static("x-tenant")]),
+        )
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = Router::new().route(
+        "/items/{id}",
+        get(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { format!("item {n}") }
+        })
+        .post(|| async { "updated" }),
+    );
+    let app = app.layer(cache);
+    for tenant in ["acme", "globex"] {
+        assert_eq!(send(&app, with_tenant("/items/7", tenant)).await.1, "MISS");
+        assert_eq!(send(&app, with_tenant("/items/7", tenant)).await.1, "HIT");
+    }
+    let mut post = with_tenant("/items/7?utm_source=x", "acme");
+    *post.method_mut() = Method::POST;
+    assert_eq!(send(&app, post).await.0, 200);
+    for tenant in ["acme", "globex"] {
+        assert_eq!(
+            send(&app, with_tenant("/items/7", tenant)).await.1,
+            "MISS",
+            "{tenant}"
+        );
+    }
+}

@@ -15,7 +15,7 @@ use crate::{
     core::{bump, CacheCore},
     http::same_origin,
     key::ExactPaths,
-    policy::Resolved,
+    policy::{Resolved, Rule},
     status::{cache_status, mark, CacheStatus, Detail, Fwd},
 };
 
@@ -33,16 +33,20 @@ pub(crate) struct UnsafeTargets {
     pub(crate) path: String,
 }
 
-pub(crate) fn unsafe_targets<B>(core: &CacheCore, req: &Request<B>) -> Option<UnsafeTargets> {
+/// `route` is the policy the layer carries for its route, if it does.
+pub(crate) fn unsafe_targets<B>(
+    core: &CacheCore,
+    req: &Request<B>,
+    route: Option<&Rule>,
+) -> Option<UnsafeTargets> {
     // Any method not defined as safe (RFC 9110 §9.2.1), extension
     // methods included.
     if req.method().is_safe() {
         return None;
     }
     let uri = req.uri();
-    let rule = core
-        .policies
-        .for_request(req)
+    let rule = route
+        .unwrap_or_else(|| core.policies.for_request(req))
         .as_ref()
         .filter(|r| r.http.invalidate_on_unsafe)?;
     // A request whose host cannot be keyed (two `Host` fields, a target
@@ -125,10 +129,10 @@ where
             else {
                 continue;
             };
-            if let Some(rule) = core.policies.lookup(None, uri.path()).as_ref() {
+            if let Some(rule) = core.policies.for_path(uri.path()) {
                 add_target(
                     &core,
-                    rule,
+                    &rule,
                     &targets.origin,
                     &uri,
                     &mut targets.keys,

@@ -9,7 +9,7 @@ use crate::{
     core::CacheCore,
     entry::Marker,
     http::CacheControl,
-    policy::{CookiePolicy, Resolved},
+    policy::{CookiePolicy, Resolved, Rule},
     stampede::HeldLock,
 };
 
@@ -46,16 +46,21 @@ pub(crate) struct Plan {
 ///
 /// On a route whose policy shapes its keys, the query parameters the key
 /// leaves out are taken off `req` here (unless the policy forwards them).
+///
+/// `route` is the policy the layer carries for its route, if it does.
 pub(crate) fn plan<B>(
     core: &CacheCore,
     req: &mut Request<B>,
     checks: &crate::request::RequestChecks,
+    route: Option<&Rule>,
 ) -> Option<Plan> {
     let head = req.method() == Method::HEAD;
     if !head && req.method() != Method::GET {
         return None;
     }
-    let rule = core.policies.for_request(req).as_ref()?;
+    let rule = route
+        .unwrap_or_else(|| core.policies.for_request(req))
+        .as_ref()?;
     let shape = rule.shape.as_deref();
     let shaped = shape.and_then(|s| s.shape_request(req));
     let uri = req.uri();
