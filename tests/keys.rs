@@ -29,7 +29,7 @@ async fn stores() -> (RedisServer, Vec<(&'static str, Arc<dyn StoreMaker>)>) {
         .await
         .expect("connect to the test Redis");
     let makers: Vec<(&'static str, Arc<dyn StoreMaker>)> = vec![
-        ("memory", Arc::new(|| MemoryStore::default())),
+        ("memory", Arc::new(MemoryStore::default)),
         ("redis", Arc::new(move || store.clone())),
     ];
     (redis, makers)
