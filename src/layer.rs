@@ -21,7 +21,12 @@ use crate::{
 /// A tower layer that caches responses in Redis (or in memory).
 ///
 /// Cheap to clone: every clone, and every service it makes, shares one store,
-/// one [`CacheHandle`] and one set of statistics.
+/// one [`CacheHandle`] and one set of statistics. The host is not in the
+/// key unless [`key_host`](RedisCacheLayerBuilder::key_host) is on: services
+/// of different hosts behind clones of one layer (an axum router and a
+/// plain hyper service, say) read each other's entries. Turn `key_host` on
+/// for them, or give each its own layer with its own
+/// [`prefix`](RedisCacheLayerBuilder::prefix) on one store.
 ///
 /// ```
 /// use std::time::Duration;
