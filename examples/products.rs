@@ -19,12 +19,13 @@
 //!
 //! The patterns it shows, next to the Python originals:
 //! - cache-aside per item (`get_or_set`): the layer caches `GET /products/{id}`;
-//! - cached list queries: `GET /products?...`, one entry per normalized query;
+//! - cached list queries: `GET /products?...`, one entry per normalized query,
+//!   tracking parameters (`utm_*`, `fbclid`, `gclid`) left out of the key;
 //! - batch writes through a pipeline: `POST /products/batch` writes each item's
 //!   entry with `CacheHandle::put_many`, one Redis round trip;
 //! - invalidation on a stock update: `PATCH /products/{id}/stock` removes
 //!   every cached page of the item, under any alias of its URL
-//!   (`/products/7?utm_source=x`, `/products/%37`: they share the tag
+//!   (`/products/7?ref=x`, `/products/%37`: they share the tag
 //!   `product:7`), and every list page (they share the tag `product-lists`).
 
 use std::{
@@ -148,7 +149,10 @@ pub fn cache_layer(
             CachePolicy::new()
                 .namespace("products")
                 .ttl(Duration::from_secs(900))
-                .jitter(0.1),
+                .jitter(0.1)
+                // Tracking parameters neither split the cache nor reach the
+                // handlers: `/products/7?utm_source=mail` is `/products/7`.
+                .ignore_params(["utm_*", "fbclid", "gclid"]),
         )
         .route("/products/{id}", CachePolicy::new())
         // Every list page carries the tag `product-lists`, so one call drops

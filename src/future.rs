@@ -47,6 +47,10 @@ pin_project! {
             core: Arc<CacheCore>,
             fwd: Fwd,
         },
+        Aside {
+            #[pin]
+            future: F,
+        },
         Cache {
             future: BoxFuture<'static, Result<Response<CacheBody<B>>, E>>,
         },
@@ -62,6 +66,14 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
     pub(crate) fn bypass(future: F, core: Arc<CacheCore>, fwd: Fwd) -> Self {
         Self {
             state: State::Bypass { future, core, fwd },
+        }
+    }
+
+    /// The inner service's response as it is: another layer of the same
+    /// cache, inside this one, answered it.
+    pub(crate) fn aside(future: F) -> Self {
+        Self {
+            state: State::Aside { future },
         }
     }
 
@@ -105,6 +117,10 @@ where
                     ..Detail::default()
                 };
                 cache_status(settings.cache_status.as_ref(), &mut parts.headers, detail);
+                Poll::Ready(Ok(Response::from_parts(parts, CacheBody::inner(body))))
+            }
+            StateProj::Aside { future } => {
+                let (parts, body) = ready!(future.poll(cx))?.into_parts();
                 Poll::Ready(Ok(Response::from_parts(parts, CacheBody::inner(body))))
             }
             StateProj::Cache { future } => future.as_mut().poll(cx),

@@ -1,7 +1,7 @@
 //! [`CacheHandle`]: invalidation, direct writes and statistics, cloned into
 //! application state or taken from request extensions.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Method, Response, Uri};
@@ -32,10 +32,8 @@ use crate::{
 ///
 /// ```no_run
 /// # async fn run(handle: tower_redis_cache::CacheHandle) -> Result<(), tower_redis_cache::Error> {
-/// use http::{Method, Uri};
-///
-/// // One entry.
-/// handle.invalidate(&Method::GET, &Uri::from_static("/products/42")).await?;
+/// // One page (every host and variant of it).
+/// handle.invalidate_path("/products/42").await?;
 /// // Every cached page under /products (all query strings).
 /// let done = handle.invalidate_prefix("/products").await?;
 /// // A whole namespace, in O(1).
@@ -185,24 +183,32 @@ impl CacheHandle {
         self.core.stats()
     }
 
-    /// The key under which a GET of `uri` is stored, as the layer derives it
-    /// (useful with `redis-cli`). `None` when the route is not cached. With
-    /// [`key_host`](crate::RedisCacheLayerBuilder::key_host) on, pass an
-    /// absolute URI (`http://shop.example/products/7`): the host is part of
-    /// the key.
+    /// The key under which a `GET` (or `HEAD`) of `uri` is stored, as the
+    /// layer derives it (useful with `redis-cli`): the query normalised and
+    /// shaped as the route's policy keys it
+    /// ([`CachePolicy::ignore_params`](crate::CachePolicy::ignore_params)).
+    /// With [`key_host`](crate::RedisCacheLayerBuilder::key_host) on, pass
+    /// an absolute URI (`http://shop.example/products/7`): the host is part
+    /// of the key. For a policy with
+    /// [`key_headers`](crate::CachePolicy::key_headers) or a
+    /// [`key_fn`](crate::CachePolicy::key_fn), the key every entry of the
+    /// URI starts with (each request's material follows it).
+    ///
+    /// `None` when the route is not cached, when `method` is neither `GET`
+    /// nor `HEAD` (only their responses are stored: no key of another
+    /// method ever exists), or when the host is keyed and `uri` names none.
     pub fn key_for(&self, method: &Method, uri: &Uri) -> Option<String> {
-        let rule = self.core.policies.lookup(None, uri.path()).as_ref()?;
-        let method = if method == Method::HEAD {
-            &Method::GET
-        } else {
-            method
-        };
+        if method != Method::GET && method != Method::HEAD {
+            return None;
+        }
+        let rule = self.core.policies.for_path(uri.path())?;
+        let query = keyed_query(&rule, uri.query());
         Some(self.core.keys.entry_key_at(
             &rule.namespace,
-            method,
+            &Method::GET,
             &self.origin(uri)?,
             uri.path(),
-            uri.query(),
+            query.as_deref(),
         ))
     }
 
@@ -219,23 +225,109 @@ impl CacheHandle {
         }
     }
 
-    /// Removes the one entry for `method` and `uri` (query order does not
-    /// matter; `HEAD` means the `GET` entry it is served from). `removed` is
-    /// 0 or 1; see [`Invalidation`] for a store that does not confirm. With
-    /// [`key_host`](crate::RedisCacheLayerBuilder::key_host) on, `uri` must
-    /// be absolute: a relative one names no host, and is refused with
-    /// [`Error::Invalid`] rather than removing nothing.
+    /// Removes the stored response for `path` (a path with an optional
+    /// query, such as `/items/7` or `/search?q=tv`): for every host when the
+    /// host is keyed, every `Vary` variant and every value of the policy's
+    /// key headers, `HEAD` included (it is served from the `GET` entry).
+    /// The query is normalised and shaped as keys are (`?b=2&a=1` is
+    /// `?a=1&b=2`; parameters the policy ignores do not count).
+    ///
+    /// Where the entry has one key (neither the host nor request headers in
+    /// it) this is one delete; otherwise it is a scan, as
+    /// [`invalidate_prefix`](Self::invalidate_prefix) is, kept to the
+    /// path's own keys. `removed` counts the keys removed. `Err` for a path
+    /// that does not start with `/` or is not a valid request target.
+    ///
+    /// ```no_run
+    /// # async fn run(handle: tower_redis_cache::CacheHandle) {
+    /// match handle.invalidate_path("/items/7").await {
+    ///     Ok(done) if done.queued => tracing::warn!("Redis is away: replayed when it is back"),
+    ///     Ok(_) => {}
+    ///     Err(e) => tracing::error!(error = %e, "bad path"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn invalidate_path(&self, path: &str) -> Result<Invalidation, Error> {
+        let target = http::uri::PathAndQuery::try_from(path)
+            .ok()
+            .filter(|_| path.starts_with('/') && !path.contains('#'))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{path:?} is not a path: give one that starts with '/', such as \"/items/7\""
+                ))
+            })?;
+        let origin = (!self.origin_keyed()).then(String::new);
+        Ok(self.remove(origin, target.path(), target.query()).await)
+    }
+
+    /// Removes the stored response for `method` and `uri`: the `uri` form of
+    /// [`invalidate_path`](Self::invalidate_path), for code that holds a
+    /// [`Uri`]. `HEAD` means the `GET` entry it is served from. With
+    /// [`key_host`](crate::RedisCacheLayerBuilder::key_host) (or
+    /// `key_scheme`) on, an absolute `uri` removes that host's entry, and a
+    /// relative one (`/items/7`) every host's, as `invalidate_path` does.
+    ///
+    /// `Err` for a method whose responses are never stored (anything but
+    /// `GET` and `HEAD`), and for an absolute `uri` whose host cannot be
+    /// keyed.
     pub async fn invalidate(&self, method: &Method, uri: &Uri) -> Result<Invalidation, Error> {
-        if self.origin(uri).is_none() {
+        if method != Method::GET && method != Method::HEAD {
             return Err(Error::Invalid(format!(
-                "{uri} names no valid host, and the key has the host (key_host): \
-                 pass an absolute URI such as http://shop.example/products/7"
+                "{method} {uri}: only GET and HEAD responses are stored, so there is no {method} \
+                 entry; pass Method::GET, or call invalidate_path"
             )));
         }
-        let Some(key) = self.key_for(method, uri) else {
-            return Ok(Invalidation::done(0));
+        let origin = if !self.origin_keyed() {
+            Some(String::new())
+        } else if uri.authority().is_some() {
+            Some(self.origin(uri).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{uri} names no valid host, and the key has the host (key_host): \
+                     pass a URI with a valid host, or a path for every host"
+                ))
+            })?)
+        } else {
+            None
         };
-        Ok(self.run(Item::Keys(vec![key])).await)
+        Ok(self.remove(origin, uri.path(), uri.query()).await)
+    }
+
+    /// Whether keys hold the host or the scheme.
+    fn origin_keyed(&self) -> bool {
+        let origin = &self.core.settings.origin_key;
+        origin.host || origin.scheme
+    }
+
+    /// Removes the entries of `path` and `query` under `origin` (`None`:
+    /// every host's).
+    async fn remove(
+        &self,
+        origin: Option<String>,
+        path: &str,
+        query: Option<&str>,
+    ) -> Invalidation {
+        let core = &self.core;
+        let Some(rule) = core.policies.for_path(path) else {
+            return Invalidation::done(0);
+        };
+        let query = keyed_query(&rule, query);
+        let material = rule.shape.as_deref().is_some_and(|s| s.has_material());
+        let item = match origin {
+            Some(origin) if !material => Item::Keys(vec![core.keys.entry_key_at(
+                &rule.namespace,
+                &Method::GET,
+                &origin,
+                path,
+                query.as_deref(),
+            )]),
+            origin => Item::Path(crate::key::ExactPaths {
+                namespaces: vec![rule.namespace.clone()],
+                origin,
+                path: path.to_owned(),
+                queries: vec![query.map(Cow::into_owned)],
+            }),
+        };
+        self.run(item).await
     }
 
     /// Removes every entry whose path starts with `path_prefix` (any query,
@@ -287,7 +379,10 @@ impl CacheHandle {
     /// [`put`](Self::put) does for one, within one handle budget. Returns how
     /// many were stored (0 when the store did not take them, as for `put`);
     /// a response its route would not cache (bypassed route, status not
-    /// listed, `Set-Cookie`, `no-store`...) is skipped.
+    /// listed, `Set-Cookie`, `no-store`...) is skipped, and so is one for a
+    /// route whose key holds request headers or a
+    /// [`key_fn`](crate::CachePolicy::key_fn)'s material (a URI does not
+    /// say which entry it would be).
     pub async fn put_many<I>(&self, responses: I) -> Result<usize, Error>
     where
         I: IntoIterator<Item = (Uri, Response<Bytes>)>,
@@ -301,14 +396,21 @@ impl CacheHandle {
             extra: entry::Extra,
             tags: Vec<String>,
             origin: String,
+            query: Option<String>,
         }
         let core = &self.core;
         let settings = &core.settings;
         let mut candidates = Vec::new();
         for (uri, response) in responses {
-            let Some(rule) = core.policies.lookup(None, uri.path()).as_ref() else {
+            let Some(rule) = core.policies.for_path(uri.path()) else {
                 continue;
             };
+            let rule = &*rule;
+            // Its key needs the request's headers or the key function's
+            // material, which a URI does not give.
+            if rule.shape.as_deref().is_some_and(|s| s.has_material()) {
+                continue;
+            }
             let (mut parts, body) = response.into_parts();
             let tags = take_tags(
                 &settings.tag_headers,
@@ -354,6 +456,7 @@ impl CacheHandle {
                 ))
             })?;
             candidates.push(Candidate {
+                query: keyed_query(rule, uri.query()).map(Cow::into_owned),
                 namespace: rule.namespace.clone(),
                 origin,
                 uri,
@@ -395,7 +498,7 @@ impl CacheHandle {
                     &Method::GET,
                     &c.origin,
                     c.uri.path(),
-                    c.uri.query(),
+                    c.query.as_deref(),
                 );
                 writes.push(Write {
                     key,
@@ -476,6 +579,15 @@ impl CacheHandle {
         self.core.replay.start(&self.core);
         let deadline = tokio::time::Instant::now() + timeout;
         self.core.replay.drained(deadline).await
+    }
+}
+
+/// The query a key holds for `query` under `rule`: shaped as the policy
+/// says.
+fn keyed_query<'a>(rule: &crate::policy::Resolved, query: Option<&'a str>) -> Option<Cow<'a, str>> {
+    match rule.shape.as_deref().and_then(|s| s.query(query)) {
+        Some(shaped) => Some(Cow::Owned(shaped)),
+        None => query.map(Cow::Borrowed),
     }
 }
 

@@ -310,11 +310,68 @@ impl KeySpace {
             return true;
         }
         match target.find(HASH_MARKER) {
-            // `{path head}#digest`: the path was cut, so the prefix may go on past it.
-            Some(i) if !target[..i].contains('?') => path_prefix.starts_with(&target[..i]),
+            // `{path head}#digest`: the path was cut, so the prefix may go on
+            // past it. (`#v` and `#k`, a variant's or key material's marker,
+            // follow a whole path.)
+            Some(i)
+                if !target[..i].contains('?')
+                    && target[i + 1..].starts_with(|c: char| c.is_ascii_hexdigit()) =>
+            {
+                path_prefix.starts_with(&target[..i])
+            }
             _ => false,
         }
     }
+
+    /// Whether `key` is an entry of `paths`: one of its path and query
+    /// pairs, in one of its namespaces, under its origin, as a whole entry,
+    /// a `Vary` variant or a variant of key material (`#k`).
+    pub(crate) fn is_entry_of(&self, key: &str, paths: &ExactPaths) -> bool {
+        let Some(rest) = key.strip_prefix(&self.base) else {
+            return false;
+        };
+        let Some((namespace, rest)) = rest.split_once(':') else {
+            return false;
+        };
+        if namespace.starts_with('#')
+            || !(paths.namespaces.is_empty() || paths.namespaces.iter().any(|n| n == namespace))
+        {
+            return false;
+        }
+        let Some(("GET", target)) = rest.split_once(':') else {
+            return false;
+        };
+        let origin = target.split_once(' ').map_or("", |(origin, _)| origin);
+        if paths.origin.as_deref().is_some_and(|o| o != origin) {
+            return false;
+        }
+        paths.queries.iter().any(|query| {
+            let entry = self.entry_key_at(
+                namespace,
+                &Method::GET,
+                origin,
+                &paths.path,
+                query.as_deref(),
+            );
+            key.strip_prefix(entry.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(HASH_MARKER))
+        })
+    }
+}
+
+/// The entries of one path (a [`CacheHandle::invalidate_path`] call): every
+/// host's, every variant's, under every query form in `queries` (the
+/// query as each policy that may hold the path keys it).
+///
+/// [`CacheHandle::invalidate_path`]: crate::CacheHandle::invalidate_path
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExactPaths {
+    /// The namespaces that may hold the path; empty for every namespace.
+    pub(crate) namespaces: Vec<String>,
+    /// The origin part of the keys; `None` for every host.
+    pub(crate) origin: Option<String>,
+    pub(crate) path: String,
+    pub(crate) queries: Vec<Option<String>>,
 }
 
 /// Normalises a query for the key: percent-encodings as
@@ -712,6 +769,48 @@ mod tests {
         assert!(!s.is_under_path_prefix(&k, "/orders"));
         let k = s.entry_key_at("default", &Method::GET, "//a.example", "/products/1", None);
         assert!(s.is_under_path_prefix(&k, "/products/"));
+    }
+
+    #[test]
+    fn a_path_names_its_entries_for_every_host_variant_and_key_material() {
+        let s = space();
+        let paths = |origin: Option<&str>, query: Option<&str>| ExactPaths {
+            namespaces: vec!["products".into()],
+            origin: origin.map(str::to_owned),
+            path: "/items/7".into(),
+            queries: vec![query.map(str::to_owned)],
+        };
+        let at = |origin: &str, target: &str| {
+            let uri: Uri = target.parse().unwrap();
+            s.entry_key_at("products", &Method::GET, origin, uri.path(), uri.query())
+        };
+        let any = paths(None, None);
+        for key in [
+            at("", "/items/7"),
+            at("//a.example", "/items/%37"),
+            format!("{}#kx-tenant=acme", at("//b.example", "/items/7")),
+            format!("{}#v0001.abc", at("", "/items/7")),
+        ] {
+            assert!(s.is_entry_of(&key, &any), "{key}");
+        }
+        for key in [
+            at("", "/items/70"),
+            at("", "/items/7?a=1"),
+            at("", "/items/7/x"),
+            s.lock_key("products", &at("", "/items/7")),
+            s.entry_key("other", &Method::GET, "/items/7", None),
+        ] {
+            assert!(!s.is_entry_of(&key, &any), "{key}");
+        }
+        let one_host = paths(Some("//a.example"), Some("b=2&a=1"));
+        assert!(s.is_entry_of(&at("//a.example", "/items/7?a=1&b=2"), &one_host));
+        assert!(!s.is_entry_of(&at("//b.example", "/items/7?a=1&b=2"), &one_host));
+        // A hashed query, with material after it.
+        let long = format!("q={}", "x".repeat(600));
+        let key = format!("{}#k@=1", at("", &format!("/items/7?{long}")));
+        assert!(s.is_entry_of(&key, &paths(None, Some(&long))));
+        // A variant's marker is not a cut path's digest.
+        assert!(!s.is_under_path_prefix(&format!("{}#v1.a", at("", "/items/7")), "/items/70"));
     }
 
     #[test]

@@ -10,8 +10,8 @@ use crate::{
     core::{CacheCore, Settings, Targeted},
     error::Error,
     key::KeySpace,
-    policy::{CachePolicy, Policies, Resolved},
-    replay::{NamespaceLife, ReplayConfig},
+    policy::{CachePolicy, Policies, Resolved, Rule},
+    replay::ReplayConfig,
     service::CacheService,
     status::CacheStatusField,
     store::{MemoryStore, Store},
@@ -21,7 +21,12 @@ use crate::{
 /// A tower layer that caches responses in Redis (or in memory).
 ///
 /// Cheap to clone: every clone, and every service it makes, shares one store,
-/// one [`CacheHandle`] and one set of statistics.
+/// one [`CacheHandle`] and one set of statistics. The host is not in the
+/// key unless [`key_host`](RedisCacheLayerBuilder::key_host) is on: services
+/// of different hosts behind clones of one layer (an axum router and a
+/// plain hyper service, say) read each other's entries. Turn `key_host` on
+/// for them, or give each its own layer with its own
+/// [`prefix`](RedisCacheLayerBuilder::prefix) on one store.
 ///
 /// ```
 /// use std::time::Duration;
@@ -43,6 +48,11 @@ use crate::{
 #[derive(Clone)]
 pub struct RedisCacheLayer {
     core: Arc<CacheCore>,
+    /// What a route's policy fills its unset fields from: the default
+    /// policy, resolved.
+    base: Arc<Resolved>,
+    /// The policy of the one route this layer caches, when it carries one.
+    route: Option<Rule>,
 }
 
 impl RedisCacheLayer {
@@ -56,13 +66,33 @@ impl RedisCacheLayer {
     pub fn handle(&self) -> CacheHandle {
         CacheHandle::new(self.core.clone())
     }
+
+    /// A layer for the one route `pattern`, caching it with `policy` (what
+    /// it leaves unset comes from the default policy), with this layer's
+    /// store, handle and counters. The pattern is registered with this
+    /// layer: layers of this cache around the route step aside for it, and
+    /// the handle resolves the route's paths to `policy`. Used by
+    /// [`CacheRouterExt::cached_route`](crate::CacheRouterExt::cached_route),
+    /// which writes the pattern once for the router and the cache.
+    pub(crate) fn carrying(&self, pattern: &str, policy: &CachePolicy) -> Result<Self, Error> {
+        let rule = policy.resolve(&self.base, &format!("route {pattern:?}"), &self.core.keys)?;
+        self.core.policies.carry(pattern, rule.clone())?;
+        if let Some(rule) = &rule {
+            self.core.replay.register(&self.core.keys, rule);
+        }
+        Ok(Self {
+            core: self.core.clone(),
+            base: self.base.clone(),
+            route: Some(rule),
+        })
+    }
 }
 
 impl<S> Layer<S> for RedisCacheLayer {
     type Service = CacheService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CacheService::new(inner, self.core.clone())
+        CacheService::new(inner, self.core.clone(), self.route.clone())
     }
 }
 
@@ -505,7 +535,7 @@ impl RedisCacheLayerBuilder {
         let layer_rule = self
             .default_policy
             .resolve(&base, "default policy", &keys)?;
-        let base = layer_rule.as_deref().cloned().unwrap_or(base);
+        let base = Arc::new(layer_rule.as_deref().cloned().unwrap_or(base));
         if self.store_timeout.is_zero() {
             return Err(Error::config(
                 "store_timeout is zero: give the store a budget such as 50 ms",
@@ -610,48 +640,27 @@ impl RedisCacheLayerBuilder {
         let core = CacheCore::new(store, keys, policies, settings, replay);
         Ok(RedisCacheLayer {
             core: Arc::new(core),
+            base,
+            route: None,
         })
     }
 }
 
 /// The namespaces of the layer's rules and how long an entry of each stays
-/// stored at most: the TTL with its jitter and the longest window after it.
-/// An origin-driven rule takes its freshness from the response: no bound.
+/// stored at most.
 fn replay_config<'a>(
     keys: &KeySpace,
     bound: usize,
     rules: impl Iterator<Item = &'a Arc<Resolved>>,
 ) -> ReplayConfig {
-    let mut namespaces: Vec<NamespaceLife> = Vec::new();
+    let mut config = ReplayConfig {
+        bound,
+        namespaces: Vec::new(),
+    };
     for rule in rules {
-        let longest = (!rule.http.origin_driven()).then(|| {
-            let fresh = rule.ttl.mul_f64(1.0 + rule.jitter.max(0.0));
-            fresh
-                + rule
-                    .stale_while_revalidate
-                    .max(rule.stale_if_error)
-                    .max(rule.http.revalidate_window)
-        });
-        match namespaces
-            .iter_mut()
-            .find(|n| n.namespace == rule.namespace)
-        {
-            Some(n) => n.longest = n.longest.zip(longest).map(|(a, b)| a.max(b)),
-            None => {
-                let generation_key = keys.generation_key(&rule.namespace);
-                let key_head = generation_key
-                    .strip_suffix("generation")
-                    .unwrap_or(&generation_key)
-                    .to_owned();
-                namespaces.push(NamespaceLife {
-                    namespace: rule.namespace.clone(),
-                    key_head,
-                    longest,
-                });
-            }
-        }
+        config.add(keys, rule);
     }
-    ReplayConfig { bound, namespaces }
+    config
 }
 
 impl std::fmt::Debug for RedisCacheLayerBuilder {

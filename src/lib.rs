@@ -158,7 +158,10 @@ mod pipeline;
 mod policy;
 mod replay;
 mod request;
+#[cfg(feature = "axum")]
+mod routes;
 mod service;
+mod shape;
 mod stampede;
 mod status;
 pub mod store;
@@ -169,6 +172,9 @@ mod tags;
 pub use fred;
 #[cfg(feature = "axum")]
 pub use handle::MissingCacheHandle;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use routes::CacheRouterExt;
 pub use {
     authority::{request_authority, BadAuthority},
     body::CacheBody,

@@ -9,7 +9,14 @@
 //! from the layer's default policy when the layer is built, and fields the
 //! default policy does not set from `Resolved::defaults`.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, RwLock,
+    },
+    time::Duration,
+};
 
 use http::StatusCode;
 
@@ -18,6 +25,7 @@ use crate::{
     error::Error,
     jitter,
     key::{check_component, KeySpace},
+    shape::{KeySettings, KeyShape},
     tags::Tagger,
 };
 
@@ -62,6 +70,7 @@ pub struct CachePolicy {
     invalidate_on_unsafe: Option<bool>,
     request_directives: Option<bool>,
     cookies: Option<CookiePolicy>,
+    key: KeySettings,
     bypass: bool,
 }
 
@@ -328,6 +337,111 @@ impl CachePolicy {
         self
     }
 
+    /// Query parameters the key leaves out: names (`fbclid`, `gclid`) or
+    /// name prefixes ending in `*` (`utm_*`), compared with names as the
+    /// key holds them (percent-encodings of unreserved characters decoded;
+    /// case matters). Requests that differ only in these parameters share
+    /// an entry.
+    ///
+    /// The parameters are also **taken off the request** before the service
+    /// sees it (unless [`forward_ignored_params`](Self::forward_ignored_params)):
+    /// a parameter the key ignores but the handler reads would let one
+    /// client store, under the shared key, a page every other client is
+    /// then served. Default: none, every parameter is in the key.
+    ///
+    /// ```
+    /// use tower_redis_cache::CachePolicy;
+    ///
+    /// // `/products?page=2&utm_source=mail` is keyed, and handled, as `/products?page=2`.
+    /// let policy = CachePolicy::new().ignore_params(["utm_*", "fbclid", "gclid"]);
+    /// # let _ = policy;
+    /// ```
+    pub fn ignore_params<I, P>(mut self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.key.ignore = Some(patterns.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The only query parameters the key holds (names, or prefixes ending
+    /// in `*`); every other parameter is left out of the key and taken off
+    /// the request as with [`ignore_params`](Self::ignore_params). Give
+    /// either this list or `ignore_params`, not both. Default: every
+    /// parameter is in the key.
+    ///
+    /// ```
+    /// use tower_redis_cache::CachePolicy;
+    ///
+    /// let search = CachePolicy::new().key_params(["q", "page", "sort"]);
+    /// # let _ = search;
+    /// ```
+    pub fn key_params<I, P>(mut self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.key.only = Some(patterns.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Leaves the parameters the key ignores on the request (default
+    /// `false`: they are taken off). Turn it on only when the service
+    /// never reads them to build the response, such as tracking parameters
+    /// an analytics middleware behind the cache records: otherwise
+    /// `?utm_source=x` could store a page that `?` is then served.
+    pub fn forward_ignored_params(mut self, forward: bool) -> Self {
+        self.key.forward = Some(forward);
+        self
+    }
+
+    /// Request headers whose values go into the key (a tenant id, an API
+    /// version), each request getting its own entry per value (an absent
+    /// header is a value of its own). They go into the variant part of
+    /// the key, as `Vary` does, and are added to the response's `Vary` for
+    /// caches downstream. Default: none.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tower_redis_cache::CachePolicy;
+    ///
+    /// let per_tenant = CachePolicy::new().key_headers([HeaderName::from_static("x-tenant-id")]);
+    /// # let _ = per_tenant;
+    /// ```
+    pub fn key_headers(mut self, names: impl IntoIterator<Item = http::HeaderName>) -> Self {
+        self.key.headers = Some(names.into_iter().collect());
+        self
+    }
+
+    /// Extra key material computed from the request's head (the escape
+    /// hatch: a claim of a token an earlier layer verified, a value of an
+    /// extension): requests whose material differs get their own entries.
+    /// It goes into the variant part of the key, escaped, after the key
+    /// headers. The layer cannot name it in `Vary`: if caches downstream
+    /// may store the response, name in its `Vary` the request field the
+    /// material comes from. It runs on every request the policy caches, so
+    /// keep it cheap. Default: none.
+    ///
+    /// ```
+    /// use tower_redis_cache::CachePolicy;
+    ///
+    /// #[derive(Clone)]
+    /// struct Plan(&'static str); // set by an authentication layer
+    ///
+    /// let by_plan = CachePolicy::new().key_fn(|parts| {
+    ///     parts.extensions.get::<Plan>().map_or("anonymous", |p| p.0).to_owned()
+    /// });
+    /// # let _ = by_plan;
+    /// ```
+    pub fn key_fn<F>(mut self, material: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> String + Send + Sync + 'static,
+    {
+        self.key.func = Some(Arc::new(material));
+        self
+    }
+
     /// Fills what this policy leaves unset from `base` and validates the result.
     pub(crate) fn resolve(
         &self,
@@ -359,6 +473,12 @@ impl CachePolicy {
             early_refresh: self.early_refresh.unwrap_or(base.early_refresh),
             tagger: self.tagger.clone().or_else(|| base.tagger.clone()),
             http: self.http(&base.http),
+            shape: None,
+            key: self.key.over(&base.key),
+        };
+        let resolved = Resolved {
+            shape: resolved.key.shape(what)?,
+            ..resolved
         };
         resolved.validate(what)?;
         Ok(Some(Arc::new(resolved)))
@@ -467,6 +587,10 @@ pub(crate) struct Resolved {
     pub(crate) http: HttpRules,
     /// Where this namespace's generation counter lives.
     pub(crate) generation_key: String,
+    /// The key settings as given, for the routes that inherit them.
+    pub(crate) key: KeySettings,
+    /// How the key is shaped; `None` for the default format.
+    pub(crate) shape: Option<Arc<KeyShape>>,
 }
 
 impl Resolved {
@@ -484,6 +608,8 @@ impl Resolved {
             early_refresh: 0.0,
             tagger: None,
             http: HttpRules::default(),
+            key: KeySettings::default(),
+            shape: None,
         }
     }
 
@@ -585,30 +711,49 @@ impl RoutePattern {
                 "route pattern {pattern:?} must start with '/' (e.g. \"/products/{{id}}\")"
             )));
         };
+        if pattern.matches('{').count() != pattern.matches('}').count() {
+            return Err(Error::config(format!(
+                "route pattern {pattern:?} has unbalanced braces: a capture is a whole \
+                 segment {{name}}, a catch-all a last segment {{*name}}"
+            )));
+        }
         let mut segments = Vec::new();
         let parts: Vec<&str> = rest.split('/').collect();
         for (i, part) in parts.iter().enumerate() {
             let segment = if let Some(inner) =
                 part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
             {
-                if let Some(name) = inner.strip_prefix('*') {
-                    if i + 1 != parts.len() || name.is_empty() {
+                let name = inner.strip_prefix('*').unwrap_or(inner);
+                if name.is_empty() || name.contains(['{', '}', '*', ':']) {
+                    return Err(Error::config(format!(
+                        "route pattern {pattern:?}: {part:?} is not a capture axum 0.8 \
+                         accepts; give it a plain name, e.g. {{id}} or {{*rest}}"
+                    )));
+                }
+                if inner.starts_with('*') {
+                    if i + 1 != parts.len() {
                         return Err(Error::config(format!(
                             "route pattern {pattern:?}: a catch-all {{*name}} must be the last segment"
                         )));
                     }
                     Segment::CatchAll
-                } else if inner.is_empty() {
-                    return Err(Error::config(format!(
-                        "route pattern {pattern:?}: a capture needs a name, e.g. {{id}}"
-                    )));
                 } else {
                     Segment::Capture
                 }
-            } else if part.contains(['{', '}']) || part.starts_with(':') || part.starts_with('*') {
+            } else if let Some(name) = part.strip_prefix(':') {
                 return Err(Error::config(format!(
-                    "route pattern {pattern:?}: use axum 0.8 syntax, a whole segment \
-                     {{name}} or a last segment {{*name}}"
+                    "route pattern {pattern:?}: {part:?} is axum 0.7 syntax, which axum 0.8 \
+                     refuses; write {{{name}}} instead"
+                )));
+            } else if let Some(name) = part.strip_prefix('*') {
+                return Err(Error::config(format!(
+                    "route pattern {pattern:?}: {part:?} is axum 0.7 syntax, which axum 0.8 \
+                     refuses; write {{*{name}}} instead"
+                )));
+            } else if part.contains(['{', '}']) {
+                return Err(Error::config(format!(
+                    "route pattern {pattern:?}: {part:?} puts a capture inside a segment; \
+                     make it a whole segment, e.g. /files/{{name}}"
                 )));
             } else {
                 Segment::Literal((*part).to_owned())
@@ -661,6 +806,19 @@ pub(crate) struct Policies {
     patterns: Vec<(RoutePattern, Rule)>,
     /// Longest prefix first.
     prefixes: Vec<(String, Rule)>,
+    /// Routes that carry their own policy (registered with
+    /// `CacheRouterExt::cached_route` after the layer was built).
+    carried: RwLock<Carried>,
+    /// Whether `carried` holds any route: requests of layers without such
+    /// routes never take its lock.
+    any_carried: AtomicBool,
+}
+
+/// Routes registered with their own policy, and their layer caches them.
+#[derive(Debug, Default)]
+struct Carried {
+    by_pattern: HashMap<String, Rule>,
+    patterns: Vec<(RoutePattern, Rule)>,
 }
 
 impl Policies {
@@ -692,7 +850,69 @@ impl Policies {
             by_pattern,
             patterns,
             prefixes,
+            carried: RwLock::default(),
+            any_carried: AtomicBool::new(false),
         })
+    }
+
+    fn carried(&self) -> std::sync::RwLockReadGuard<'_, Carried> {
+        // Only whole routes are ever added: a poisoned lock is used as is.
+        self.carried.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a route that carries its own policy: its own layer caches
+    /// it, the layers around it step aside, and the handle resolves its
+    /// paths to it.
+    pub(crate) fn carry(&self, pattern: &str, rule: Rule) -> Result<(), Error> {
+        let parsed = RoutePattern::parse(pattern)?;
+        let twice = || {
+            Error::config(format!(
+                "route pattern {pattern:?} is given twice; give each route one policy"
+            ))
+        };
+        if self.by_pattern.contains_key(pattern) {
+            return Err(twice());
+        }
+        let mut carried = self.carried.write().unwrap_or_else(|e| e.into_inner());
+        if carried
+            .by_pattern
+            .insert(pattern.to_owned(), rule.clone())
+            .is_some()
+        {
+            return Err(twice());
+        }
+        carried.patterns.push((parsed, rule));
+        self.any_carried.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the route axum matched for `req` carries its own policy, so
+    /// that the layer made for it caches it and this one steps aside.
+    pub(crate) fn carried_route<B>(&self, req: &http::Request<B>) -> bool {
+        self.any_carried.load(Ordering::Acquire)
+            && matched_route(req).is_some_and(|m| self.carried().by_pattern.contains_key(m))
+    }
+
+    /// The rule of `path` where no request is at hand (the handle, the
+    /// `Location` of an unsafe request): as [`lookup`](Self::lookup) finds
+    /// it, routes with their own policy included.
+    pub(crate) fn for_path(&self, path: &str) -> Rule {
+        if !self.any_carried.load(Ordering::Acquire) {
+            return self.lookup(None, path).clone();
+        }
+        let carried = self.carried();
+        let best = |patterns: &[(RoutePattern, Rule)]| {
+            patterns
+                .iter()
+                .filter(|(p, _)| p.matches(path))
+                .max_by_key(|(p, _)| p.specificity)
+                .map(|(p, rule)| (p.specificity, rule.clone()))
+        };
+        match (best(&self.patterns), best(&carried.patterns)) {
+            (Some((built, rule)), Some((own, _))) if built > own => rule,
+            (_, Some((_, rule))) | (Some((_, rule)), None) => rule,
+            (None, None) => self.lookup(None, path).clone(),
+        }
     }
 
     /// The rule of a request: by the route axum matched (its `MatchedPath`),
@@ -862,9 +1082,21 @@ mod tests {
             .namespace("a b")
             .resolve(&base(), "r", &keys())
             .is_err());
-        for bad in ["products", "/p/:id", "/p/{}", "/p/{*rest}/x", "/p/x{id}"] {
+        for (bad, fix) in [
+            ("products", "must start with '/'"),
+            ("/p/:id", "write {id} instead"),
+            ("/p/*rest", "write {*rest} instead"),
+            ("/p/{}", "give it a plain name"),
+            ("/p/{*}", "give it a plain name"),
+            ("/p/{id", "unbalanced braces"),
+            ("/p/id}", "unbalanced braces"),
+            ("/p/{{id}}", "give it a plain name"),
+            ("/p/{*rest}/x", "must be the last segment"),
+            ("/p/x{id}", "whole segment"),
+        ] {
             let e = Policies::new(None, vec![(bad.into(), None)], vec![]).unwrap_err();
-            assert!(e.to_string().contains(bad), "{e}");
+            let e = e.to_string();
+            assert!(e.contains(&format!("{bad:?}")) && e.contains(fix), "{e}");
         }
         assert!(Policies::new(None, vec![], vec![("static".into(), None)]).is_err());
     }

@@ -37,6 +37,8 @@ pub(crate) enum Item {
     Tags(Vec<String>),
     /// A namespace whose generation is bumped.
     Namespace(String),
+    /// Every entry of one path (any host, variant or key material).
+    Path(crate::key::ExactPaths),
 }
 
 impl Item {
@@ -48,6 +50,7 @@ impl Item {
             Item::Prefix(_) => "delete_matching",
             Item::Tags(_) => "invalidate_tags",
             Item::Namespace(_) => "bump_generation",
+            Item::Path(_) => "delete_matching",
         }
     }
 
@@ -77,7 +80,9 @@ impl Item {
             Item::Keys(entries) | Item::Tags(entries) => {
                 entries.iter().map(|k| keys.fence_key(k)).collect()
             }
-            Item::Prefix(_) => vec![keys.prefix_fence_key()],
+            // A path's entries for hosts and key material not seen yet
+            // cannot be named: the prefix fence covers them.
+            Item::Prefix(_) | Item::Path(_) => vec![keys.prefix_fence_key()],
             Item::Namespace(_) => Vec::new(),
         };
         if !markers.is_empty() {
@@ -91,6 +96,11 @@ impl Item {
             Item::Prefix(prefix) => {
                 store
                     .delete_prefix(&crate::store::PathPrefix::new(keys, prefix))
+                    .await
+            }
+            Item::Path(paths) => {
+                store
+                    .delete_prefix(&crate::store::PathPrefix::exact(keys, paths))
                     .await
             }
             Item::Tags(tag_keys) => store.invalidate_tags(tag_keys).await,
@@ -117,6 +127,42 @@ pub(crate) struct ReplayConfig {
     pub(crate) bound: usize,
     /// Every namespace of the layer's policies.
     pub(crate) namespaces: Vec<NamespaceLife>,
+}
+
+impl ReplayConfig {
+    /// Adds the namespace of `rule` and how long an entry of it stays
+    /// stored at most: the TTL with its jitter and the longest window after
+    /// it. An origin-driven rule takes its freshness from the response: no
+    /// bound.
+    pub(crate) fn add(&mut self, keys: &crate::key::KeySpace, rule: &crate::policy::Resolved) {
+        let longest = (!rule.http.origin_driven()).then(|| {
+            let fresh = rule.ttl.mul_f64(1.0 + rule.jitter.max(0.0));
+            fresh
+                + rule
+                    .stale_while_revalidate
+                    .max(rule.stale_if_error)
+                    .max(rule.http.revalidate_window)
+        });
+        match self
+            .namespaces
+            .iter_mut()
+            .find(|n| n.namespace == rule.namespace)
+        {
+            Some(n) => n.longest = n.longest.zip(longest).map(|(a, b)| a.max(b)),
+            None => {
+                let generation_key = keys.generation_key(&rule.namespace);
+                let key_head = generation_key
+                    .strip_suffix("generation")
+                    .unwrap_or(&generation_key)
+                    .to_owned();
+                self.namespaces.push(NamespaceLife {
+                    namespace: rule.namespace.clone(),
+                    key_head,
+                    longest,
+                });
+            }
+        }
+    }
 }
 
 struct Pending {
@@ -146,7 +192,7 @@ pub(crate) struct Replay {
     wake: Notify,
     /// Told whenever the queue shrinks.
     changed: Notify,
-    config: ReplayConfig,
+    config: std::sync::RwLock<ReplayConfig>,
     pub(crate) queued: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) dropped: AtomicU64,
@@ -162,7 +208,7 @@ impl Replay {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             changed: Notify::new(),
-            config,
+            config: std::sync::RwLock::new(config),
             queued: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -190,22 +236,35 @@ impl Replay {
         crate::metrics::invalidations_pending(state.items.len());
     }
 
+    fn config(&self) -> std::sync::RwLockReadGuard<'_, ReplayConfig> {
+        // Only whole namespaces are ever added: a poisoned lock is used as is.
+        self.config.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[cfg(test)]
-    pub(crate) fn namespaces(&self) -> &[NamespaceLife] {
-        &self.config.namespaces
+    pub(crate) fn namespaces(&self) -> Vec<NamespaceLife> {
+        self.config().namespaces.clone()
+    }
+
+    /// Adds the namespace of a rule made after the layer was built (a
+    /// route registered with its own policy).
+    pub(crate) fn register(&self, keys: &crate::key::KeySpace, rule: &crate::policy::Resolved) {
+        let mut config = self.config.write().unwrap_or_else(|e| e.into_inner());
+        config.add(keys, rule);
     }
 
     /// The namespace an entry key belongs to.
-    fn namespace_of(&self, key: &str) -> Option<&NamespaceLife> {
-        self.config
+    fn namespace_of(&self, key: &str) -> Option<NamespaceLife> {
+        self.config()
             .namespaces
             .iter()
             .find(|n| key.starts_with(n.key_head.as_str()))
+            .cloned()
     }
 
     /// The longest life of any entry of the layer.
     fn longest(&self) -> Option<Duration> {
-        self.config
+        self.config()
             .namespaces
             .iter()
             .try_fold(Duration::ZERO, |max, n| n.longest.map(|l| l.max(max)))
@@ -222,7 +281,7 @@ impl Replay {
                         None => self.longest().map(|l| l.max(max)),
                     })
             }
-            Item::Prefix(_) | Item::Tags(_) => self.longest(),
+            Item::Prefix(_) | Item::Tags(_) | Item::Path(_) => self.longest(),
             // A bump is already what an item is replaced by.
             Item::Namespace(_) => None,
         }
@@ -231,7 +290,7 @@ impl Replay {
     /// The namespaces an item can touch.
     fn namespaces_of(&self, item: &Item, into: &mut BTreeSet<String>) {
         let all = |into: &mut BTreeSet<String>| {
-            for n in &self.config.namespaces {
+            for n in &self.config().namespaces {
                 into.insert(n.namespace.clone());
             }
         };
@@ -246,7 +305,10 @@ impl Replay {
                     }
                 }
             }
-            Item::Prefix(_) | Item::Tags(_) => all(into),
+            Item::Path(paths) if !paths.namespaces.is_empty() => {
+                into.extend(paths.namespaces.iter().cloned());
+            }
+            Item::Prefix(_) | Item::Tags(_) | Item::Path(_) => all(into),
             Item::Namespace(namespace) => {
                 into.insert(namespace.clone());
             }
@@ -273,7 +335,7 @@ impl Replay {
     /// is past its bound, by bumps of the namespaces they can touch.
     fn compact(&self, state: &mut State) {
         let now = Instant::now();
-        let over = state.items.len() > self.config.bound;
+        let over = state.items.len() > self.config().bound;
         let replace = |p: &Pending| {
             !p.in_flight
                 && (over

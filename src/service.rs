@@ -19,6 +19,7 @@ use crate::{
     core::{bump, CacheCore, Lookup},
     future::ResponseFuture,
     pipeline::{invalidate_after, plan, serve, serve_now, unsafe_targets},
+    policy::Rule,
     status::Fwd,
     CacheHandle,
 };
@@ -30,11 +31,14 @@ use crate::{
 pub struct CacheService<S> {
     inner: S,
     core: Arc<CacheCore>,
+    /// The policy of the one route this service caches, when its layer
+    /// carries one (see `CacheRouterExt::cached_route`).
+    route: Option<Rule>,
 }
 
 impl<S> CacheService<S> {
-    pub(crate) fn new(inner: S, core: Arc<CacheCore>) -> Self {
-        Self { inner, core }
+    pub(crate) fn new(inner: S, core: Arc<CacheCore>, route: Option<Rule>) -> Self {
+        Self { inner, core, route }
     }
 
     /// The inner service.
@@ -63,6 +67,7 @@ impl<S: Clone> Clone for CacheService<S> {
         Self {
             inner: self.inner.clone(),
             core: self.core.clone(),
+            route: self.route.clone(),
         }
     }
 }
@@ -93,6 +98,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let route = self.route.as_ref();
+        // A route that carries its own policy is cached by the layer made
+        // for it, inside this one.
+        if route.is_none() && self.core.policies.carried_route(&req) {
+            return ResponseFuture::aside(self.inner.call(req));
+        }
         let mut checks = crate::request::RequestChecks::scan(req.headers());
         if checks.upgrade {
             crate::status::bypassed(req.method(), req.uri(), "an Upgrade request");
@@ -109,7 +120,7 @@ where
             checks = crate::request::RequestChecks::scan(req.headers());
             checks.refused = checks.refused.or(refused);
         }
-        if let Some(targets) = unsafe_targets(&self.core, &req) {
+        if let Some(targets) = unsafe_targets(&self.core, &req, route) {
             crate::status::bypassed(
                 req.method(),
                 req.uri(),
@@ -122,7 +133,7 @@ where
             let core = self.core.clone();
             return ResponseFuture::cache(Box::pin(invalidate_after(core, call, targets)));
         }
-        let Some(plan) = plan(&self.core, &req, &checks) else {
+        let Some(plan) = plan(&self.core, &mut req, &checks, route) else {
             bump(&self.core.counters.bypasses);
             req.extensions_mut()
                 .insert(CacheHandle::new(self.core.clone()));

@@ -167,12 +167,15 @@ async fn every_alias_shows_the_new_stock_after_an_update(app: &Router) {
         201
     );
     // With whether the alias has an entry of its own (`%38` is `8` in keys).
+    // Tracking parameters are not in the key: `?utm_source=x` is the plain URL.
     let aliases = [
         ("/products/8", true),
-        ("/products/8?utm_source=x", true),
+        ("/products/8?ref=x", true),
+        ("/products/8?utm_source=x", false),
         ("/products/%38", false),
         ("/products/501", true),
-        ("/products/501?utm_source=x", true),
+        ("/products/501?ref=x", true),
+        ("/products/501?utm_source=x", false),
     ];
     for (alias, _) in aliases {
         let (s, _, p) = call(app, req_get(alias)).await;
@@ -205,6 +208,37 @@ async fn every_alias_shows_the_new_stock_after_an_update(app: &Router) {
             "{alias}"
         );
     }
+}
+
+/// Links shared with tracking parameters read the page's one entry, and
+/// leave no key of their own.
+async fn tracking_parameters_stay_out_of_the_keys(redis: RedisServer) {
+    let (app, db) = app(&redis).await;
+    let (_, x, item) = call(&app, req_get("/products/7?utm_source=mail&utm_medium=x")).await;
+    assert_eq!((x.as_str(), &item["id"]), ("MISS", &Value::from("7")));
+    let (_, x, _) = call(&app, req_get("/products/7?fbclid=abc")).await;
+    assert_eq!(x, "HIT");
+    let (_, x, _) = call(&app, req_get("/products/7")).await;
+    assert_eq!(x, "HIT");
+    let (_, x, list) = call(&app, req_get("/products?category=books&gclid=1")).await;
+    assert_eq!(x, "MISS");
+    let (_, x, same) = call(
+        &app,
+        req_get("/products?utm_campaign=spring&category=books"),
+    )
+    .await;
+    assert_eq!((x.as_str(), &same), ("HIT", &list));
+    assert_eq!(db.reads(), 2);
+    let all = keys(&redis.client().await).await;
+    let entries: Vec<&String> = all.iter().filter(|k| k.contains(":GET:")).collect();
+    assert_eq!(
+        entries,
+        [
+            "api:v1:products:GET:/products/7",
+            "api:v1:products:GET:/products?category=books"
+        ],
+        "{all:?}"
+    );
 }
 
 async fn a_stock_update_reaches_every_alias_of_the_product(redis: RedisServer) {
@@ -321,6 +355,7 @@ on_both_topologies!(
     batch_insert_items_hit_on_first_read,
     stock_update_invalidates_the_item_and_every_list_page,
     a_stock_update_reaches_every_alias_of_the_product,
+    tracking_parameters_stay_out_of_the_keys,
     stats_report_db_reads_and_are_never_cached,
     a_burst_on_a_cold_product_reads_the_database_once,
 );

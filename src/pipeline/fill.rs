@@ -145,6 +145,17 @@ where
             uri.as_ref(),
             &mut parts,
         );
+        // The key headers go into `Vary` for caches downstream; variants
+        // are needed only when the response varies on more (the key holds
+        // the key headers already).
+        let shape = plan.rule.shape.as_deref();
+        let own_variants = shape.is_none_or(|s| match vary(&parts.headers) {
+            Vary::Headers(names) => s.varies_beyond_key(&names),
+            _ => false,
+        });
+        if let Some(shape) = shape {
+            shape.add_vary(&mut parts.headers);
+        }
         let targeted = &core.settings.targeted;
         let cc = CacheControl::parse_response(
             &parts.headers,
@@ -230,7 +241,7 @@ where
                 let mut entry_key = plan.primary.clone();
                 let status_header = core.settings.status_header.as_ref();
                 let gen = generation.unwrap_or(0);
-                if let Vary::Headers(names) = vary(&parts.headers) {
+                if let (true, Vary::Headers(names)) = (own_variants, vary(&parts.headers)) {
                     let marker = match &plan.marker {
                         Some(m) if m.names == names => Marker::clone(m),
                         _ => Marker {

@@ -14,6 +14,8 @@ use crate::{
     body::CacheBody,
     core::{bump, CacheCore},
     http::same_origin,
+    key::ExactPaths,
+    policy::{Resolved, Rule},
     status::{cache_status, mark, CacheStatus, Detail, Fwd},
 };
 
@@ -23,21 +25,28 @@ use crate::{
 /// does not invalidate on unsafe methods.
 pub(crate) struct UnsafeTargets {
     pub(crate) keys: Vec<String>,
+    /// Targets whose keys hold request headers or key function material:
+    /// every such entry of the path is removed.
+    pub(crate) paths: Vec<ExactPaths>,
     pub(crate) origin: String,
     pub(crate) authority: Option<String>,
     pub(crate) path: String,
 }
 
-pub(crate) fn unsafe_targets<B>(core: &CacheCore, req: &Request<B>) -> Option<UnsafeTargets> {
+/// `route` is the policy the layer carries for its route, if it does.
+pub(crate) fn unsafe_targets<B>(
+    core: &CacheCore,
+    req: &Request<B>,
+    route: Option<&Rule>,
+) -> Option<UnsafeTargets> {
     // Any method not defined as safe (RFC 9110 §9.2.1), extension
     // methods included.
     if req.method().is_safe() {
         return None;
     }
     let uri = req.uri();
-    let rule = core
-        .policies
-        .for_request(req)
+    let rule = route
+        .unwrap_or_else(|| core.policies.for_request(req))
         .as_ref()
         .filter(|r| r.http.invalidate_on_unsafe)?;
     // A request whose host cannot be keyed (two `Host` fields, a target
@@ -48,18 +57,52 @@ pub(crate) fn unsafe_targets<B>(core: &CacheCore, req: &Request<B>) -> Option<Un
         Err(_) => core.settings.origin_key.candidates(uri, req.headers()),
     };
     let origin = origins.first()?.clone();
-    let keys = origins
-        .iter()
-        .map(|o| core.keys.uri_key(&rule.namespace, o, uri))
-        .collect();
+    let mut keys = Vec::new();
+    let mut paths = Vec::new();
+    for o in &origins {
+        add_target(core, rule, o, uri, &mut keys, &mut paths);
+    }
     let scheme = uri.scheme_str().unwrap_or("http");
     let authority = crate::request_authority(uri, req.headers(), scheme).ok();
     Some(UnsafeTargets {
         keys,
+        paths,
         origin,
         authority,
         path: uri.path().to_owned(),
     })
+}
+
+/// Adds what removes the stored responses of `uri` under `origin`: its key,
+/// with the query shaped as `rule` keys it, or, when the key holds request
+/// headers or key function material, every entry of the path.
+fn add_target(
+    core: &CacheCore,
+    rule: &Resolved,
+    origin: &str,
+    uri: &http::Uri,
+    keys: &mut Vec<String>,
+    paths: &mut Vec<ExactPaths>,
+) {
+    let shape = rule.shape.as_deref();
+    let shaped = shape.and_then(|s| s.query(uri.query()));
+    let query = shaped.as_deref().or(uri.query());
+    if shape.is_some_and(|s| s.has_material()) {
+        paths.push(ExactPaths {
+            namespaces: vec![rule.namespace.clone()],
+            origin: Some(origin.to_owned()),
+            path: uri.path().to_owned(),
+            queries: vec![query.map(str::to_owned)],
+        });
+    } else {
+        keys.push(core.keys.entry_key_at(
+            &rule.namespace,
+            &http::Method::GET,
+            origin,
+            uri.path(),
+            query,
+        ));
+    }
 }
 
 /// Runs an unsafe request, then, if it succeeded (2xx or 3xx), removes the
@@ -86,15 +129,25 @@ where
             else {
                 continue;
             };
-            if let Some(rule) = core.policies.lookup(None, uri.path()).as_ref() {
-                targets
-                    .keys
-                    .push(core.keys.uri_key(&rule.namespace, &targets.origin, &uri));
+            if let Some(rule) = core.policies.for_path(uri.path()) {
+                add_target(
+                    &core,
+                    &rule,
+                    &targets.origin,
+                    &uri,
+                    &mut targets.keys,
+                    &mut targets.paths,
+                );
             }
         }
         targets.keys.dedup();
         // Confirmed or queued for replay: either way no stale hit follows.
-        crate::replay::invalidate(&core, crate::replay::Item::Keys(targets.keys)).await;
+        if !targets.keys.is_empty() {
+            crate::replay::invalidate(&core, crate::replay::Item::Keys(targets.keys)).await;
+        }
+        for paths in targets.paths {
+            crate::replay::invalidate(&core, crate::replay::Item::Path(paths)).await;
+        }
         bump(&core.counters.unsafe_invalidations);
     }
     mark(

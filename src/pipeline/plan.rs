@@ -9,7 +9,7 @@ use crate::{
     core::CacheCore,
     entry::Marker,
     http::CacheControl,
-    policy::{CookiePolicy, Resolved},
+    policy::{CookiePolicy, Resolved, Rule},
     stampede::HeldLock,
     status::bypassed,
 };
@@ -44,28 +44,36 @@ pub(crate) struct Plan {
 /// The plan of a cacheable request; `None` passes it through. `checks` is
 /// what the walk over the request's field names found (see
 /// [`crate::request::RequestChecks`]).
+///
+/// On a route whose policy shapes its keys, the query parameters the key
+/// leaves out are taken off `req` here (unless the policy forwards them).
+///
+/// `route` is the policy the layer carries for its route, if it does.
 pub(crate) fn plan<B>(
     core: &CacheCore,
-    req: &Request<B>,
+    req: &mut Request<B>,
     checks: &crate::request::RequestChecks,
+    route: Option<&Rule>,
 ) -> Option<Plan> {
     let head = req.method() == Method::HEAD;
-    let uri = req.uri();
     if !head && req.method() != Method::GET {
-        bypassed(req.method(), uri, "only GET and HEAD are cached");
+        bypassed(req.method(), req.uri(), "only GET and HEAD are cached");
         return None;
     }
-    let rule = core.policies.for_request(req);
+    let rule = route.unwrap_or_else(|| core.policies.for_request(req));
     let Some(rule) = rule.as_ref() else {
-        let reason = if core.policies.is_default(rule) {
+        let reason = if route.is_none() && core.policies.is_default(rule) {
             "no route rule matches, and unmatched routes pass through \
              (bypass_unmatched, or a bypass default_policy)"
         } else {
             "the route's policy is CachePolicy::bypass()"
         };
-        bypassed(req.method(), uri, reason);
+        bypassed(req.method(), req.uri(), reason);
         return None;
     };
+    let shape = rule.shape.as_deref();
+    let shaped = shape.and_then(|s| s.shape_request(req));
+    let uri = req.uri();
     let headers = req.headers();
     let refused = checks.refused;
     let fields = checks.http;
@@ -111,7 +119,19 @@ pub(crate) fn plan<B>(
             return None;
         }
     };
-    let key = core.keys.uri_key(&rule.namespace, &origin, uri);
+    let mut key = match &shaped {
+        None => core.keys.uri_key(&rule.namespace, &origin, uri),
+        Some(query) => core.keys.entry_key_at(
+            &rule.namespace,
+            &Method::GET,
+            &origin,
+            uri.path(),
+            Some(query),
+        ),
+    };
+    if let Some(shape) = shape.filter(|s| s.has_material()) {
+        shape.push_material(&mut key, req);
+    }
     Some(Plan {
         primary: key,
         variant: None,

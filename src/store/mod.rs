@@ -101,11 +101,18 @@ pub struct Write {
 /// it; a store tests each key with [`matches`](Self::matches), and may
 /// narrow its search with [`glob`](Self::glob) (a Redis `SCAN` pattern) or
 /// [`key_start`](Self::key_start) (what every such key starts with).
+///
+/// The layer also builds one for a single path whose entries it cannot
+/// name one by one ([`CacheHandle::invalidate_path`](crate::CacheHandle::invalidate_path)
+/// with the host or request headers in the key): then `matches` accepts
+/// only that path's entries, and [`path`](Self::path) is the path. A store
+/// that decides with `matches` removes exactly those.
 #[derive(Debug, Clone)]
 pub struct PathPrefix {
     keys: KeySpace,
     path: String,
     glob: String,
+    exact: Option<crate::key::ExactPaths>,
 }
 
 impl PathPrefix {
@@ -115,6 +122,18 @@ impl PathPrefix {
             keys: keys.clone(),
             path: path.to_owned(),
             glob: keys.prefix_pattern(path),
+            exact: None,
+        }
+    }
+
+    /// The entries of one path (every host, variant and key material).
+    pub(crate) fn exact(keys: &KeySpace, paths: &crate::key::ExactPaths) -> Self {
+        let path = crate::key::normalize_percent(&paths.path).into_owned();
+        Self {
+            keys: keys.clone(),
+            glob: keys.prefix_pattern(&path),
+            path,
+            exact: Some(paths.clone()),
         }
     }
 
@@ -127,7 +146,10 @@ impl PathPrefix {
     /// Whether `key` is an entry under the prefix: the exact test, which
     /// no other key passes (not a lock, a tag index or a counter).
     pub fn matches(&self, key: &str) -> bool {
-        self.keys.is_under_path_prefix(key, &self.path)
+        match &self.exact {
+            Some(paths) => self.keys.is_entry_of(key, paths),
+            None => self.keys.is_under_path_prefix(key, &self.path),
+        }
     }
 
     /// A Redis glob pattern (as `SCAN ... MATCH` takes it) that every
