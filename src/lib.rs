@@ -33,7 +33,7 @@
 //! ```
 //! use std::time::Duration;
 //!
-//! use axum::{extract::{Path, State}, http::Method, routing::get, Router};
+//! use axum::{extract::{Path, State}, routing::get, Router};
 //! use tower_redis_cache::{CacheHandle, CachePolicy, RedisCacheLayer};
 //!
 //! #[derive(Clone)]
@@ -48,8 +48,7 @@
 //! // From the state.
 //! async fn update(State(s): State<AppState>, Path(id): Path<u64>) -> &'static str {
 //!     // ... write to the database, then drop what it changed:
-//!     let uri = format!("/products/{id}").parse().expect("a number makes a valid path");
-//!     if let Err(e) = s.cache.invalidate(&Method::GET, &uri).await {
+//!     if let Err(e) = s.cache.invalidate_path(&format!("/products/{id}")).await {
 //!         // Bad input only: Redis being away queues the invalidation
 //!         // (`Invalidation::queued`) and replays it. Log and answer.
 //!         tracing::warn!(error = %e, "cache invalidation refused");
