@@ -223,6 +223,104 @@ async fn rfc9111_4_2_1_expires_minus_date_and_an_invalid_expires_is_stale(b: Bac
     assert_eq!(c.origin.calls(), 3);
 }
 
+async fn rfc9111_4_2_dates_in_other_formats_several_expires_and_a_bad_age(b: Backend) {
+    let c = cache(&b, origin_driven(), |p, n| {
+        // An hour ahead, as RFC 850 in lower case, with its Date the same way.
+        let hour = http_date(3600).to_ascii_lowercase();
+        let now = http_date(0).to_ascii_lowercase();
+        let mut r = reply(&[("date", now.as_str())], format!("call {n}"));
+        let h = r.headers_mut();
+        match p.uri().path() {
+            "/lower" => {
+                h.insert("expires", hour.parse().unwrap());
+            }
+            "/two-expires" => {
+                h.append("expires", hour.parse().unwrap());
+                h.append("expires", hour.parse().unwrap());
+                h.insert("etag", "\"e\"".parse().unwrap());
+            }
+            _ => {
+                // Age "30.5" is not an integer: ignored, so not 30 s old.
+                h.insert("cache-control", "max-age=60".parse().unwrap());
+                h.insert("age", "30.5".parse().unwrap());
+            }
+        }
+        r
+    })
+    .await;
+    c.get("/lower", &[]).await;
+    assert_eq!(c.get("/lower", &[]).await.x_cache(), "HIT");
+    c.get("/two-expires", &[]).await;
+    let again = c.get("/two-expires", &[]).await;
+    assert_ne!(again.x_cache(), "HIT", "several Expires lines mean stale");
+    c.get("/bad-age", &[]).await;
+    let hit = c.get("/bad-age", &[]).await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert!(
+        hit.age() < 5,
+        "an invalid Age is ignored: age {}",
+        hit.age()
+    );
+    assert_eq!(c.origin.calls(), 4);
+}
+
+async fn rfc9110_15_2_an_interim_status_from_the_service_is_never_stored(b: Backend) {
+    let c = cache(&b, origin_driven(), |_, n| {
+        status(103, &[("cache-control", "max-age=60")], format!("call {n}"))
+    })
+    .await;
+    assert_eq!(c.get("/early", &[]).await.status, 103);
+    let again = c.get("/early", &[]).await;
+    assert_ne!(again.x_cache(), "HIT");
+    assert_eq!(c.origin.calls(), 2);
+}
+
+async fn rfc9213_a_handler_overrides_its_routes_ttl_with_the_caches_own_field(b: Backend) {
+    let own = http::HeaderName::from_static("api-cache-control");
+    let c = cache_with(
+        b.builder()
+            .own_cache_control(own)
+            .default_policy(CachePolicy::new().ttl(Duration::from_secs(60))),
+        Origin::new(|p, n| {
+            let own = match p.uri().path() {
+                "/no-store" => "no-store",
+                "/short" => "max-age=1",
+                "/invalid" => "max-age=1, ;;",
+                _ => "max-age=600",
+            };
+            reply(
+                &[
+                    ("api-cache-control", own),
+                    ("cdn-cache-control", "no-store"),
+                ],
+                format!("call {n}"),
+            )
+        }),
+    )
+    .await;
+    // Never sent on, stored or not.
+    let first = c.get("/no-store", &[]).await;
+    assert!(first.header("api-cache-control").is_none());
+    assert_eq!(c.get("/no-store", &[]).await.x_cache(), "MISS");
+    // A shorter and a longer freshness than the route's 60 s.
+    c.get("/short", &[]).await;
+    c.get("/long", &[]).await;
+    let hit = c.get("/long", &[]).await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert!(hit.header("api-cache-control").is_none());
+    // CDN-Cache-Control is for CDNs: a policy-driven route does not read it.
+    c.get("/invalid", &[]).await;
+    assert_eq!(c.get("/invalid", &[]).await.x_cache(), "HIT");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_ne!(
+        c.get("/short", &[]).await.x_cache(),
+        "HIT",
+        "max-age=1 ran out"
+    );
+    // The invalid field was ignored: the route's TTL still holds.
+    assert_eq!(c.get("/invalid", &[]).await.x_cache(), "HIT");
+}
+
 async fn rfc9111_4_2_2_no_heuristic_freshness_unless_configured(b: Backend) {
     let lm = http_date(-100_000);
     let script = move |_: &Request<Bytes>, n: usize| {
@@ -1288,6 +1386,9 @@ on_both_stores!(
     rfc9111_4_2_1_max_age_and_s_maxage_decide_freshness,
     rfc9111_4_2_1_expires_minus_date_and_an_invalid_expires_is_stale,
     rfc9111_4_2_2_no_heuristic_freshness_unless_configured,
+    rfc9111_4_2_dates_in_other_formats_several_expires_and_a_bad_age,
+    rfc9110_15_2_an_interim_status_from_the_service_is_never_stored,
+    rfc9213_a_handler_overrides_its_routes_ttl_with_the_caches_own_field,
     rfc9111_4_2_3_age_includes_the_upstream_age,
     rfc9110_6_6_1_date_is_kept_and_added_when_missing,
     rfc9111_3_policy_driven_ttl_may_be_shortened_by_max_age,
