@@ -4,7 +4,7 @@
 use std::{
     collections::VecDeque,
     pin::Pin,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
 };
 
 use bytes::Bytes;
@@ -42,6 +42,14 @@ pin_project! {
             error: Option<B::Error>,
             rest: Option<Pin<Box<B>>>,
         },
+        // One range of a body that streams through (a range request for a
+        // response too large to store): `skip` bytes dropped, then
+        // `remaining` bytes sent; the rest and any trailers are not.
+        Slice {
+            body: Pin<Box<CacheBody<B>>>,
+            skip: u64,
+            remaining: u64,
+        },
     }
 }
 
@@ -65,6 +73,26 @@ impl<B: Body> CacheBody<B> {
             kind: Kind::Inner { body },
         }
     }
+
+    /// The bytes of a body the layer holds whole (a hit, a stored miss);
+    /// `None` for a body that streams through.
+    pub(crate) fn bytes(&self) -> Option<Bytes> {
+        match &self.kind {
+            Kind::Full { data } => Some(data.clone().unwrap_or_default()),
+            _ => None,
+        }
+    }
+
+    /// The `length` bytes of this streaming body from offset `first`.
+    pub(crate) fn slice(self, first: u64, length: u64) -> Self {
+        Self {
+            kind: Kind::Slice {
+                body: Box::pin(self),
+                skip: first,
+                remaining: length,
+            },
+        }
+    }
 }
 
 impl<B: Body> std::fmt::Debug for CacheBody<B> {
@@ -73,6 +101,7 @@ impl<B: Body> std::fmt::Debug for CacheBody<B> {
             Kind::Full { .. } => "Full",
             Kind::Inner { .. } => "Inner",
             Kind::Replay { .. } => "Replay",
+            Kind::Slice { .. } => "Slice",
         };
         f.debug_struct("CacheBody").field("kind", &kind).finish()
     }
@@ -108,6 +137,34 @@ where
                     None => Poll::Ready(None),
                 }
             }
+            KindProj::Slice {
+                body,
+                skip,
+                remaining,
+            } => loop {
+                if *remaining == 0 {
+                    return Poll::Ready(None);
+                }
+                let frame = match ready!(body.as_mut().poll_frame(cx)) {
+                    Some(Ok(frame)) => frame,
+                    other => return Poll::Ready(other),
+                };
+                let Ok(mut data) = frame.into_data() else {
+                    continue; // trailers are not part of a range
+                };
+                let len = data.len() as u64;
+                if len <= *skip {
+                    *skip -= len;
+                    continue;
+                }
+                // Both below `len`, a `usize`.
+                let start = *skip as usize;
+                let end = (*skip + (*remaining).min(len - *skip)) as usize;
+                data = data.slice(start..end);
+                *skip = 0;
+                *remaining -= data.len() as u64;
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            },
         }
     }
 
@@ -124,6 +181,9 @@ where
                     && error.is_none()
                     && rest.as_ref().is_none_or(|b| b.is_end_stream())
             }
+            Kind::Slice {
+                body, remaining, ..
+            } => *remaining == 0 || body.is_end_stream(),
         }
     }
 
@@ -147,6 +207,7 @@ where
                 }
                 hint
             }
+            Kind::Slice { remaining, .. } => SizeHint::with_exact(*remaining),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! planned and looked up (see [`pipeline`](crate::pipeline)).
 
 use std::{
+    future::Future,
     mem,
     sync::Arc,
     task::{Context, Poll},
@@ -18,7 +19,8 @@ use crate::{
     body::CacheBody,
     core::{bump, CacheCore, Lookup},
     future::ResponseFuture,
-    pipeline::{invalidate_after, plan, serve, serve_now, unsafe_targets},
+    http::{take_range, RangeRequest},
+    pipeline::{answer_range, invalidate_after, plan, serve, serve_now, unsafe_targets},
     policy::Rule,
     status::Fwd,
     CacheHandle,
@@ -144,6 +146,13 @@ where
             };
             return ResponseFuture::bypass(self.inner.call(req), self.core.clone(), fwd);
         };
+        // The range is answered from the complete response: neither the
+        // lookup nor the service sees `Range` or `If-Range`.
+        let range = if checks.http.range {
+            take_range(req.headers_mut(), plan.head)
+        } else {
+            None
+        };
         // Wrapping the future in a span moves it; skip that (and making the
         // span) when nobody listens at debug level.
         let debug = tracing::enabled!(tracing::Level::DEBUG);
@@ -158,7 +167,13 @@ where
                 generation,
                 now,
             }) => match serve_now(&self.core, entry, req.headers(), &plan, now) {
-                Ok(response) => return ResponseFuture::ready(response),
+                Ok(response) => {
+                    let response = match &range {
+                        Some(range) => answer_range(range, response),
+                        None => response,
+                    };
+                    return ResponseFuture::ready(response);
+                }
                 Err(entry) => Some(Lookup::Found {
                     entry,
                     generation,
@@ -173,7 +188,7 @@ where
         let inner = mem::replace(&mut self.inner, clone);
         if !debug {
             let serve = serve(self.core.clone(), inner, req, plan, prefetched);
-            return ResponseFuture::cache(Box::pin(serve));
+            return ranged(serve, range);
         }
         let span = tracing::debug_span!(
             "http_cache",
@@ -181,6 +196,23 @@ where
             key = %plan.key(),
         );
         let serve = serve(self.core.clone(), inner, req, plan, None);
-        ResponseFuture::cache(Box::pin(tracing::Instrument::instrument(serve, span)))
+        ranged(tracing::Instrument::instrument(serve, span), range)
+    }
+}
+
+/// The future of a cacheable request, its response turned into the answer
+/// to `range` when the request asked for one.
+fn ranged<F, B, E>(
+    serve: impl Future<Output = Result<Response<CacheBody<B>>, E>> + Send + 'static,
+    range: Option<RangeRequest>,
+) -> ResponseFuture<F, B, E>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    match range {
+        None => ResponseFuture::cache(Box::pin(serve)),
+        Some(range) => ResponseFuture::cache(Box::pin(async move {
+            serve.await.map(|response| answer_range(&range, response))
+        })),
     }
 }

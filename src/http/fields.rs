@@ -8,9 +8,12 @@ use http::{header, HeaderMap, HeaderName};
 /// nearly free for the few fields most requests carry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct RequestFields {
-    /// `Range` or a precondition meant for the origin (`If-Match`,
-    /// `If-Unmodified-Since`, `If-Range`): the cache does not answer it.
+    /// A precondition meant for the origin (`If-Match`,
+    /// `If-Unmodified-Since`): the cache does not answer it.
     pub(crate) passes_through: bool,
+    /// `Range` or `If-Range`: the cache answers the range from the complete
+    /// response (see [`take_range`](super::take_range)).
+    pub(crate) range: bool,
     /// `Cache-Control` or `Pragma`: request directives to parse.
     pub(crate) directives: bool,
     pub(crate) authorization: bool,
@@ -42,11 +45,9 @@ impl RequestFields {
             self.cookie = true;
         } else if name == header::IF_NONE_MATCH || name == header::IF_MODIFIED_SINCE {
             self.conditional = true;
-        } else if name == header::RANGE
-            || name == header::IF_MATCH
-            || name == header::IF_UNMODIFIED_SINCE
-            || name == header::IF_RANGE
-        {
+        } else if name == header::RANGE || name == header::IF_RANGE {
+            self.range = true;
+        } else if name == header::IF_MATCH || name == header::IF_UNMODIFIED_SINCE {
             self.passes_through = true;
         }
     }
@@ -105,7 +106,8 @@ mod tests {
         assert_eq!(
             all,
             RequestFields {
-                passes_through: true,
+                passes_through: false,
+                range: true,
                 directives: true,
                 authorization: true,
                 cookie: true,
@@ -114,7 +116,8 @@ mod tests {
         );
         assert!(scan(&[("pragma", "no-cache")]).directives);
         assert!(scan(&[("if-modified-since", "x")]).conditional);
-        for precondition in ["if-match", "if-unmodified-since", "if-range"] {
+        assert!(scan(&[("if-range", "x")]).range);
+        for precondition in ["if-match", "if-unmodified-since"] {
             assert!(
                 scan(&[(precondition, "x")]).passes_through,
                 "{precondition}"

@@ -13,6 +13,7 @@
 //! | `conditional` | `If-None-Match`/`If-Modified-Since`, `304` merging (RFC 9110 §13, §4.3.4) |
 //! | `fields` | the request fields the cache acts on, hop-by-hop fields |
 //! | `invalidation` | which URIs an unsafe request invalidates (§4.4) |
+//! | `range` | `Range` and `If-Range`, the parts they ask for, `multipart/byteranges` (RFC 9110 §14) |
 
 mod cache_control;
 mod conditional;
@@ -20,6 +21,7 @@ mod date;
 mod fields;
 mod freshness;
 mod invalidation;
+mod range;
 mod storage;
 mod vary;
 
@@ -31,6 +33,7 @@ pub(crate) use self::{
     fields::{is_hop_by_hop, RequestFields},
     freshness::{judge, Use},
     invalidation::same_origin,
+    range::{content_range, take_range, unsatisfied_range, Answer, Multipart, RangeRequest},
     storage::{refuse_to_store, storable},
     vary::{selects, variant_id, vary, Vary},
 };

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 
 use super::{
     date::format_http_date,
@@ -25,7 +25,8 @@ use crate::{
 /// back.
 ///
 /// A response that may be stored gets a `Date` if it has none (RFC 9110
-/// §6.6.1: a recipient that caches a response without one adds it).
+/// §6.6.1: a recipient that caches a response without one adds it), and a
+/// `200` gets `Accept-Ranges: bytes` if it has no `Accept-Ranges`.
 pub(crate) fn storable(
     rule: &Resolved,
     status: StatusCode,
@@ -43,7 +44,7 @@ pub(crate) fn storable(
     if !headers.contains_key(header::DATE) {
         headers.insert(header::DATE, format_http_date(response_ms / 1000));
     }
-    lifetimes(
+    let stored = lifetimes(
         rule,
         status,
         headers,
@@ -51,7 +52,12 @@ pub(crate) fn storable(
         shared_only,
         request_ms,
         response_ms,
-    )
+    )?;
+    // The cache answers range requests from a stored `200` (RFC 9110 §14.3).
+    if status == StatusCode::OK && !headers.contains_key(header::ACCEPT_RANGES) {
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    Some(stored)
 }
 
 /// Whether the response may be served to requests with credentials (RFC

@@ -10,7 +10,9 @@
 //!    then [`fill`]: the service answers and, if the route and the response
 //!    allow it, the response is stored (`MISS`). A store failure sends the
 //!    request through (`BYPASS`).
-//! 4. [`invalidate`]: an unsafe request that succeeds removes what it
+//! 4. [`range`]: a request's `Range`, taken off it before the lookup, is
+//!    answered from the complete `200` that 2 or 3 produced.
+//! 5. [`invalidate`]: an unsafe request that succeeds removes what it
 //!    changed.
 //!
 //! [`CacheService`](crate::CacheService) only dispatches to these.
@@ -20,6 +22,7 @@ mod invalidate;
 mod lookup;
 mod miss;
 mod plan;
+mod range;
 mod respond;
 
 use bytes::Bytes;
@@ -31,6 +34,7 @@ pub(crate) use self::{
     invalidate::{invalidate_after, unsafe_targets},
     lookup::{serve, serve_now},
     plan::plan,
+    range::answer_range,
 };
 
 /// The inner service as the cache path needs it (its future may run in a
