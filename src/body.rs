@@ -337,6 +337,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slice_of_a_stream_spans_its_chunks_and_drops_trailers() {
+        let body = chunks(vec![
+            data("abcd"),
+            data("efgh"),
+            data("ijkl"),
+            Ok(Frame::trailers(HeaderMap::new())),
+        ]);
+        let slice = CacheBody::inner(body).slice(3, 6);
+        assert_eq!(slice.size_hint().exact(), Some(6));
+        assert_eq!(read_all(slice).await, (b"defghi".to_vec(), false, None));
+        let past = CacheBody::inner(chunks(vec![data("abcd"), data("ef")])).slice(5, 10);
+        assert_eq!(read_all(past).await, (b"f".to_vec(), false, None));
+    }
+
+    #[tokio::test]
     async fn trailers_and_errors_are_kept() {
         let with_trailers = chunks(vec![data("x"), Ok(Frame::trailers(HeaderMap::new()))]);
         let Collected::NotStorable(b) = collect_up_to(with_trailers, 100).await else {
