@@ -139,7 +139,30 @@ struct Got {
     body: Bytes,
 }
 
+fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut b = Request::builder().method(method).uri(uri);
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    b.body(Full::default()).unwrap()
+}
+
 impl Got {
+    async fn read<B>(res: Response<B>) -> Self
+    where
+        B: http_body::Body,
+        B::Error: std::fmt::Debug,
+    {
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        Got {
+            status,
+            headers,
+            body,
+        }
+    }
+
     fn header(&self, name: &str) -> &str {
         self.headers.get(name).map_or("", |v| v.to_str().unwrap())
     }
@@ -177,24 +200,8 @@ impl Cache {
     }
 
     async fn send(&self, method: &str, uri: &str, headers: &[(&str, &str)]) -> Got {
-        let mut b = Request::builder().method(method).uri(uri);
-        for (n, v) in headers {
-            b = b.header(*n, *v);
-        }
-        let res = self
-            .svc
-            .clone()
-            .oneshot(b.body(Full::default()).unwrap())
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        Got {
-            status,
-            headers,
-            body,
-        }
+        let res = self.svc.clone().oneshot(request(method, uri, headers));
+        Got::read(res.await.unwrap()).await
     }
 
     async fn get(&self, uri: &str, headers: &[(&str, &str)]) -> Got {
@@ -560,25 +567,9 @@ impl Proxy {
     }
 
     async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.addr));
-        for (n, v) in headers {
-            b = b.header(*n, *v);
-        }
-        let res = self
-            .client
-            .request(b.body(Full::default()).unwrap())
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        Got {
-            status,
-            headers,
-            body,
-        }
+        let uri = format!("http://{}{path}", self.addr);
+        let res = self.client.request(request(method, &uri, headers));
+        Got::read(res.await.unwrap()).await
     }
 }
 

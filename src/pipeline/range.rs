@@ -53,6 +53,7 @@ where
             parts.status = StatusCode::RANGE_NOT_SATISFIABLE;
             let headers = &mut parts.headers;
             headers.remove(CONTENT_TYPE);
+            headers.remove(header::CONTENT_ENCODING);
             headers.insert(CONTENT_RANGE, unsatisfied_range(length));
             headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
             return Response::from_parts(parts, CacheBody::empty());
