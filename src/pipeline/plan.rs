@@ -81,7 +81,7 @@ pub(crate) fn plan<B>(
         bypassed(
             req.method(),
             uri,
-            "a Range or precondition field (If-Match, If-Unmodified-Since, If-Range)",
+            "a precondition field meant for the origin (If-Match, If-Unmodified-Since)",
         );
         return None;
     }
