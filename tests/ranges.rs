@@ -8,23 +8,17 @@ mod support;
 #[path = "../examples/reverse_proxy.rs"]
 mod reverse_proxy;
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
+use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
+    rt::TokioExecutor,
 };
-use support::RedisServer;
+use support::{Origin, RedisServer};
 use tower::{util::BoxCloneService, ServiceBuilder, ServiceExt};
 use tower_redis_cache::{CachePolicy, RedisCacheLayer, RedisCacheLayerBuilder};
 
@@ -73,6 +67,22 @@ fn respond(method: &str, path: &str, headers: &HeaderMap, big_len: usize) -> Res
             .header("content-type", "application/octet-stream")
             .header("content-length", big_len)
             .body(body(big(big_len))),
+        // A part of the same representation (same strong tag) answering the
+        // revalidation of a stored response that was never fresh.
+        "/partial-update" if headers.contains_key("if-none-match") => b
+            .status(206)
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"v2\"")
+            .header("x-version", "2")
+            .header("content-type", "multipart/byteranges; boundary=x")
+            .header("content-range", "bytes 0-1/36")
+            .body(body(Bytes::from_static(b"01"))),
+        "/partial-update" => b
+            .header("cache-control", "max-age=0")
+            .header("content-type", "text/plain")
+            .header("etag", "\"v2\"")
+            .header("x-version", "1")
+            .body(body(Bytes::from_static(DOC.as_bytes()))),
         // An origin that answers a part, whatever it is asked.
         "/partial" => b
             .status(206)
@@ -118,17 +128,13 @@ impl Backend {
     }
 }
 
-type Svc = BoxCloneService<
-    Request<Full<Bytes>>,
-    Response<tower_redis_cache::CacheBody<Full<Bytes>>>,
-    Infallible,
->;
+type Svc =
+    BoxCloneService<Request<Full<Bytes>>, Response<tower_redis_cache::CacheBody<Body>>, Infallible>;
 
-/// The layer in front of the test origin; `seen` holds the headers of
-/// every request that reached the origin.
+/// The layer in front of the test origin.
 struct Cache {
     svc: Svc,
-    seen: Arc<Mutex<Vec<HeaderMap>>>,
+    origin: Origin,
 }
 
 /// What a client got.
@@ -172,31 +178,32 @@ impl Got {
     }
 }
 
+/// The test origin as the shared test double.
+fn test_origin(big_len: usize) -> Origin {
+    Origin::new(move |req, _| {
+        respond(
+            req.method().as_str(),
+            req.uri().path(),
+            req.headers(),
+            big_len,
+        )
+        .map(Body::new)
+    })
+}
+
 async fn cache(builder: RedisCacheLayerBuilder, big_len: usize) -> Cache {
     let layer = builder.build().unwrap();
-    let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
-    let s = seen.clone();
-    let inner = tower::service_fn(move |req: Request<Full<Bytes>>| {
-        let (parts, _) = req.into_parts();
-        s.lock().unwrap().push(parts.headers.clone());
-        let reply = respond(
-            parts.method.as_str(),
-            parts.uri.path(),
-            &parts.headers,
-            big_len,
-        );
-        async move { Ok::<_, Infallible>(reply) }
-    });
-    let svc = ServiceBuilder::new().layer(layer).service(inner);
+    let origin = test_origin(big_len);
+    let svc = ServiceBuilder::new().layer(layer).service(origin.clone());
     Cache {
         svc: BoxCloneService::new(svc),
-        seen,
+        origin,
     }
 }
 
 impl Cache {
     fn calls(&self) -> usize {
-        self.seen.lock().unwrap().len()
+        self.origin.calls()
     }
 
     async fn send(&self, method: &str, uri: &str, headers: &[(&str, &str)]) -> Got {
@@ -362,7 +369,7 @@ async fn rfc9110_14_a_miss_with_range_stores_the_complete_response_and_answers_2
         assert_eq!((got.status, got.text()), (206, "abc"));
         assert_eq!(got.header("content-range"), "bytes 10-12/36");
         assert_eq!(got.header("x-cache"), "MISS");
-        let asked = c.seen.lock().unwrap()[0].clone();
+        let asked = c.origin.seen()[0].headers.clone();
         assert!(
             !asked.contains_key("range") && !asked.contains_key("if-range"),
             "the origin is asked for the complete response: {asked:?}"
@@ -410,7 +417,7 @@ async fn range_on_a_route_the_cache_does_not_serve_reaches_the_origin_untouched(
             .await;
         assert_eq!((got.status, got.text()), (200, "bytes=0-1"));
         assert_eq!(got.header("x-cache"), "BYPASS");
-        let asked = c.seen.lock().unwrap()[0].clone();
+        let asked = c.origin.seen()[0].headers.clone();
         assert_eq!(asked.get("if-range").unwrap(), "\"x\"");
     }
 }
@@ -507,46 +514,16 @@ async fn rfc9110_13_2_2_a_matching_if_none_match_gets_304_whatever_the_range() {
 
 // Over real sockets: the reverse-proxy example on Redis.
 
-/// Starts the test origin on a socket; returns its address and the headers
-/// of every request it saw.
-async fn origin(big_len: usize) -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
-    let s = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let s = s.clone();
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                s.lock().unwrap().push(req.headers().clone());
-                let reply = respond(
-                    req.method().as_str(),
-                    req.uri().path(),
-                    req.headers(),
-                    big_len,
-                );
-                async move { Ok::<_, Infallible>(reply) }
-            });
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
-}
-
 struct Proxy {
     addr: SocketAddr,
     client: Client<HttpConnector, Full<Bytes>>,
-    seen: Arc<Mutex<Vec<HeaderMap>>>,
+    origin: Origin,
 }
 
 impl Proxy {
     async fn start(redis: &RedisServer, max_body_bytes: usize, big_len: usize) -> Self {
-        let (upstream, seen) = origin(big_len).await;
+        let origin = test_origin(big_len);
+        let upstream = origin.serve().await;
         let builder = RedisCacheLayer::builder()
             .store(redis.store().await)
             .max_body_bytes(max_body_bytes);
@@ -558,12 +535,12 @@ impl Proxy {
         Self {
             addr,
             client: Client::builder(TokioExecutor::new()).build_http(),
-            seen,
+            origin,
         }
     }
 
     fn calls(&self) -> usize {
-        self.seen.lock().unwrap().len()
+        self.origin.calls()
     }
 
     async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
@@ -581,7 +558,7 @@ async fn rfc9110_14_ranges_through_the_proxy_are_answered_from_redis() {
     assert_eq!((got.status, got.text()), (206, "01234"));
     assert_eq!(got.header("content-range"), "bytes 0-4/36");
     assert_eq!(got.header("x-cache"), "MISS");
-    assert!(!proxy.seen.lock().unwrap()[0].contains_key("range"));
+    assert!(!proxy.origin.seen()[0].headers.contains_key("range"));
 
     let got = proxy.send("GET", "/doc", &[("range", "bytes=-3")]).await;
     assert_eq!((got.status, got.text()), (206, "xyz"));
@@ -634,5 +611,34 @@ async fn rfc9110_14_a_large_body_through_the_proxy_is_answered_from_the_stream()
         assert_eq!(got.header("content-range"), "bytes 150000-150099/200000");
         assert_eq!(got.body, expected.slice(150_000..150_100));
         assert_eq!(proxy.calls(), round, "nothing is stored");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_3_4_a_206_of_the_stored_representation_updates_its_fields() {
+    for backend in Backend::both() {
+        let c = cache(backend.builder().await, 0).await;
+        let first = c.get("/partial-update", &[]).await;
+        assert_eq!((first.status, first.header("x-version")), (200, "1"));
+        // Stored never fresh: the next request revalidates, and the origin
+        // answers with a part of the same representation.
+        let second = c.get("/partial-update", &[]).await;
+        assert_eq!(
+            (second.status, second.text()),
+            (200, DOC),
+            "the whole stored body"
+        );
+        assert_eq!(
+            second.header("x-version"),
+            "2",
+            "the part's fields update it"
+        );
+        assert_eq!(second.header("content-type"), "text/plain");
+        assert!(second.header("content-range").is_empty());
+        let third = c.get("/partial-update", &[("range", "bytes=0-2")]).await;
+        assert_eq!((third.status, third.text()), (206, "012"));
+        assert_eq!(third.header("x-cache"), "HIT");
+        assert_eq!(third.header("x-version"), "2");
+        assert_eq!(c.calls(), 2);
     }
 }

@@ -79,8 +79,13 @@ async fn a_thousand_concurrent_misses_through_four_instances_reach_the_origin_on
         !outcomes.keys().any(|k| k.contains("BYPASS")),
         "{outcomes:?}"
     );
+    // Every request but the one that reached the origin was given its
+    // response: by waiting for it (coalesced), or, when the machine ran it
+    // late, by finding it stored (a hit).
     let coalesced: u64 = handles.iter().map(|h| h.stats().coalesced).sum();
-    assert_eq!(coalesced, 999, "{outcomes:?}");
+    let hits: u64 = handles.iter().map(|h| h.stats().hits).sum();
+    assert_eq!(coalesced + hits, 999, "{outcomes:?}");
+    assert!(coalesced >= 1, "{outcomes:?}");
     assert!(handles.iter().map(|h| h.stats().lock_waits).sum::<u64>() >= 1);
 }
 

@@ -33,7 +33,10 @@ pub(crate) use self::{
     fields::{is_hop_by_hop, RequestFields},
     freshness::{judge, Use},
     invalidation::same_origin,
-    range::{content_range, take_range, unsatisfied_range, Answer, Multipart, RangeRequest},
+    range::{
+        content_range, same_representation, take_range, unsatisfied_range, Answer, Multipart,
+        RangeRequest,
+    },
     storage::{refuse_to_store, storable},
     vary::{selects, variant_id, vary, Vary},
 };

@@ -228,6 +228,20 @@ fn if_range_holds(value: &HeaderValue, response: &HeaderMap) -> bool {
     date == modified && modified < sent
 }
 
+/// RFC 9111 §3.4: whether a `206` from the origin is a part of the stored
+/// response, so that its header fields may update the stored ones: both
+/// carry the same strong entity tag.
+pub(crate) fn same_representation(stored: &HeaderMap, partial: &HeaderMap) -> bool {
+    let tag = |h: &HeaderMap| {
+        h.get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|t| is_strong_tag(t))
+            .map(str::to_owned)
+    };
+    matches!((tag(stored), tag(partial)), (Some(a), Some(b)) if a == b)
+}
+
 /// `"opaque"`, not `W/"opaque"` (RFC 9110 §8.8.3).
 fn is_strong_tag(tag: &str) -> bool {
     tag.len() >= 2

@@ -126,9 +126,21 @@ where
         };
         let mut body = Some(body);
         let mut known = None;
-        if let (Some(stored), StatusCode::NOT_MODIFIED) = (&revalidating, parts.status) {
-            // RFC 9111 §4.3.4: the stored response, with the 304's headers.
+        // RFC 9111 §4.3.4: a 304 freshens the stored response; §3.4: so does
+        // a 206 of the same representation (same strong entity tag), whose
+        // part is dropped for the whole stored body.
+        let updates_stored = revalidating.as_ref().is_some_and(|stored| {
+            parts.status == StatusCode::NOT_MODIFIED
+                || (parts.status == StatusCode::PARTIAL_CONTENT
+                    && crate::http::same_representation(&stored.headers, &parts.headers))
+        });
+        if let (true, Some(stored)) = (updates_stored, &revalidating) {
             bump(&core.counters.revalidations);
+            if parts.status == StatusCode::PARTIAL_CONTENT {
+                // The part's own type (`multipart/byteranges`) is not the
+                // stored response's.
+                parts.headers.remove(header::CONTENT_TYPE);
+            }
             let mut headers = stored.headers.clone();
             merge_not_modified(&mut headers, &parts.headers);
             parts.status = stored.status;
