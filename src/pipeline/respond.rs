@@ -128,10 +128,13 @@ pub(crate) fn served_headers(
 }
 
 /// A copy of stored headers with room for the `age` and cache-status fields
-/// a served entry gets. A clone would be exactly full, and the first insert
-/// would move every field to a larger allocation.
+/// a served entry gets, and one field more. A clone would be exactly full,
+/// and the first insert would move every field to a larger allocation; a
+/// full map grows on any insert, even of a field it holds, so the prepared
+/// map that every hit clones keeps a spare slot (for `age`, or a
+/// `Cache-Status`).
 pub(crate) fn copy_headers(stored: &HeaderMap) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(stored.len() + 2);
+    let mut headers = HeaderMap::with_capacity(stored.len() + 3);
     for (name, value) in stored {
         headers.append(name.clone(), value.clone());
     }
