@@ -222,13 +222,11 @@ impl KeyShape {
                 format!("{path}?{kept}")
             };
             let mut parts = req.uri().clone().into_parts();
-            // A path and query made of a valid one's pieces is valid.
-            if let Ok(pq) = http::uri::PathAndQuery::try_from(target) {
-                parts.path_and_query = Some(pq);
-                if let Ok(uri) = http::Uri::from_parts(parts) {
-                    *req.uri_mut() = uri;
-                }
-            }
+            // A path and query made of a valid one's pieces is valid; were
+            // it not, the request keeps every parameter and so does its
+            // key: the service never sees one the key leaves out.
+            parts.path_and_query = Some(http::uri::PathAndQuery::try_from(target).ok()?);
+            *req.uri_mut() = http::Uri::from_parts(parts).ok()?;
         }
         Some(kept)
     }
