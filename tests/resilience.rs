@@ -1126,20 +1126,29 @@ fn a_batch_whose_runtime_stops_before_it_is_sent_leaves_later_batches_working() 
         .unwrap();
     let redis = RedisServer::start();
     let app = main.block_on(async { hits_on_one_connection(&redis, 1, |b| b).await.0 });
-    // Two hits polled once on a runtime that then stops: the first is sent
-    // at once, the second waits for a batch whose task never runs.
+    // Hits polled once on a runtime that then stops: the first is sent at
+    // once, a later one waits for a batch whose task never runs. A hit may
+    // complete on its first poll on a busy machine, so hits are started
+    // until one is left waiting.
     let stopped = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let mut waiting = Vec::new();
     stopped.block_on(async {
-        let mut first = Box::pin(send(&app, req_get("/items/1")));
-        let mut second = Box::pin(send(&app, req_get("/items/1")));
-        for hit in [&mut first, &mut second] {
+        for _ in 0..8 {
+            let mut hit = Box::pin(send(&app, req_get("/items/1")));
             let polled = std::future::poll_fn(|cx| Poll::Ready(hit.as_mut().poll(cx))).await;
-            assert!(polled.is_pending());
+            if polled.is_pending() {
+                waiting.push(hit);
+                if waiting.len() == 2 {
+                    break;
+                }
+            }
         }
     });
+    assert!(!waiting.is_empty(), "no hit was left waiting on the stopped runtime");
+    drop(waiting);
     drop(stopped);
     main.block_on(async {
         let hits = futures_util::future::join_all((0..16).map(|_| send(&app, req_get("/items/1"))));
