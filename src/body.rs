@@ -50,6 +50,7 @@ pin_project! {
             skip: u64,
             remaining: u64,
         },
+        Gunzip { decoder: Box<crate::gzip::Gunzip> },
     }
 }
 
@@ -76,6 +77,19 @@ impl<B: Body> CacheBody<B> {
 
     /// The bytes of a body the layer holds whole (a hit, a stored miss);
     /// `None` for a body that streams through.
+    /// A stored gzip member, decompressed as it is sent (never past
+    /// `decoded_len` bytes). A member that turns out corrupt or of another
+    /// length ends the body early: the connection, whose `Content-Length`
+    /// promised more, is closed and the client sees an incomplete response,
+    /// never a wrong one.
+    pub(crate) fn gunzip(stored: Bytes, decoded_len: u64) -> Self {
+        Self {
+            kind: Kind::Gunzip {
+                decoder: Box::new(crate::gzip::Gunzip::new(stored, decoded_len)),
+            },
+        }
+    }
+
     pub(crate) fn bytes(&self) -> Option<Bytes> {
         match &self.kind {
             Kind::Full { data } => Some(data.clone().unwrap_or_default()),
@@ -102,6 +116,7 @@ impl<B: Body> std::fmt::Debug for CacheBody<B> {
             Kind::Inner { .. } => "Inner",
             Kind::Replay { .. } => "Replay",
             Kind::Slice { .. } => "Slice",
+            Kind::Gunzip { .. } => "Gunzip",
         };
         f.debug_struct("CacheBody").field("kind", &kind).finish()
     }
@@ -165,6 +180,13 @@ where
                 *remaining -= data.len() as u64;
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             },
+            KindProj::Gunzip { decoder } => match decoder.next_chunk() {
+                Ok(chunk) => Poll::Ready(chunk.map(|c| Ok(Frame::data(c)))),
+                Err(why) => {
+                    crate::gzip::broken(why, decoder.left());
+                    Poll::Ready(None)
+                }
+            },
         }
     }
 
@@ -184,6 +206,8 @@ where
             Kind::Slice {
                 body, remaining, ..
             } => *remaining == 0 || body.is_end_stream(),
+            // Not before its checksum is read.
+            Kind::Gunzip { .. } => false,
         }
     }
 
@@ -208,6 +232,7 @@ where
                 hint
             }
             Kind::Slice { remaining, .. } => SizeHint::with_exact(*remaining),
+            Kind::Gunzip { decoder } => SizeHint::with_exact(decoder.left()),
         }
     }
 }

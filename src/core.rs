@@ -129,6 +129,8 @@ pub(crate) struct Counters {
     pub(crate) store_errors: AtomicU64,
     pub(crate) stores: AtomicU64,
     pub(crate) bytes_stored: AtomicU64,
+    pub(crate) body_bytes: AtomicU64,
+    pub(crate) body_bytes_at_rest: AtomicU64,
     pub(crate) corrupt_entries: AtomicU64,
     pub(crate) coalesced: AtomicU64,
     pub(crate) lock_waits: AtomicU64,
@@ -209,6 +211,8 @@ impl CacheCore {
             store_errors: c.store_errors.load(Relaxed),
             stores: c.stores.load(Relaxed),
             bytes_stored: c.bytes_stored.load(Relaxed),
+            body_bytes: c.body_bytes.load(Relaxed),
+            body_bytes_at_rest: c.body_bytes_at_rest.load(Relaxed),
             corrupt_entries: c.corrupt_entries.load(Relaxed),
             coalesced: c.coalesced.load(Relaxed),
             lock_waits: c.lock_waits.load(Relaxed),
@@ -334,5 +338,15 @@ impl CacheCore {
         self.counters.stores.fetch_add(writes.len() as u64, Relaxed);
         self.counters.bytes_stored.fetch_add(bytes as u64, Relaxed);
         crate::metrics::stored(writes.len(), bytes);
+    }
+
+    /// Counts a body written: `received` bytes as the service sent it,
+    /// `at_rest` as stored (compressed or not).
+    pub(crate) fn count_body(&self, received: usize, at_rest: usize) {
+        self.counters.body_bytes.fetch_add(received as u64, Relaxed);
+        self.counters
+            .body_bytes_at_rest
+            .fetch_add(at_rest as u64, Relaxed);
+        crate::metrics::stored_body(received, at_rest);
     }
 }

@@ -36,7 +36,8 @@ const SLOTS: usize = 512;
 
 /// Values longer than this are decoded every time: comparing them would
 /// cost more than decoding (which does not read the body), and 512 of them
-/// at most 8 MiB in all.
+/// at most 8 MiB in all (16 MiB with the decoded bodies of compressed
+/// ones, which are kept only up to this length too).
 const MAX_LEN: usize = 16 * 1024;
 
 pub(crate) struct Decoded {
@@ -89,6 +90,12 @@ impl Decoded {
         }
         let bytes = Bytes::copy_from_slice(value);
         let entry = Arc::new(entry::decode(&bytes)?);
+        // A kept entry shared with a client that does not accept gzip keeps
+        // its decoded body too: only small ones are kept, so the slots stay
+        // within their bound.
+        if entry.gzipped.is_some_and(|len| len > MAX_LEN as u64) {
+            return Some(entry);
+        }
         slot.kept.store(Some(Arc::new(Kept {
             bytes,
             entry: entry.clone(),

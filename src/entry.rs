@@ -11,15 +11,23 @@
 //!   response that was never fresh ([`Entry::never_fresh`]), so that fact
 //!   needs no field of its own and entries of every version carry it;
 //! - a flags byte: must-revalidate, shared, has a variant id, is a `Vary`
-//!   marker;
+//!   marker, the body is stored gzip-compressed;
+//! - for a compressed body, its decoded length (LEB128);
 //! - the variant id, then the marker (names, nonce), each string a `u16`
 //!   length and its bytes;
 //! - a `u16` header count, then each header as a name and a value. The name
 //!   is one byte: the field's place in [`KNOWN`] plus one, or `0` followed by
 //!   a `u16` length and the name. The value is a LEB128 length and the bytes.
-//!   The first header is always `content-length`, the body's length: it is
-//!   checked against the body when decoded, and served without being
-//!   formatted again.
+//!   The first header is always `content-length`, the stored body's
+//!   length: it is checked against the body when decoded, and served
+//!   without being formatted again.
+//!
+//! An entry whose body the cache compressed (docs/compression.md) holds the
+//! origin's fields as they were (no `Content-Encoding`, the origin's `ETag`)
+//! and the gzip member; the representation a client gets is made when it is
+//! served. Versions before compression refuse the flag, so an instance of
+//! such a version, sharing the Redis during a rolling deploy, reads these
+//! entries as misses and never serves compressed bytes as the body.
 //!
 //! Entries of formats 1 (JSON metadata), 2 (every name spelled out, no
 //! `content-length`) and 3 (this layout with the byte `3`) are misses, as
@@ -112,6 +120,8 @@ pub(crate) struct Extra {
     pub(crate) variant: Option<String>,
     /// Set on the marker stored at the primary key of a varying response.
     pub(crate) marker: Option<Marker>,
+    /// The body is a gzip member the cache made, of a body this long.
+    pub(crate) gzipped: Option<u64>,
 }
 
 /// How long an entry is fresh, and how long it may be served stale after.
@@ -165,10 +175,18 @@ pub(crate) struct Entry {
     pub(crate) shared: bool,
     pub(crate) variant: Option<Box<str>>,
     pub(crate) marker: Option<std::sync::Arc<Marker>>,
+    /// `Some(decoded length)` when the body is stored gzip-compressed by the
+    /// cache; see [`crate::gzip`].
+    pub(crate) gzipped: Option<u64>,
     pub(crate) body: Bytes,
     /// The headers as a hit serves them, made on the first hit of an entry
-    /// the in-process store or tier shares; see [`Served`].
+    /// the in-process store or tier shares; see [`Served`]. For a
+    /// compressed body: the gzip representation's.
     pub(crate) served: std::sync::OnceLock<Served>,
+    /// For a compressed body shared in process: the decoded representation's
+    /// headers and body, made on its first hit by a client that does not
+    /// accept gzip (`None` inside when the body does not decompress).
+    pub(crate) decoded: std::sync::OnceLock<Option<(Served, Bytes)>>,
 }
 
 /// A shared entry's headers with `age` and the cache-status field already
@@ -303,8 +321,12 @@ pub(crate) fn encode_with(
     let flags = u8::from(extra.must_revalidate)
         | u8::from(extra.shared) << 1
         | u8::from(extra.variant.is_some()) << 2
-        | u8::from(extra.marker.is_some()) << 3;
+        | u8::from(extra.marker.is_some()) << 3
+        | u8::from(extra.gzipped.is_some()) << 4;
     meta.put_u8(flags);
+    if let Some(decoded) = extra.gzipped {
+        put_varint(&mut meta, decoded);
+    }
     if let Some(variant) = &extra.variant {
         put_str(&mut meta, variant.as_bytes())?;
     }
@@ -439,9 +461,14 @@ pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
     }
     let [stored_at_ms, ttl_ms, swr_ms, sie_ms, keep_ms, delta_ms, generation, initial_age_ms] = n;
     let flags = r.u8()?;
-    if flags >> 4 != 0 {
+    if flags >> 5 != 0 {
         return None;
     }
+    let gzipped = if flags & 16 != 0 {
+        Some(r.varint()?)
+    } else {
+        None
+    };
     let variant = if flags & 4 != 0 {
         Some(Box::from(r.str()?))
     } else {
@@ -474,7 +501,9 @@ pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
     }
     // Room for `age` and the cache-status header, so serving the entry does
     // not grow the map.
-    let mut headers = HeaderMap::try_with_capacity(count + 2).ok()?;
+    // A compressed body's representations add up to two more.
+    let room = if gzipped.is_some() { 4 } else { 2 };
+    let mut headers = HeaderMap::try_with_capacity(count + room).ok()?;
     // Points into `value`: shares its memory, and is served as it is.
     let length = HeaderValue::from_maybe_shared(value.slice_ref(length)).ok()?;
     headers.insert(header::CONTENT_LENGTH, length);
@@ -497,6 +526,9 @@ pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
     if !r.buf.is_empty() {
         return None;
     }
+    if gzipped.is_some_and(|len| !crate::gzip::plausible(&body, len)) {
+        return None;
+    }
     Some(Entry {
         status,
         headers,
@@ -512,8 +544,10 @@ pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
         shared: flags & 2 != 0,
         variant,
         marker,
+        gzipped,
         body,
         served: std::sync::OnceLock::new(),
+        decoded: std::sync::OnceLock::new(),
     })
 }
 
@@ -652,6 +686,55 @@ mod tests {
     }
 
     #[test]
+    fn a_compressed_body_round_trips_and_a_foreign_one_is_refused() {
+        let body = br#"[{"id":1,"name":"a"},{"id":2,"name":"b"},{"id":3,"name":"c"}]"#.repeat(40);
+        let member = crate::gzip::compress(&body, 6, 1.0).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+        let value = |stored: &[u8], decoded: u64| {
+            let extra = Extra {
+                gzipped: Some(decoded),
+                ..Extra::default()
+            };
+            encode_with(
+                StatusCode::OK,
+                &headers,
+                stored,
+                &Lifetimes {
+                    fresh: Duration::from_secs(60),
+                    stale_while_revalidate: Duration::ZERO,
+                    stale_if_error: Duration::ZERO,
+                    revalidate: Duration::ZERO,
+                },
+                Duration::ZERO,
+                0,
+                None,
+                &extra,
+            )
+            .unwrap()
+        };
+        let e = decode(&value(&member, body.len() as u64)).expect("decodes");
+        assert_eq!(e.gzipped, Some(body.len() as u64));
+        assert_eq!(e.body, member);
+        // The stored fields are the origin's; `content-length` is the
+        // stored member's.
+        assert_eq!(e.headers[header::ETAG], "\"v1\"");
+        assert!(!e.headers.contains_key(header::CONTENT_ENCODING));
+        assert_eq!(
+            e.headers[header::CONTENT_LENGTH],
+            member.len().to_string().as_str()
+        );
+        // A decoded length the member's trailer does not give, or a body
+        // that is not a gzip member, is a miss.
+        assert!(decode(&value(&member, body.len() as u64 + 1)).is_none());
+        assert!(decode(&value(&body, body.len() as u64)).is_none());
+    }
+
+    #[test]
     fn markers_and_variants_round_trip() {
         let extra = Extra {
             initial_age_ms: 30_000,
@@ -662,6 +745,7 @@ mod tests {
                 names: vec!["accept".into(), "accept-language".into()],
                 nonce: "0badf00d".into(),
             }),
+            gzipped: None,
         };
         let v = encode_with(
             StatusCode::NOT_FOUND,

@@ -163,6 +163,14 @@ pub struct CacheStats {
     pub stores: u64,
     /// Bytes written, entries' metadata included.
     pub bytes_stored: u64,
+    /// The bodies of the entries written, in bytes as the service sent them
+    /// (before compression; see
+    /// [`Compression`](crate::Compression)).
+    pub body_bytes: u64,
+    /// The same bodies as stored: compressed where that paid, as sent
+    /// otherwise. `body_bytes_at_rest / body_bytes` is what compression
+    /// saves.
+    pub body_bytes_at_rest: u64,
     /// Stored values that did not decode (they were deleted and counted as misses).
     pub corrupt_entries: u64,
 }
@@ -392,6 +400,8 @@ impl CacheHandle {
             uri: Uri,
             parts: http::response::Parts,
             body: Bytes,
+            /// The body's length as given, before compression.
+            received: usize,
             lifetimes: entry::Lifetimes,
             extra: entry::Extra,
             tags: Vec<String>,
@@ -433,7 +443,7 @@ impl CacheHandle {
             }
             let now = entry::now_ms();
             let status = parts.status;
-            let Some((lifetimes, extra)) =
+            let Some((lifetimes, mut extra)) =
                 crate::http::storable(rule, status, &mut parts.headers, &cc, false, now, now)
             else {
                 continue;
@@ -455,7 +465,17 @@ impl CacheHandle {
                      pass an absolute URI such as http://shop.example/products/7"
                 ))
             })?;
+            // Stored as the layer stores it after a miss.
+            let received = body.len();
+            let body = match crate::gzip::for_store(&rule.compression, &parts.headers, &body) {
+                Some(member) => {
+                    extra.gzipped = Some(received as u64);
+                    member
+                }
+                None => body,
+            };
             candidates.push(Candidate {
+                received,
                 query: keyed_query(rule, uri.query()).map(Cow::into_owned),
                 namespace: rule.namespace.clone(),
                 origin,
@@ -519,6 +539,9 @@ impl CacheHandle {
         match result {
             Ok(writes) => {
                 core.count_writes(&writes);
+                for c in &candidates {
+                    core.count_body(c.received, c.body.len());
+                }
                 Ok(writes.len())
             }
             Err(_) => Ok(0),

@@ -146,6 +146,7 @@ mod decoded;
 mod entry;
 mod error;
 mod future;
+mod gzip;
 mod handle;
 mod hex;
 mod http;
@@ -182,7 +183,7 @@ pub use {
     future::ResponseFuture,
     handle::{CacheHandle, CacheStats, Invalidation},
     layer::{RedisCacheLayer, RedisCacheLayerBuilder},
-    policy::{CachePolicy, CookiePolicy, FreshnessMode},
+    policy::{CachePolicy, Codec, Compression, CookiePolicy, FreshnessMode},
     service::CacheService,
     tags::CacheTags,
 };
@@ -215,6 +216,8 @@ mod guide_snippets {
     struct ManagedRedis;
     #[doc = include_str!("../docs/tiers.md")]
     struct Tiers;
+    #[doc = include_str!("../docs/compression.md")]
+    struct Compression;
     #[doc = include_str!("../docs/migrating-from-fastapi-rc.md")]
     struct MigratingFromFastapiRc;
     #[doc = include_str!("../docs/design.md")]

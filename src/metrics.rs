@@ -10,6 +10,8 @@
 //! | `http_cache_store_errors_total` | counter | `op` |
 //! | `http_cache_stored_entries_total` | counter | |
 //! | `http_cache_stored_bytes_total` | counter | |
+//! | `http_cache_stored_body_bytes_total` | counter | `form`: `received` (as the service sent them), `at_rest` (as stored, compressed where that paid) |
+//! | `http_cache_corrupt_bodies_total` | counter | stored compressed bodies that did not decompress to their length while served |
 //! | `http_cache_fills_fenced_total` | counter | |
 //! | `http_cache_breaker_state` | gauge | 0 closed, 1 half-open, 2 open |
 //! | `http_cache_breaker_trips_total` | counter | |
@@ -45,6 +47,17 @@ mod enabled {
 
     pub(crate) fn fenced() {
         metrics::counter!("http_cache_fills_fenced_total").increment(1);
+    }
+
+    pub(crate) fn stored_body(received: usize, at_rest: usize) {
+        metrics::counter!("http_cache_stored_body_bytes_total", "form" => "received")
+            .increment(received as u64);
+        metrics::counter!("http_cache_stored_body_bytes_total", "form" => "at_rest")
+            .increment(at_rest as u64);
+    }
+
+    pub(crate) fn corrupt_body() {
+        metrics::counter!("http_cache_corrupt_bodies_total").increment(1);
     }
 
     pub(crate) fn breaker(state: BreakerState, tripped: bool) {
@@ -93,6 +106,10 @@ mod enabled {
 
     #[inline(always)]
     pub(crate) fn fenced() {}
+
+    pub(crate) fn stored_body(_: usize, _: usize) {}
+
+    pub(crate) fn corrupt_body() {}
 
     #[inline(always)]
     pub(crate) fn breaker(_: BreakerState, _: bool) {}

@@ -70,8 +70,126 @@ pub struct CachePolicy {
     invalidate_on_unsafe: Option<bool>,
     request_directives: Option<bool>,
     cookies: Option<CookiePolicy>,
+    compression: Option<Compression>,
     key: KeySettings,
     bypass: bool,
+}
+
+/// How a route's bodies are stored: gzip-compressed (the default) or as the
+/// origin sent them. See docs/compression.md.
+///
+/// A stored body is compressed when it is at least [`threshold`] bytes, its
+/// `Content-Type` is text or structured text (JSON, XML, JavaScript, SVG),
+/// the origin did not encode it (`Content-Encoding`), its `Cache-Control`
+/// does not say `no-transform`, and compression brings it to
+/// [`max_ratio`] of its size or less. Clients that accept gzip get the
+/// stored bytes as they are (`Content-Encoding: gzip`); others get the
+/// body decompressed as it is sent.
+///
+/// [`threshold`]: Compression::threshold
+/// [`max_ratio`]: Compression::max_ratio
+///
+/// ```
+/// use tower_redis_cache::{CachePolicy, Compression};
+///
+/// // Catalogue pages: compress from 4 KiB, as hard as gzip goes.
+/// let pages = CachePolicy::new().compression(Compression::gzip().threshold(4096).level(9));
+/// // Bodies that must reach clients byte for byte as the origin sent them.
+/// let exact = CachePolicy::new().compression(Compression::off());
+/// # let _ = (pages, exact);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Compression {
+    pub(crate) codec: Option<Codec>,
+    pub(crate) threshold: usize,
+    pub(crate) level: u32,
+    pub(crate) max_ratio: f32,
+}
+
+/// The codings a body can be stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Codec {
+    /// gzip (RFC 1952): accepted by nearly every HTTP client, so one stored
+    /// coding serves them as it is.
+    Gzip,
+}
+
+impl Compression {
+    /// gzip at level 6 for bodies of 1 KiB and up that shrink to 90% or
+    /// less (the default).
+    pub fn gzip() -> Self {
+        Self {
+            codec: Some(Codec::Gzip),
+            threshold: 1024,
+            level: 6,
+            max_ratio: 0.9,
+        }
+    }
+
+    /// Bodies are stored as the origin sent them.
+    pub fn off() -> Self {
+        Self {
+            codec: None,
+            ..Self::gzip()
+        }
+    }
+
+    /// The coding used, `None` when off.
+    pub fn codec(&self) -> Option<Codec> {
+        self.codec
+    }
+
+    /// Bodies shorter than this many bytes are stored as they are (default
+    /// 1024): below about a kilobyte gzip saves little, and every client
+    /// that does not accept gzip pays a decompression.
+    pub fn threshold(mut self, bytes: usize) -> Self {
+        self.threshold = bytes;
+        self
+    }
+
+    /// The gzip level, 1 (fastest) to 9 (smallest); default 6. It is paid
+    /// once, on the miss that stores the body; decompression costs about
+    /// the same at every level.
+    pub fn level(mut self, level: u32) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// The largest compressed size, as a fraction of the body, for which the
+    /// compressed body is stored (default 0.9): a body that does not shrink
+    /// that much is stored as it is, sparing decompression for little
+    /// memory.
+    pub fn max_ratio(mut self, ratio: f32) -> Self {
+        self.max_ratio = ratio;
+        self
+    }
+
+    fn validate(&self, what: &str) -> Result<(), Error> {
+        if self.codec.is_none() {
+            return Ok(());
+        }
+        if !(1..=9).contains(&self.level) {
+            return Err(Error::config(format!(
+                "{what}: compression level {} is outside 1..=9; use 1 (fastest) to 9 \
+                 (smallest), or Compression::off()",
+                self.level
+            )));
+        }
+        if !(self.max_ratio > 0.0 && self.max_ratio <= 1.0) {
+            return Err(Error::config(format!(
+                "{what}: compression max_ratio {} is outside 0.0 (excluded) to 1.0; use e.g. 0.9",
+                self.max_ratio
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Self::gzip()
+    }
 }
 
 /// Where an entry's freshness comes from.
@@ -289,6 +407,12 @@ impl CachePolicy {
         self
     }
 
+    /// How this route's bodies are stored (default: [`Compression::gzip`]).
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = Some(compression);
+        self
+    }
+
     /// Adds a strong `ETag` computed from the body (SHA-256, the same on every
     /// process and machine) to stored responses that have none, so clients
     /// can revalidate with `If-None-Match` and get a `304` from the cache
@@ -475,6 +599,7 @@ impl CachePolicy {
             http: self.http(&base.http),
             shape: None,
             key: self.key.over(&base.key),
+            compression: self.compression.unwrap_or(base.compression),
         };
         let resolved = Resolved {
             shape: resolved.key.shape(what)?,
@@ -591,6 +716,7 @@ pub(crate) struct Resolved {
     pub(crate) key: KeySettings,
     /// How the key is shaped; `None` for the default format.
     pub(crate) shape: Option<Arc<KeyShape>>,
+    pub(crate) compression: Compression,
 }
 
 impl Resolved {
@@ -610,6 +736,7 @@ impl Resolved {
             http: HttpRules::default(),
             key: KeySettings::default(),
             shape: None,
+            compression: Compression::gzip(),
         }
     }
 
@@ -652,6 +779,7 @@ impl Resolved {
             )));
         }
         check_component(&format!("{what}: namespace"), &self.namespace)?;
+        self.compression.validate(what)?;
         if self.statuses.is_empty() {
             return Err(Error::config(format!(
                 "{what}: no cacheable statuses; list at least one, or use CachePolicy::bypass()"

@@ -13,8 +13,20 @@ use super::{
 /// The result of evaluating a request's `If-None-Match` /
 /// `If-Modified-Since` against a stored response (RFC 9110 §13.2.2).
 pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap, stored_at_ms: u64) -> bool {
+    not_modified_as(request, stored.get(header::ETAG), stored, stored_at_ms)
+}
+
+/// [`not_modified`] for a representation of the stored response whose tag
+/// is `etag` (the gzip representation of an entry stored compressed has its
+/// own).
+pub(crate) fn not_modified_as(
+    request: &HeaderMap,
+    etag: Option<&HeaderValue>,
+    stored: &HeaderMap,
+    stored_at_ms: u64,
+) -> bool {
     if request.contains_key(header::IF_NONE_MATCH) {
-        let etag = stored.get(header::ETAG).and_then(|v| v.to_str().ok());
+        let etag = etag.and_then(|v| v.to_str().ok());
         return request
             .get_all(header::IF_NONE_MATCH)
             .iter()

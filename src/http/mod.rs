@@ -6,6 +6,7 @@
 //! | file | what it decides |
 //! |---|---|
 //! | `cache_control` | the `Cache-Control` and `Pragma` directives (§5.2, §5.4) |
+//! | `coding` | content coding: what may be stored gzip-compressed, who accepts gzip, the fields of each representation (RFC 9110 §8.4, §12.5.3) |
 //! | `date` | HTTP dates (RFC 9110 §5.6.7) |
 //! | `freshness` | freshness lifetime, age, and what a stored response is good for (§4.2) |
 //! | `storage` | whether a response may be stored, and for how long (§3) |
@@ -16,6 +17,7 @@
 //! | `range` | `Range` and `If-Range`, the parts they ask for, `multipart/byteranges` (RFC 9110 §14) |
 
 mod cache_control;
+mod coding;
 mod conditional;
 mod date;
 mod fields;
@@ -27,8 +29,13 @@ mod vary;
 
 pub(crate) use self::{
     cache_control::CacheControl,
+    coding::{
+        accepts_gzip, coded_etag, map_back_tags, may_compress, recoded_304_tag,
+        vary_on_accept_encoding,
+    },
     conditional::{
-        body_etag, merge_not_modified, not_modified, take_conditionals, NOT_MODIFIED_HEADERS,
+        body_etag, merge_not_modified, not_modified, not_modified_as, take_conditionals,
+        NOT_MODIFIED_HEADERS,
     },
     fields::{is_hop_by_hop, RequestFields},
     freshness::{judge, Use},

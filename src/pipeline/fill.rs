@@ -16,7 +16,11 @@ use http::{
 use http_body::Body;
 use tower_service::Service;
 
-use super::{miss::Filled, plan::Plan, respond::not_modified_response};
+use super::{
+    miss::Filled,
+    plan::Plan,
+    respond::{not_modified_response, represent, Coding},
+};
 use crate::{
     body::{collect_up_to, CacheBody, Collected},
     core::{bump, CacheCore},
@@ -61,6 +65,15 @@ where
         } else {
             (HeaderMap::new(), HeaderMap::new())
         };
+        // A conditional request that goes to the service as it is (`HEAD`,
+        // `no-store`): tags of the gzip representation of an entry stored
+        // compressed are mapped back to the service's own.
+        let forwarded_tags = (!may_store && req.headers().contains_key(header::IF_NONE_MATCH))
+            .then(|| {
+                let sent = req.headers().clone();
+                crate::http::map_back_tags(req.headers_mut());
+                sent
+            });
         // For Cache-Status: why the request went to the service.
         let fwd = match &stored {
             _ if generation.is_none() => Fwd::Bypass,
@@ -108,6 +121,15 @@ where
         let request_ms = entry::now_ms();
         let (mut parts, body) = inner.call(req).await?.into_parts();
         let response_ms = entry::now_ms();
+        if let (Some(sent), StatusCode::NOT_MODIFIED) = (&forwarded_tags, parts.status) {
+            let recoded = parts
+                .headers
+                .get(header::ETAG)
+                .and_then(|tag| crate::http::recoded_304_tag(sent, tag));
+            if let Some(tag) = recoded {
+                parts.headers.insert(header::ETAG, tag);
+            }
+        }
         let fwd_status = parts.status;
         let detail = |stored: bool, fresh: Option<Duration>| Detail {
             fwd: Some(fwd),
@@ -145,7 +167,7 @@ where
             merge_not_modified(&mut headers, &parts.headers);
             parts.status = stored.status;
             parts.headers = headers;
-            known = Some(stored.body.clone());
+            known = Some((stored.body.clone(), stored.gzipped));
             body = None;
             if generation.is_some() {
                 outcome = CacheStatus::Revalidated;
@@ -230,25 +252,49 @@ where
             cache_status(cache_status_field, &mut parts.headers, detail(false, None));
             let body = match (body, known) {
                 (Some(body), _) => CacheBody::inner(body),
-                (None, Some(bytes)) => CacheBody::full(bytes),
+                (None, Some((bytes, gzipped))) => {
+                    present(&mut parts.headers, bytes, None, gzipped, plan.accepts_gzip)
+                }
                 (None, None) => CacheBody::empty(),
             };
             return Ok((Response::from_parts(parts, body), None));
         };
         // Buffered even when the store failed: requests waiting on this one get
         // the same response instead of calling the service themselves.
-        let collected = match (body, known) {
-            (None, Some(bytes)) => Collected::Complete(bytes),
-            (Some(body), _) => collect_up_to(body, core.settings.max_body_bytes).await,
-            (None, None) => Collected::Complete(Bytes::new()),
+        // `gzipped`: the decoded length, when the bytes are the gzip member
+        // of a revalidated entry stored compressed.
+        let (collected, gzipped) = match (body, known) {
+            (None, Some((bytes, gzipped))) => (Collected::Complete(bytes), gzipped),
+            (Some(body), _) => (
+                collect_up_to(body, core.settings.max_body_bytes).await,
+                None,
+            ),
+            (None, None) => (Collected::Complete(Bytes::new()), None),
         };
         let mut handover = None;
         let mut stored = false;
         let body = match collected {
             Collected::Complete(bytes) => {
-                if plan.rule.http.etag && !parts.headers.contains_key(header::ETAG) {
+                if plan.rule.http.etag
+                    && gzipped.is_none()
+                    && !parts.headers.contains_key(header::ETAG)
+                {
                     parts.headers.insert(header::ETAG, body_etag(&bytes));
                 }
+                // Compressed once, here, and only for a response that is
+                // going to be written.
+                let compressed = match gzipped {
+                    None if generation.is_some() && fence.is_some() => {
+                        compress_for_store(&plan, &parts.headers, &bytes).await
+                    }
+                    _ => None,
+                };
+                let just_compressed = compressed.is_some();
+                let (at_rest, gzipped) = match compressed {
+                    Some(member) => (member, Some(bytes.len() as u64)),
+                    None => (bytes.clone(), gzipped),
+                };
+                extra.gzipped = gzipped;
                 let mut writes = Vec::with_capacity(2);
                 let mut entry_key = plan.primary.clone();
                 let status_header = core.settings.status_header.as_ref();
@@ -308,7 +354,7 @@ where
                 let encoded = entry::encode_with(
                     parts.status,
                     stored_headers,
-                    &bytes,
+                    &at_rest,
                     &lifetimes,
                     started.elapsed(),
                     gen,
@@ -332,8 +378,20 @@ where
                             .write_fenced(&writes, fence, plan.lock.as_deref())
                             .await
                             .unwrap_or(false);
+                        if stored {
+                            let received = gzipped.map_or(bytes.len() as u64, |n| n);
+                            core.count_body(received as usize, at_rest.len());
+                        }
                     }
                 }
+                // The client gets what a hit would give it.
+                let body = present(
+                    &mut parts.headers,
+                    at_rest,
+                    just_compressed.then_some(bytes),
+                    gzipped,
+                    plan.accepts_gzip,
+                );
                 if !conditionals.is_empty()
                     && parts.status == StatusCode::OK
                     && not_modified(&conditionals, &parts.headers, response_ms)
@@ -350,7 +408,7 @@ where
                     );
                     return Ok((response, handover));
                 }
-                CacheBody::full(bytes)
+                body
             }
             Collected::NotStorable(body) => {
                 if let Some((method, uri)) = &target {
@@ -375,6 +433,56 @@ where
             detail(stored, fresh),
         );
         Ok((Response::from_parts(parts, body), handover))
+    }
+}
+
+/// Bodies from this size up are compressed on the blocking pool, not on the
+/// runtime thread that serves requests.
+const COMPRESS_ASIDE: usize = 256 * 1024;
+
+/// `body` compressed as the route's policy says, or `None` when the policy,
+/// the body's size, type or coding, or the saving rule it out.
+async fn compress_for_store(plan: &Plan, headers: &HeaderMap, body: &Bytes) -> Option<Bytes> {
+    let c = plan.rule.compression;
+    if body.len() < COMPRESS_ASIDE {
+        return crate::gzip::for_store(&c, headers, body);
+    }
+    if !crate::gzip::wanted(&c, headers, body) {
+        return None;
+    }
+    let body = body.clone();
+    tokio::task::spawn_blocking(move || crate::gzip::compress(&body, c.level, c.max_ratio))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The body a client gets of a stored (or about to be stored) response
+/// whose body is `at_rest`, with `headers` made those of its
+/// representation: the stored bytes, with `Content-Encoding: gzip` for a
+/// client that accepts gzip when `gzipped` (the decoded length) says they
+/// are compressed; else `decoded` (the bytes as received) or the stored
+/// bytes decompressed as they are sent.
+fn present<B: Body>(
+    headers: &mut HeaderMap,
+    at_rest: Bytes,
+    decoded: Option<Bytes>,
+    gzipped: Option<u64>,
+    accepts_gzip: bool,
+) -> CacheBody<B> {
+    let Some(len) = gzipped else {
+        return CacheBody::full(at_rest);
+    };
+    if accepts_gzip {
+        represent(headers, gzipped, Coding::Gzip);
+        headers.insert(header::CONTENT_LENGTH, at_rest.len().into());
+        CacheBody::full(at_rest)
+    } else {
+        represent(headers, gzipped, Coding::Decoded);
+        match decoded {
+            Some(bytes) => CacheBody::full(bytes),
+            None => CacheBody::gunzip(at_rest, len),
+        }
     }
 }
 

@@ -215,7 +215,7 @@ impl CacheCore {
                 fetched.decoded = self.decoded.decode(key, value);
             }
         }
-        match Self::assess(fetched) {
+        match Self::assess(fetched, self.settings.max_body_bytes) {
             Ok(lookup) => lookup,
             Err((generation, len)) => {
                 bump(&self.counters.corrupt_entries);
@@ -234,8 +234,11 @@ impl CacheCore {
     }
 
     /// What a fetched value is worth; `Err` (its generation and length) for
-    /// a value that does not decode.
-    fn assess(fetched: Fetched) -> Result<Lookup, (u64, usize)> {
+    /// a value that does not decode, or whose compressed body claims to
+    /// decompress past `max_body` (the layer never stores such a body: the
+    /// value is foreign or corrupt, and serving it to a client that does not
+    /// accept gzip would decompress all of it).
+    fn assess(fetched: Fetched, max_body: usize) -> Result<Lookup, (u64, usize)> {
         let generation = fetched.generation;
         let Some(value) = fetched.value else {
             return Ok(Lookup::Miss { generation });
@@ -243,7 +246,8 @@ impl CacheCore {
         let decoded = match fetched.decoded {
             Some(entry) => Some(entry),
             None => entry::decode(&value).map(Arc::new),
-        };
+        }
+        .filter(|e| e.gzipped.is_none_or(|len| len <= max_body as u64));
         let now = entry::now_ms();
         match decoded {
             Some(entry)
@@ -292,6 +296,6 @@ impl CacheCore {
             );
         }
         self.breaker.record_success();
-        Self::assess(fetched).ok()
+        Self::assess(fetched, self.settings.max_body_bytes).ok()
     }
 }

@@ -34,6 +34,9 @@ pub(crate) struct Plan {
     pub(crate) shared_only: bool,
     /// The request carries `If-None-Match` or `If-Modified-Since`.
     pub(crate) conditional: bool,
+    /// The request's `Accept-Encoding` accepts gzip: an entry stored
+    /// compressed is served as stored.
+    pub(crate) accepts_gzip: bool,
     /// The cross-instance lock of the key, once this request holds it.
     pub(crate) lock: Option<Arc<HeldLock>>,
     /// How many requests in this process wait for this one's response,
@@ -129,6 +132,7 @@ pub(crate) fn plan<B>(
             Some(query),
         ),
     };
+    let accepts_gzip = crate::http::accepts_gzip(headers);
     if let Some(shape) = shape.filter(|s| s.has_material()) {
         shape.push_material(&mut key, req);
     }
@@ -142,6 +146,7 @@ pub(crate) fn plan<B>(
         shared_only: (!rule.allow_authorization && fields.authorization)
             || cookies == CookiePolicy::SharedOnly,
         conditional: fields.conditional,
+        accepts_gzip,
         lock: None,
         followers: None,
     })

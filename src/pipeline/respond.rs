@@ -1,5 +1,6 @@
 //! Respond: a response built from a stored entry (`age`, the status header,
-//! conditional requests answered with `304`).
+//! conditional requests answered with `304`), in the representation the
+//! request accepts when the entry's body is stored compressed.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use crate::{
     body::CacheBody,
     core::{bump, CacheCore},
     entry::{Entry, Served},
-    http::{not_modified, NOT_MODIFIED_HEADERS},
+    http::{coded_etag, not_modified_as, vary_on_accept_encoding, NOT_MODIFIED_HEADERS},
     status::{cache_status, mark, CacheStatus, Detail, Fwd},
 };
 
@@ -27,6 +28,59 @@ pub(crate) enum Via {
     Collapsed,
     /// Standing in for the service, which failed (stale-if-error).
     ServiceFailed,
+}
+
+/// Which representation of an entry a request gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Coding {
+    /// The body as stored, with the stored fields: an entry not compressed.
+    AsStored,
+    /// The stored gzip member with `Content-Encoding: gzip` and the gzip
+    /// representation's entity tag.
+    Gzip,
+    /// The stored gzip member decompressed as it is sent.
+    Decoded,
+}
+
+impl Coding {
+    /// The representation of `entry` for a request that does (or does not)
+    /// accept gzip.
+    pub(crate) fn of(entry: &Entry, accepts_gzip: bool) -> Self {
+        match (entry.gzipped, accepts_gzip) {
+            (None, _) => Coding::AsStored,
+            (Some(_), true) => Coding::Gzip,
+            (Some(_), false) => Coding::Decoded,
+        }
+    }
+}
+
+/// Turns the stored fields of an entry whose body is compressed
+/// (`gzipped`: its decoded length) into those of the `coding`
+/// representation: both say `Vary: Accept-Encoding` (the choice depends on
+/// it); the gzip one has `Content-Encoding` and its own entity tag, the
+/// decoded one the decoded length.
+pub(crate) fn represent(headers: &mut HeaderMap, gzipped: Option<u64>, coding: Coding) {
+    let Some(decoded_len) = gzipped else {
+        return;
+    };
+    match coding {
+        Coding::AsStored => return,
+        Coding::Gzip => {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            retag(headers);
+        }
+        Coding::Decoded => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(decoded_len));
+        }
+    }
+    vary_on_accept_encoding(headers);
+}
+
+/// Gives the fields of a gzip representation its entity tag.
+fn retag(headers: &mut HeaderMap) {
+    if let Some(tag) = headers.get(header::ETAG).and_then(coded_etag) {
+        headers.insert(header::ETAG, tag);
+    }
 }
 
 /// What `Cache-Status` says about an entry served `via`.
@@ -62,20 +116,26 @@ pub(crate) fn cached_response<B: Body>(
         .as_ref()
         .map(|_| entry_detail(&entry, plan, via, now));
     let status_header = core.settings.status_header.as_ref();
+    let coding = Coding::of(&entry, plan.accepts_gzip);
     // An entry only this request holds (decoded from the store's bytes) is
     // taken apart; one the in-process store or a flight shares is served
     // from its prepared headers.
     let (status, headers, body, marked) = match Arc::try_unwrap(entry) {
-        Ok(entry) => (entry.status, entry.headers, entry.body, false),
-        Err(shared) => {
-            let (headers, marked) = served_headers(&shared, status_header, outcome);
-            (shared.status, headers, shared.body.clone(), marked)
+        Ok(entry) => {
+            let mut headers = entry.headers;
+            represent(&mut headers, entry.gzipped, coding);
+            let body = match (coding, entry.gzipped) {
+                _ if plan.head => CacheBody::empty(),
+                (Coding::Decoded, Some(len)) => CacheBody::gunzip(entry.body, len),
+                _ => CacheBody::full(entry.body),
+            };
+            (entry.status, headers, body, false)
         }
-    };
-    let body = if plan.head {
-        CacheBody::empty()
-    } else {
-        CacheBody::full(body)
+        Err(shared) => {
+            let (headers, body, marked) = served(&shared, status_header, outcome, coding);
+            let body = if plan.head { CacheBody::empty() } else { body };
+            (shared.status, headers, body, marked)
+        }
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -94,17 +154,26 @@ pub(crate) fn cached_response<B: Body>(
     response
 }
 
-/// The headers of a shared entry as a hit serves them, and whether they
-/// already carry `outcome` in the cache-status field: a clone of the map
-/// prepared on the entry's first hit, or a copy with room for the two fields
-/// when the entry was prepared for another layer's status field.
-pub(crate) fn served_headers(
+/// The largest decoded body kept beside a shared entry; larger ones are
+/// decompressed on every hit that needs them, as they are sent.
+const KEEP_DECODED: u64 = 256 * 1024;
+
+/// A shared entry as a hit serves it in `coding`: its headers, its body,
+/// and whether the headers already carry `outcome` in the cache-status
+/// field. The headers are a clone of the map prepared on the entry's first
+/// hit in that representation, or a copy when the entry was prepared for
+/// another layer's status field. A compressed entry's decoded body is made
+/// once too, on its first hit by a client that does not accept gzip (if it
+/// does not decompress, each such hit streams it and is cut short).
+fn served<B: Body>(
     entry: &Entry,
     status_header: Option<&HeaderName>,
     outcome: CacheStatus,
-) -> (HeaderMap, bool) {
-    let served = entry.served.get_or_init(|| {
+    coding: Coding,
+) -> (HeaderMap, CacheBody<B>, bool) {
+    let prepare = || {
         let mut headers = copy_headers(&entry.headers);
+        represent(&mut headers, entry.gzipped, coding);
         headers.insert(AGE, age_value(0));
         if let Some(name) = status_header {
             headers.insert(
@@ -116,25 +185,47 @@ pub(crate) fn served_headers(
             status_header: status_header.cloned(),
             headers,
         }
-    });
-    if served.status_header.as_ref() == status_header {
-        (
+    };
+    let (prepared, body) = match (coding, entry.gzipped) {
+        (Coding::Decoded, Some(len)) if len <= KEEP_DECODED => {
+            let decoded = entry.decoded.get_or_init(|| {
+                let bytes = crate::gzip::decompress(&entry.body, len)?;
+                Some((prepare(), bytes))
+            });
+            match decoded {
+                Some((prepared, bytes)) => (Some(prepared), CacheBody::full(bytes.clone())),
+                None => (None, CacheBody::gunzip(entry.body.clone(), len)),
+            }
+        }
+        (Coding::Decoded, Some(len)) => (None, CacheBody::gunzip(entry.body.clone(), len)),
+        _ => (
+            Some(entry.served.get_or_init(prepare)),
+            CacheBody::full(entry.body.clone()),
+        ),
+    };
+    match prepared {
+        Some(served) if served.status_header.as_ref() == status_header => (
             served.headers.clone(),
+            body,
             outcome == CacheStatus::Hit || status_header.is_none(),
-        )
-    } else {
-        (copy_headers(&entry.headers), false)
+        ),
+        _ => {
+            let mut headers = copy_headers(&entry.headers);
+            represent(&mut headers, entry.gzipped, coding);
+            (headers, body, false)
+        }
     }
 }
 
 /// A copy of stored headers with room for the `age` and cache-status fields
-/// a served entry gets, and one field more. A clone would be exactly full,
+/// a served entry gets, the fields of a compressed entry's representation,
+/// and one field more. A clone would be exactly full,
 /// and the first insert would move every field to a larger allocation; a
 /// full map grows on any insert, even of a field it holds, so the prepared
 /// map that every hit clones keeps a spare slot (for `age`, or a
 /// `Cache-Status`).
 pub(crate) fn copy_headers(stored: &HeaderMap) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(stored.len() + 3);
+    let mut headers = HeaderMap::with_capacity(stored.len() + 5);
     for (name, value) in stored {
         headers.append(name.clone(), value.clone());
     }
@@ -152,15 +243,30 @@ pub(crate) fn serve_entry<B: Body>(
     via: Via,
     now: u64,
 ) -> Response<CacheBody<B>> {
-    if entry.status == StatusCode::OK
-        && plan.conditional
-        && not_modified(request, &entry.headers, entry.stored_at_ms)
-    {
+    let coding = Coding::of(&entry, plan.accepts_gzip);
+    let matches = || {
+        let coded;
+        let etag = match (coding, entry.headers.get(header::ETAG)) {
+            (Coding::Gzip, Some(tag)) => {
+                coded = coded_etag(tag);
+                coded.as_ref()
+            }
+            (_, tag) => tag,
+        };
+        not_modified_as(request, etag, &entry.headers, entry.stored_at_ms)
+    };
+    if entry.status == StatusCode::OK && plan.conditional && matches() {
         bump(&core.counters.not_modified);
         crate::metrics::not_modified();
         let age = entry.age_secs(now);
         let mut response = not_modified_response(&entry.headers);
         let headers = response.headers_mut();
+        if entry.gzipped.is_some() {
+            if coding == Coding::Gzip {
+                retag(headers);
+            }
+            vary_on_accept_encoding(headers);
+        }
         headers.insert(AGE, age_value(age));
         mark(core.settings.status_header.as_ref(), headers, outcome);
         if core.settings.cache_status.is_some() {

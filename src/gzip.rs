@@ -1,0 +1,243 @@
+//! Bodies stored gzip-compressed (docs/compression.md): compressed once,
+//! on the miss that stores them, and decompressed for clients that do not
+//! accept gzip, in bounded chunks as the response is sent.
+
+use std::io::{Read, Write};
+
+use bytes::{buf::Reader, Buf, Bytes, BytesMut};
+use flate2::{bufread::GzDecoder, write::GzEncoder};
+use http::HeaderMap;
+
+use crate::Compression;
+
+/// How much a decompressing body hands the connection at a time.
+const CHUNK: usize = 32 * 1024;
+
+/// The smallest gzip member: a 10-byte header, an empty deflate block and
+/// the 8-byte trailer.
+const MIN_MEMBER: usize = 20;
+
+/// `body` compressed as `policy` says, or `None` when the policy, the
+/// body's size, type or coding, or the saving rule it out.
+pub(crate) fn for_store(policy: &Compression, headers: &HeaderMap, body: &[u8]) -> Option<Bytes> {
+    if !wanted(policy, headers, body) {
+        return None;
+    }
+    compress(body, policy.level, policy.max_ratio)
+}
+
+/// Whether `policy` asks for `body` (of a response with `headers`) to be
+/// compressed.
+pub(crate) fn wanted(policy: &Compression, headers: &HeaderMap, body: &[u8]) -> bool {
+    policy.codec.is_some()
+        && body.len() >= policy.threshold.max(1)
+        && crate::http::may_compress(headers)
+}
+
+/// `body` gzip-compressed at `level`, or `None` when that does not bring it
+/// to `max_ratio` of its length or less (it is then stored as it is).
+pub(crate) fn compress(body: &[u8], level: u32, max_ratio: f32) -> Option<Bytes> {
+    let limit = (body.len() as f64 * f64::from(max_ratio)) as usize;
+    let mut encoder = GzEncoder::new(
+        Vec::with_capacity(limit.min(body.len() / 2) + 64),
+        flate2::Compression::new(level),
+    );
+    encoder.write_all(body).ok()?;
+    let compressed = encoder.finish().ok()?;
+    (compressed.len() <= limit).then(|| Bytes::from(compressed))
+}
+
+/// Whether `stored` can be a gzip member that decompresses to `decoded_len`
+/// bytes: the magic bytes and deflate method up front, and the length the
+/// trailer gives (the decoded length modulo 2^32). Checked when an entry is
+/// read, before anything is served from it; the stream itself is checked
+/// as it is decompressed.
+pub(crate) fn plausible(stored: &[u8], decoded_len: u64) -> bool {
+    if stored.len() < MIN_MEMBER || stored[..3] != [0x1f, 0x8b, 8] {
+        return false;
+    }
+    let trailer: [u8; 4] = stored[stored.len() - 4..].try_into().unwrap_or_default();
+    u32::from_le_bytes(trailer) == decoded_len as u32
+}
+
+/// The whole of a stored body, decompressed; `None` when it is not a gzip
+/// member of exactly `decoded_len` bytes (it never reads more than that,
+/// plus one byte to tell).
+pub(crate) fn decompress(stored: &Bytes, decoded_len: u64) -> Option<Bytes> {
+    let mut out = Vec::with_capacity(usize::try_from(decoded_len).ok()?);
+    let mut decoder = GzDecoder::new(stored.clone().reader()).take(decoded_len + 1);
+    decoder.read_to_end(&mut out).ok()?;
+    (out.len() as u64 == decoded_len).then(|| Bytes::from(out))
+}
+
+/// A stored body decompressed chunk by chunk, never past the decoded length
+/// its entry gives.
+pub(crate) struct Gunzip {
+    decoder: GzDecoder<Reader<Bytes>>,
+    /// Bytes still to come.
+    left: u64,
+}
+
+impl std::fmt::Debug for Gunzip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gunzip").field("left", &self.left).finish()
+    }
+}
+
+/// Why a stored body stopped decompressing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Broken {
+    /// Not a valid gzip member, or its checksum does not match.
+    Corrupt,
+    /// It decompresses to more, or less, than its entry says.
+    Length,
+}
+
+/// Reports a stored body that stopped decompressing while it was sent.
+pub(crate) fn broken(why: Broken, left: u64) {
+    crate::metrics::corrupt_body();
+    tracing::warn!(
+        ?why,
+        left,
+        "a stored gzip body did not decompress to its length: the response was cut short"
+    );
+}
+
+impl Gunzip {
+    pub(crate) fn new(stored: Bytes, decoded_len: u64) -> Self {
+        Self {
+            decoder: GzDecoder::new(stored.reader()),
+            left: decoded_len,
+        }
+    }
+
+    /// Bytes still to come.
+    pub(crate) fn left(&self) -> u64 {
+        self.left
+    }
+
+    /// The next chunk; `Ok(None)` at the end of a body that decompressed to
+    /// exactly its length with a good checksum.
+    pub(crate) fn next_chunk(&mut self) -> Result<Option<Bytes>, Broken> {
+        if self.left == 0 {
+            // The trailer (checksum, length) is checked when the decoder
+            // reaches the end of the member: one more read must give
+            // nothing.
+            let mut probe = [0u8; 1];
+            return match self.decoder.read(&mut probe) {
+                Ok(0) => Ok(None),
+                Ok(_) => Err(Broken::Length),
+                Err(_) => Err(Broken::Corrupt),
+            };
+        }
+        let want = usize::try_from(self.left).unwrap_or(CHUNK).min(CHUNK);
+        let mut chunk = BytesMut::zeroed(want);
+        let mut filled = 0;
+        while filled < want {
+            match self.decoder.read(&mut chunk[filled..]) {
+                Ok(0) => return Err(Broken::Length),
+                Ok(n) => filled += n,
+                Err(_) => return Err(Broken::Corrupt),
+            }
+        }
+        self.left -= filled as u64;
+        Ok(Some(chunk.freeze()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(len: usize) -> Vec<u8> {
+        let mut s = String::from("[");
+        let mut i = 0;
+        while s.len() < len {
+            s.push_str(&format!(
+                r#"{{"id":{i},"name":"item {i}","price":{}.99}},"#,
+                i % 97
+            ));
+            i += 1;
+        }
+        s.truncate(len);
+        s.into_bytes()
+    }
+
+    fn all(mut g: Gunzip) -> Result<Vec<u8>, Broken> {
+        let mut out = Vec::new();
+        while let Some(chunk) = g.next_chunk()? {
+            assert!(chunk.len() <= CHUNK);
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_compressed_body_streams_back_to_the_same_bytes() {
+        let body = json(100_000);
+        let stored = compress(&body, 6, 0.9).expect("JSON shrinks");
+        assert!(stored.len() * 4 < body.len());
+        assert!(plausible(&stored, body.len() as u64));
+        assert_eq!(
+            all(Gunzip::new(stored.clone(), body.len() as u64)).unwrap(),
+            body
+        );
+        assert_eq!(decompress(&stored, body.len() as u64).unwrap(), body);
+    }
+
+    #[test]
+    fn a_body_that_does_not_shrink_enough_is_not_compressed() {
+        // Bytes with no repetition: gzip only adds its framing.
+        let mut x = 0x9e37_79b9_u32;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        assert!(compress(&noise, 6, 0.9).is_none());
+        let text = json(4096);
+        assert!(compress(&text, 6, 0.9).is_some());
+        // A ratio no compression reaches.
+        assert!(compress(&text, 6, 0.01).is_none());
+    }
+
+    #[test]
+    fn a_body_longer_or_shorter_than_its_entry_says_is_refused() {
+        let body = json(50_000);
+        let stored = compress(&body, 1, 1.0).unwrap();
+        let n = body.len() as u64;
+        // The decoded length names the bytes a client is promised: more
+        // (a bomb) or less is an error, and never more than was promised
+        // is produced.
+        assert_eq!(all(Gunzip::new(stored.clone(), n - 1)), Err(Broken::Length));
+        assert_eq!(all(Gunzip::new(stored.clone(), n + 1)), Err(Broken::Length));
+        assert_eq!(decompress(&stored, n - 1), None);
+        assert_eq!(decompress(&stored, n + 1), None);
+        assert!(!plausible(&stored, n + 1));
+    }
+
+    #[test]
+    fn a_corrupt_stream_is_an_error_not_a_panic() {
+        let body = json(20_000);
+        let stored = compress(&body, 6, 1.0).unwrap();
+        let mut bad = stored.to_vec();
+        let middle = bad.len() / 2;
+        bad[middle] ^= 0xff;
+        let bad = Bytes::from(bad);
+        assert!(all(Gunzip::new(bad.clone(), body.len() as u64)).is_err());
+        assert_eq!(decompress(&bad, body.len() as u64), None);
+        // A flipped byte in the checksum.
+        let mut crc = stored.to_vec();
+        let at = crc.len() - 8;
+        crc[at] ^= 1;
+        let crc = Bytes::from(crc);
+        assert_eq!(
+            all(Gunzip::new(crc, body.len() as u64)),
+            Err(Broken::Corrupt)
+        );
+        assert!(!plausible(b"not gzip at all, just text", 5));
+    }
+}
