@@ -1147,7 +1147,10 @@ fn a_batch_whose_runtime_stops_before_it_is_sent_leaves_later_batches_working() 
             }
         }
     });
-    assert!(!waiting.is_empty(), "no hit was left waiting on the stopped runtime");
+    assert!(
+        !waiting.is_empty(),
+        "no hit was left waiting on the stopped runtime"
+    );
     drop(waiting);
     drop(stopped);
     main.block_on(async {
