@@ -21,6 +21,8 @@ pub(crate) struct RequestFields {
     /// `If-None-Match` or `If-Modified-Since`: a conditional the cache
     /// answers itself.
     pub(crate) conditional: bool,
+    /// `Accept-Encoding`: whether it accepts gzip is read when planned.
+    pub(crate) accept_encoding: bool,
 }
 
 impl RequestFields {
@@ -49,6 +51,8 @@ impl RequestFields {
             self.range = true;
         } else if name == header::IF_MATCH || name == header::IF_UNMODIFIED_SINCE {
             self.passes_through = true;
+        } else if name == header::ACCEPT_ENCODING {
+            self.accept_encoding = true;
         }
     }
 }

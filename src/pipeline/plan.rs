@@ -132,7 +132,7 @@ pub(crate) fn plan<B>(
             Some(query),
         ),
     };
-    let accepts_gzip = crate::http::accepts_gzip(headers);
+    let accepts_gzip = fields.accept_encoding && crate::http::accepts_gzip(headers);
     if let Some(shape) = shape.filter(|s| s.has_material()) {
         shape.push_material(&mut key, req);
     }

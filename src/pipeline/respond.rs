@@ -172,7 +172,7 @@ fn served<B: Body>(
     coding: Coding,
 ) -> (HeaderMap, CacheBody<B>, bool) {
     let prepare = || {
-        let mut headers = copy_headers(&entry.headers);
+        let mut headers = copy_headers(entry);
         represent(&mut headers, entry.gzipped, coding);
         headers.insert(AGE, age_value(0));
         if let Some(name) = status_header {
@@ -210,23 +210,24 @@ fn served<B: Body>(
             outcome == CacheStatus::Hit || status_header.is_none(),
         ),
         _ => {
-            let mut headers = copy_headers(&entry.headers);
+            let mut headers = copy_headers(entry);
             represent(&mut headers, entry.gzipped, coding);
             (headers, body, false)
         }
     }
 }
 
-/// A copy of stored headers with room for the `age` and cache-status fields
-/// a served entry gets, the fields of a compressed entry's representation,
-/// and one field more. A clone would be exactly full,
+/// A copy of an entry's headers with room for the `age` and cache-status
+/// fields a served entry gets, the two fields of a compressed entry's
+/// representation, and one field more. A clone would be exactly full,
 /// and the first insert would move every field to a larger allocation; a
 /// full map grows on any insert, even of a field it holds, so the prepared
 /// map that every hit clones keeps a spare slot (for `age`, or a
 /// `Cache-Status`).
-pub(crate) fn copy_headers(stored: &HeaderMap) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(stored.len() + 5);
-    for (name, value) in stored {
+pub(crate) fn copy_headers(entry: &Entry) -> HeaderMap {
+    let room = if entry.gzipped.is_some() { 5 } else { 3 };
+    let mut headers = HeaderMap::with_capacity(entry.headers.len() + room);
+    for (name, value) in &entry.headers {
         headers.append(name.clone(), value.clone());
     }
     headers
