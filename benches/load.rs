@@ -26,10 +26,48 @@
 //! they do not fight over one core. The ratios matter, not the absolute
 //! numbers. `BENCH_SECONDS` (per target and round), `BENCH_ROUNDS`,
 //! `BENCH_CONCURRENCY` and `BENCH_BODY` (bytes) change the run.
+//!
+//! # Body sizes and nginx: `BENCH_MODE=bodies`
+//!
+//! `BENCH_MODE=bodies cargo bench --bench load` measures instead, for each
+//! body size and for two kinds of client (identity: no `Accept-Encoding`;
+//! gzip: `Accept-Encoding: gzip` on every request), one after another in
+//! each round, over 100 keys (`/items/0` to `/items/99`, one body each):
+//!
+//! - A: a plain axum handler serving the bodies from memory (the floor);
+//! - C: the layer on Redis, every request a hit (its store budget raised
+//!   to 1 s: 32 concurrent 1 MiB reads outlast the default 50 ms);
+//! - D: the layer with the in-process L1 tier, every request a hit;
+//! - N: nginx's `proxy_cache` in front of the same handler A, every request
+//!   a hit (one worker, keyed on the URI, `gzip on` for `application/json`
+//!   at its default level 1, `gzip_proxied any`, `gzip_vary on`; its own
+//!   temp dir and a free loopback port, so it needs no root). Without
+//!   `nginx` on PATH (or `BENCH_NGINX`, a path to it) N is skipped and the
+//!   run says so.
+//!
+//! Per target: requests/s, p50/p99, the bytes read from the socket per
+//! response (headers included), the fraction of gzip-encoded responses
+//! and the CPU per response; every unencoded body is checked to have the
+//! key's length. Then the ratios C/A, D/A, C/N, D/N and bytes C/N (median
+//! of the rounds), with the targets, and Redis's `MEMORY USAGE` of
+//! one stored entry per size for both corpora, next to the body's length.
+//! `BENCH_SIZES` (bytes, comma-separated; default `10240,102400,1048576`)
+//! and `BENCH_CORPUS` (`list`, the default: a JSON array of product
+//! objects; `catalogue`: a catalogue page of varied names, descriptions,
+//! prices and URLs that compresses less well; or `list,catalogue`) choose
+//! the bodies; `BENCH_SECONDS`, `BENCH_ROUNDS` and `BENCH_CONCURRENCY` are
+//! as above (default 2 s, 5 rounds, 32 connections: about 5 minutes per
+//! corpus). `BENCH_BODY` is not read.
 
 #[allow(unused_macros)]
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+// In `benches/load/`, where cargo does not take them for benchmarks.
+#[path = "load/bodies.rs"]
+mod bodies;
+#[path = "load/corpus.rs"]
+mod corpus;
 
 use std::{
     net::SocketAddr,
@@ -265,6 +303,11 @@ fn json(body: Bytes) -> ([(http::HeaderName, &'static str); 1], Bytes) {
 }
 
 fn main() {
+    match std::env::var("BENCH_MODE").as_deref() {
+        Err(_) | Ok("") | Ok("default") => {}
+        Ok("bodies") => return bodies::run(),
+        Ok(other) => panic!("BENCH_MODE={other}: unknown; `bodies`, or unset for the default run"),
+    }
     let seconds = env("BENCH_SECONDS", 2);
     // Five rounds: one round disturbed by the machine (a round at 0.67 amid
     // rounds near 1.0 is seen on a shared 2-core VM) does not move the median.
