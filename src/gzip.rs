@@ -16,26 +16,48 @@ const CHUNK: usize = 32 * 1024;
 /// The smallest gzip member: a 10-byte header, an empty deflate block and
 /// the 8-byte trailer.
 const MIN_MEMBER: usize = 20;
+/// The header the encoder writes (no name, comment or extra field).
+const HEADER: usize = 10;
+/// The trailer: CRC-32 and length of the decoded data.
+const TRAILER: usize = 8;
+
+/// Bodies from this size up are compressed on tokio's blocking pool, not on
+/// the runtime thread that serves requests.
+const COMPRESS_ASIDE: usize = 256 * 1024;
 
 /// `body` compressed as `policy` says, or `None` when the policy, the
 /// body's size, type or coding, or the saving rule it out.
-pub(crate) fn for_store(policy: &Compression, headers: &HeaderMap, body: &[u8]) -> Option<Bytes> {
-    if !wanted(policy, headers, body) {
+pub(crate) async fn for_store(
+    policy: &Compression,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Bytes> {
+    let wanted = policy.codec.is_some()
+        && body.len() >= policy.threshold.max(1)
+        && crate::http::may_compress(headers);
+    if !wanted {
         return None;
     }
-    compress(body, policy.level, policy.max_ratio)
-}
-
-/// Whether `policy` asks for `body` (of a response with `headers`) to be
-/// compressed.
-pub(crate) fn wanted(policy: &Compression, headers: &HeaderMap, body: &[u8]) -> bool {
-    policy.codec.is_some()
-        && body.len() >= policy.threshold.max(1)
-        && crate::http::may_compress(headers)
+    let (level, ratio) = (policy.level, policy.max_ratio);
+    if body.len() < COMPRESS_ASIDE {
+        return compress(body, level, ratio);
+    }
+    let body = body.clone();
+    tokio::task::spawn_blocking(move || compress(&body, level, ratio))
+        .await
+        .ok()
+        .flatten()
 }
 
 /// `body` gzip-compressed at `level`, or `None` when that does not bring it
 /// to `max_ratio` of its length or less (it is then stored as it is).
+///
+/// The header's four modification-time bytes, which HTTP clients ignore,
+/// hold the CRC-32 of the compressed data instead: the [`member_id`] that
+/// makes the gzip representation's entity tag name these exact bytes. Two
+/// instances with other levels or library versions store other bytes for
+/// the same response, and so give other tags: a client never resumes a
+/// download of one with a range of the other.
 pub(crate) fn compress(body: &[u8], level: u32, max_ratio: f32) -> Option<Bytes> {
     let limit = (body.len() as f64 * f64::from(max_ratio)) as usize;
     let mut encoder = GzEncoder::new(
@@ -43,8 +65,22 @@ pub(crate) fn compress(body: &[u8], level: u32, max_ratio: f32) -> Option<Bytes>
         flate2::Compression::new(level),
     );
     encoder.write_all(body).ok()?;
-    let compressed = encoder.finish().ok()?;
-    (compressed.len() <= limit).then(|| Bytes::from(compressed))
+    let mut compressed = encoder.finish().ok()?;
+    if compressed.len() > limit || compressed.len() < MIN_MEMBER {
+        return None;
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(&compressed[HEADER..compressed.len() - TRAILER]);
+    compressed[4..8].copy_from_slice(&crc.sum().to_le_bytes());
+    Some(Bytes::from(compressed))
+}
+
+/// What names a stored member's bytes (see [`compress`]).
+pub(crate) fn member_id(stored: &[u8]) -> u32 {
+    stored
+        .get(4..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
 }
 
 /// Whether `stored` can be a gzip member that decompresses to `decoded_len`
@@ -67,7 +103,9 @@ pub(crate) fn decompress(stored: &Bytes, decoded_len: u64) -> Option<Bytes> {
     let mut out = Vec::with_capacity(usize::try_from(decoded_len).ok()?);
     let mut decoder = GzDecoder::new(stored.clone().reader()).take(decoded_len + 1);
     decoder.read_to_end(&mut out).ok()?;
-    (out.len() as u64 == decoded_len).then(|| Bytes::from(out))
+    let whole =
+        out.len() as u64 == decoded_len && !decoder.get_ref().get_ref().get_ref().has_remaining();
+    whole.then(|| Bytes::from(out))
 }
 
 /// A stored body decompressed chunk by chunk, never past the decoded length
@@ -76,6 +114,8 @@ pub(crate) struct Gunzip {
     decoder: GzDecoder<Reader<Bytes>>,
     /// Bytes still to come.
     left: u64,
+    /// The end of the member has been checked.
+    checked: bool,
 }
 
 impl std::fmt::Debug for Gunzip {
@@ -108,6 +148,7 @@ impl Gunzip {
         Self {
             decoder: GzDecoder::new(stored.reader()),
             left: decoded_len,
+            checked: false,
         }
     }
 
@@ -116,19 +157,16 @@ impl Gunzip {
         self.left
     }
 
-    /// The next chunk; `Ok(None)` at the end of a body that decompressed to
-    /// exactly its length with a good checksum.
+    /// The next chunk; `Ok(None)` after the last. The last chunk is handed
+    /// out only once the member has been read to its end and checked (its
+    /// checksum and length, and nothing stored after it): a client is never
+    /// sent all the bytes it was promised from a member that turns out bad.
     pub(crate) fn next_chunk(&mut self) -> Result<Option<Bytes>, Broken> {
         if self.left == 0 {
-            // The trailer (checksum, length) is checked when the decoder
-            // reaches the end of the member: one more read must give
-            // nothing.
-            let mut probe = [0u8; 1];
-            return match self.decoder.read(&mut probe) {
-                Ok(0) => Ok(None),
-                Ok(_) => Err(Broken::Length),
-                Err(_) => Err(Broken::Corrupt),
-            };
+            if !self.checked {
+                self.check_end()?;
+            }
+            return Ok(None);
         }
         let want = usize::try_from(self.left).unwrap_or(CHUNK).min(CHUNK);
         let mut chunk = BytesMut::zeroed(want);
@@ -141,7 +179,27 @@ impl Gunzip {
             }
         }
         self.left -= filled as u64;
+        if self.left == 0 {
+            self.check_end()?;
+        }
         Ok(Some(chunk.freeze()))
+    }
+
+    /// At the decoded length: the member must end here (one more read gives
+    /// nothing, which makes the decoder check the trailer) and be the last
+    /// thing stored.
+    fn check_end(&mut self) -> Result<(), Broken> {
+        let mut probe = [0u8; 1];
+        match self.decoder.read(&mut probe) {
+            Ok(0) => {}
+            Ok(_) => return Err(Broken::Length),
+            Err(_) => return Err(Broken::Corrupt),
+        }
+        if self.decoder.get_ref().get_ref().has_remaining() {
+            return Err(Broken::Length);
+        }
+        self.checked = true;
+        Ok(())
     }
 }
 

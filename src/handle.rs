@@ -465,9 +465,15 @@ impl CacheHandle {
                      pass an absolute URI such as http://shop.example/products/7"
                 ))
             })?;
-            // Stored as the layer stores it after a miss.
+            // Stored as the layer stores it after a miss; a body past
+            // `max_body_bytes`, which the layer would not store, as given.
             let received = body.len();
-            let body = match crate::gzip::for_store(&rule.compression, &parts.headers, &body) {
+            let compressed = if received <= settings.max_body_bytes && !cc.no_transform {
+                crate::gzip::for_store(&rule.compression, &parts.headers, &body).await
+            } else {
+                None
+            };
+            let body = match compressed {
                 Some(member) => {
                     extra.gzipped = Some(received as u64);
                     member

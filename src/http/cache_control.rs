@@ -35,6 +35,9 @@ pub(crate) struct CacheControl {
     /// Read from a targeted field (RFC 9213), which replaces
     /// `Cache-Control` and `Expires` for this cache.
     pub(crate) targeted: bool,
+    /// `no-transform` (RFC 9111 §5.2.1.6, §5.2.2.6): the body is stored and
+    /// served as it was sent.
+    pub(crate) no_transform: bool,
 }
 
 impl CacheControl {
@@ -119,6 +122,7 @@ impl CacheControl {
                 "public" => cc.public |= flag == Some(true),
                 "must-revalidate" => cc.must_revalidate |= flag != Some(false),
                 "proxy-revalidate" => cc.proxy_revalidate |= flag != Some(false),
+                "no-transform" => cc.no_transform |= flag != Some(false),
                 "max-age" => cc.max_age = Some(seconds()),
                 "s-maxage" => cc.s_maxage = Some(seconds()),
                 "stale-while-revalidate" => cc.stale_while_revalidate = Some(seconds()),
@@ -180,6 +184,7 @@ impl CacheControl {
             },
             "public" => self.public = true,
             "must-revalidate" => self.must_revalidate = true,
+            "no-transform" => self.no_transform = true,
             "proxy-revalidate" => self.proxy_revalidate = true,
             "only-if-cached" => self.only_if_cached = true,
             "max-age" => set(&mut self.max_age, seconds()),

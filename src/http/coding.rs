@@ -5,9 +5,16 @@
 
 use http::{header, HeaderMap, HeaderValue};
 
+/// Integrity fields that describe the bytes as the origin sent them
+/// (RFC 9530 and its predecessors): a response carrying one is stored as
+/// sent, so every representation served matches its digest.
+const DIGESTS: [&str; 4] = ["content-digest", "repr-digest", "digest", "content-md5"];
+
 /// Whether a response may be stored gzip-compressed: it has no content
-/// coding of its own, is not a part, its type is one that compresses, and
-/// its `Cache-Control` does not say `no-transform` (RFC 9111 §5.2.2.6).
+/// coding of its own, is not a part, carries no digest of its bytes, its
+/// type is one that compresses, and its `Cache-Control` does not say
+/// `no-transform` (RFC 9111 §5.2.2.6; the caller checks the directives
+/// the cache obeys, which may come from a targeted field).
 pub(crate) fn may_compress(headers: &HeaderMap) -> bool {
     let identity = headers
         .get_all(header::CONTENT_ENCODING)
@@ -15,6 +22,7 @@ pub(crate) fn may_compress(headers: &HeaderMap) -> bool {
         .all(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
     identity
         && !headers.contains_key(header::CONTENT_RANGE)
+        && !DIGESTS.iter().any(|d| headers.contains_key(*d))
         && headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -99,25 +107,30 @@ pub(crate) fn accepts_gzip(request: &HeaderMap) -> bool {
     star
 }
 
-/// The suffix that marks the entity tag of the gzip representation.
-const SUFFIX: &str = "-gzip";
+/// The suffix that marks the entity tag of the gzip representation, before
+/// the eight hex digits of the member's id.
+const SUFFIX: &str = "-gzip-";
 
 /// The entity tag of the gzip representation of a stored response whose tag
-/// is `etag`: the same opaque tag with `-gzip` inside the quotes, keeping
-/// weakness (as Apache httpd's mod_deflate does). `None` for a value that is
-/// not an entity tag.
-pub(crate) fn coded_etag(etag: &HeaderValue) -> Option<HeaderValue> {
+/// is `etag`, for the stored member `id` names
+/// ([`member_id`](crate::gzip::member_id)): the same opaque tag with
+/// `-gzip-` and the id inside the quotes, keeping weakness (as Apache
+/// httpd's mod_deflate adds `-gzip`). It is strong when the origin's is:
+/// it names these bytes, and another encoding of the same response gets
+/// another tag. `None` for a value that is not an entity tag.
+pub(crate) fn coded_etag(etag: &HeaderValue, id: u32) -> Option<HeaderValue> {
     let tag = etag.to_str().ok()?.trim();
     let (weak, opaque) = match tag.strip_prefix("W/") {
         Some(rest) => ("W/", rest),
         None => ("", tag),
     };
     let inner = opaque.strip_prefix('"')?.strip_suffix('"')?;
-    HeaderValue::try_from(format!("{weak}\"{inner}{SUFFIX}\"")).ok()
+    HeaderValue::try_from(format!("{weak}\"{inner}{SUFFIX}{id:08x}\"")).ok()
 }
 
 /// The stored tag a client's tag for the gzip representation stands for:
-/// `"x-gzip"` gives `"x"` (weakness kept); `None` when it has no suffix.
+/// `"x-gzip-0123abcd"` gives `"x"` (weakness kept); `None` when it has no
+/// such suffix.
 pub(crate) fn uncoded_tag(tag: &str) -> Option<String> {
     let tag = tag.trim();
     let (weak, opaque) = match tag.strip_prefix("W/") {
@@ -125,7 +138,11 @@ pub(crate) fn uncoded_tag(tag: &str) -> Option<String> {
         None => ("", tag),
     };
     let inner = opaque.strip_prefix('"')?.strip_suffix('"')?;
-    let stored = inner.strip_suffix(SUFFIX)?;
+    let (stored, id) = inner.split_at_checked(inner.len().checked_sub(8)?)?;
+    if !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let stored = stored.strip_suffix(SUFFIX)?;
     Some(format!("{weak}\"{stored}\""))
 }
 
@@ -152,13 +169,18 @@ pub(crate) fn map_back_tags(request: &mut HeaderMap) {
 }
 
 /// The tag a `304` the origin sent for a mapped `If-None-Match` (see
-/// [`map_back_tags`]) should carry for the client: the gzip representation's,
-/// when the client named that one and not the stored one.
+/// [`map_back_tags`]) should carry for the client: the gzip
+/// representation's tag the client sent for the origin's `etag`, when it
+/// sent that one and not the origin's.
 pub(crate) fn recoded_304_tag(sent: &HeaderMap, etag: &HeaderValue) -> Option<HeaderValue> {
-    let coded = coded_etag(etag)?;
+    let origin = etag.to_str().ok()?.trim();
     let line = joined(sent, header::IF_NONE_MATCH)?;
-    let named = |t: &HeaderValue| line.split(',').any(|x| x.trim().as_bytes() == t.as_bytes());
-    (named(&coded) && !named(etag)).then_some(coded)
+    let tags = || line.split(',').map(str::trim);
+    if tags().any(|t| t == origin) {
+        return None;
+    }
+    let coded = tags().find(|t| uncoded_tag(t).as_deref() == Some(origin))?;
+    HeaderValue::try_from(coded).ok()
 }
 
 fn joined(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
@@ -246,31 +268,37 @@ mod tests {
             ("content-type", "application/json"),
             ("cache-control", "max-age=60, No-Transform")
         ]));
+        for digest in ["content-digest", "repr-digest", "digest", "content-md5"] {
+            assert!(!may(&[("content-type", "application/json"), (digest, "x")]));
+        }
     }
 
     #[test]
     fn the_gzip_representation_has_its_own_tag_that_maps_back() {
-        let tag = |v: &'static str| coded_etag(&HeaderValue::from_static(v));
-        assert_eq!(tag("\"abc\"").unwrap(), "\"abc-gzip\"");
-        assert_eq!(tag("W/\"abc\"").unwrap(), "W/\"abc-gzip\"");
-        assert_eq!(tag("\"\"").unwrap(), "\"-gzip\"");
+        let tag = |v: &'static str| coded_etag(&HeaderValue::from_static(v), 0xab);
+        assert_eq!(tag("\"abc\"").unwrap(), "\"abc-gzip-000000ab\"");
+        assert_eq!(tag("W/\"abc\"").unwrap(), "W/\"abc-gzip-000000ab\"");
+        assert_eq!(tag("\"\"").unwrap(), "\"-gzip-000000ab\"");
         assert!(tag("abc").is_none());
-        assert_eq!(uncoded_tag("\"abc-gzip\"").unwrap(), "\"abc\"");
-        assert_eq!(uncoded_tag("W/\"abc-gzip\"").unwrap(), "W/\"abc\"");
+        assert_eq!(uncoded_tag("\"abc-gzip-0123abcd\"").unwrap(), "\"abc\"");
+        assert_eq!(uncoded_tag("W/\"abc-gzip-0123abcd\"").unwrap(), "W/\"abc\"");
         assert_eq!(uncoded_tag("\"abc\""), None);
+        assert_eq!(uncoded_tag("\"abc-gzip\""), None);
+        assert_eq!(uncoded_tag("\"abc-gzip-0123abcx\""), None);
+        assert_eq!(uncoded_tag("\"é-gzip-0123abcd\"").unwrap(), "\"é\"");
         let mut request = with(&[
-            ("if-none-match", "\"a-gzip\", \"b\""),
-            ("if-none-match", "W/\"c-gzip\""),
+            ("if-none-match", "\"a-gzip-00000001\", \"b\""),
+            ("if-none-match", "W/\"c-gzip-00000002\""),
         ]);
         map_back_tags(&mut request);
         assert_eq!(
             request.get(header::IF_NONE_MATCH).unwrap(),
-            "\"a-gzip\", \"a\", \"b\", W/\"c-gzip\", W/\"c\""
+            "\"a-gzip-00000001\", \"a\", \"b\", W/\"c-gzip-00000002\", W/\"c\""
         );
-        let sent = with(&[("if-none-match", "\"a-gzip\"")]);
+        let sent = with(&[("if-none-match", "\"a-gzip-00000001\"")]);
         let recoded = recoded_304_tag(&sent, &HeaderValue::from_static("\"a\""));
-        assert_eq!(recoded.unwrap(), "\"a-gzip\"");
-        let sent = with(&[("if-none-match", "\"a-gzip\", \"a\"")]);
+        assert_eq!(recoded.unwrap(), "\"a-gzip-00000001\"");
+        let sent = with(&[("if-none-match", "\"a-gzip-00000001\", \"a\"")]);
         assert!(recoded_304_tag(&sent, &HeaderValue::from_static("\"a\"")).is_none());
     }
 

@@ -145,11 +145,13 @@ fn digits(s: &str) -> Option<u64> {
 impl RangeRequest {
     /// Whether the range is to be answered for a `200` with `response`'s
     /// headers: without `If-Range`, or when it matches (RFC 9110 §13.1.5).
-    pub(crate) fn applies_to(&self, response: &HeaderMap) -> bool {
+    /// For a representation whose bytes only its entity tag names
+    /// (`tag_only`: a gzip member the cache made), a date never matches.
+    pub(crate) fn applies_to(&self, response: &HeaderMap, tag_only: bool) -> bool {
         match &self.if_range {
             IfRange::Absent => true,
             IfRange::Invalid => false,
-            IfRange::One(value) => if_range_holds(value, response),
+            IfRange::One(value) => if_range_holds(value, response, tag_only),
         }
     }
 
@@ -206,7 +208,7 @@ fn coalesce(parts: &mut Vec<(u64, u64)>) {
 /// the response's `Last-Modified` and that is a strong validator, at least
 /// a second before the response's `Date` (§8.8.2.2). Anything else does
 /// not match.
-fn if_range_holds(value: &HeaderValue, response: &HeaderMap) -> bool {
+fn if_range_holds(value: &HeaderValue, response: &HeaderMap, tag_only: bool) -> bool {
     let Ok(text) = value.to_str() else {
         return false;
     };
@@ -217,6 +219,9 @@ fn if_range_holds(value: &HeaderValue, response: &HeaderMap) -> bool {
                 .get(header::ETAG)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|etag| etag.trim() == text);
+    }
+    if tag_only {
+        return false;
     }
     let (Some(date), Some(modified), Some(sent)) = (
         strict_http_date(Some(value)),
@@ -445,7 +450,7 @@ mod tests {
         let holds = |value: &'static str| {
             let (r, h) = request(&[("range", "bytes=0-1"), ("if-range", value)]);
             assert!(!h.contains_key("if-range"));
-            r.unwrap().applies_to(&response)
+            r.unwrap().applies_to(&response, false)
         };
         assert!(holds("\"v1\""));
         assert!(!holds("\"v2\""));
@@ -453,10 +458,17 @@ mod tests {
         assert!(holds("Sun, 06 Nov 1994 08:49:37 GMT"));
         assert!(!holds("Sun, 06 Nov 1994 08:49:38 GMT"));
         assert!(!holds("not a date"));
+        // A gzip member the cache made: only its tag names its bytes.
+        let tag_only = |value: &'static str| {
+            let (r, _) = request(&[("range", "bytes=0-1"), ("if-range", value)]);
+            r.unwrap().applies_to(&response, true)
+        };
+        assert!(tag_only("\"v1\""));
+        assert!(!tag_only("Sun, 06 Nov 1994 08:49:37 GMT"));
         // A weak stored tag never matches either.
         let weak = with(&[("etag", "W/\"v1\"")]);
         let (r, _) = request(&[("range", "bytes=0-1"), ("if-range", "W/\"v1\"")]);
-        assert!(!r.unwrap().applies_to(&weak));
+        assert!(!r.unwrap().applies_to(&weak, false));
         // Without a Date a second later, Last-Modified is weak (§8.8.2.2).
         let close = with(&[
             ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
@@ -466,14 +478,14 @@ mod tests {
             ("range", "bytes=0-1"),
             ("if-range", "Sun, 06 Nov 1994 08:49:37 GMT"),
         ]);
-        assert!(!r.unwrap().applies_to(&close));
+        assert!(!r.unwrap().applies_to(&close, false));
         // Two If-Range lines never match.
         let (r, _) = request(&[
             ("range", "bytes=0-1"),
             ("if-range", "\"v1\""),
             ("if-range", "\"v1\""),
         ]);
-        assert!(!r.unwrap().applies_to(&response));
+        assert!(!r.unwrap().applies_to(&response, false));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tower_service::Service;
 use super::{
     miss::Filled,
     plan::Plan,
-    respond::{not_modified_response, represent, Coding},
+    respond::{not_modified_response, represent, CodedByCache, Coding},
 };
 use crate::{
     body::{collect_up_to, CacheBody, Collected},
@@ -148,6 +148,7 @@ where
         };
         let mut body = Some(body);
         let mut known = None;
+        let mut revalidated_unstorable = false;
         // RFC 9111 §4.3.4: a 304 freshens the stored response; §3.4: so does
         // a 206 of the same representation (same strong entity tag), whose
         // part is dropped for the whole stored body.
@@ -168,6 +169,24 @@ where
             parts.status = stored.status;
             parts.headers = headers;
             known = Some((stored.body.clone(), stored.gzipped));
+            // A compressed body whose fields now say `no-transform` is kept
+            // as the origin sent it (RFC 9110 §7.7).
+            if let Some(len) = stored.gzipped {
+                let targeted = core
+                    .settings
+                    .targeted
+                    .for_mode(plan.rule.http.origin_driven());
+                let cc = CacheControl::parse_response(&parts.headers, targeted);
+                if cc.no_transform || !crate::http::may_compress(&parts.headers) {
+                    known = crate::gzip::decompress(&stored.body, len).map(|b| (b, None));
+                    if known.is_none() {
+                        // Not stored again; the client gets it decompressed as
+                        // it streams.
+                        known = Some((stored.body.clone(), stored.gzipped));
+                        revalidated_unstorable = true;
+                    }
+                }
+            }
             body = None;
             if generation.is_some() {
                 outcome = CacheStatus::Revalidated;
@@ -205,7 +224,7 @@ where
         // streams.
         let wanted =
             generation.is_some() || plan.followers.as_ref().is_some_and(|f| f.load(Relaxed) > 0);
-        let stamped = if may_store && wanted && !covered_failure {
+        let stamped = if may_store && wanted && !covered_failure && !revalidated_unstorable {
             let status = parts.status;
             let shared_only = plan.shared_only;
             let times = (request_ms, response_ms);
@@ -253,6 +272,7 @@ where
             let body = match (body, known) {
                 (Some(body), _) => CacheBody::inner(body),
                 (None, Some((bytes, gzipped))) => {
+                    mark_coded(&mut parts, &plan, gzipped);
                     present(&mut parts.headers, bytes, None, gzipped, plan.accepts_gzip)
                 }
                 (None, None) => CacheBody::empty(),
@@ -284,8 +304,8 @@ where
                 // Compressed once, here, and only for a response that is
                 // going to be written.
                 let compressed = match gzipped {
-                    None if generation.is_some() && fence.is_some() => {
-                        compress_for_store(&plan, &parts.headers, &bytes).await
+                    None if generation.is_some() && fence.is_some() && !cc.no_transform => {
+                        crate::gzip::for_store(&plan.rule.compression, &parts.headers, &bytes).await
                     }
                     _ => None,
                 };
@@ -385,6 +405,7 @@ where
                     }
                 }
                 // The client gets what a hit would give it.
+                mark_coded(&mut parts, &plan, gzipped);
                 let body = present(
                     &mut parts.headers,
                     at_rest,
@@ -436,27 +457,6 @@ where
     }
 }
 
-/// Bodies from this size up are compressed on the blocking pool, not on the
-/// runtime thread that serves requests.
-const COMPRESS_ASIDE: usize = 256 * 1024;
-
-/// `body` compressed as the route's policy says, or `None` when the policy,
-/// the body's size, type or coding, or the saving rule it out.
-async fn compress_for_store(plan: &Plan, headers: &HeaderMap, body: &Bytes) -> Option<Bytes> {
-    let c = plan.rule.compression;
-    if body.len() < COMPRESS_ASIDE {
-        return crate::gzip::for_store(&c, headers, body);
-    }
-    if !crate::gzip::wanted(&c, headers, body) {
-        return None;
-    }
-    let body = body.clone();
-    tokio::task::spawn_blocking(move || crate::gzip::compress(&body, c.level, c.max_ratio))
-        .await
-        .ok()
-        .flatten()
-}
-
 /// The body a client gets of a stored (or about to be stored) response
 /// whose body is `at_rest`, with `headers` made those of its
 /// representation: the stored bytes, with `Content-Encoding: gzip` for a
@@ -471,18 +471,27 @@ fn present<B: Body>(
     accepts_gzip: bool,
 ) -> CacheBody<B> {
     let Some(len) = gzipped else {
+        headers.insert(header::CONTENT_LENGTH, at_rest.len().into());
         return CacheBody::full(at_rest);
     };
     if accepts_gzip {
-        represent(headers, gzipped, Coding::Gzip);
+        represent(headers, &at_rest, gzipped, Coding::Gzip);
         headers.insert(header::CONTENT_LENGTH, at_rest.len().into());
         CacheBody::full(at_rest)
     } else {
-        represent(headers, gzipped, Coding::Decoded);
+        represent(headers, &at_rest, gzipped, Coding::Decoded);
         match decoded {
             Some(bytes) => CacheBody::full(bytes),
             None => CacheBody::gunzip(at_rest, len),
         }
+    }
+}
+
+/// Marks a response that [`present`] gave the gzip representation, for
+/// `If-Range` (see [`CodedByCache`]).
+fn mark_coded(parts: &mut http::response::Parts, plan: &Plan, gzipped: Option<u64>) {
+    if plan.range && plan.accepts_gzip && gzipped.is_some() {
+        parts.extensions.insert(CodedByCache);
     }
 }
 

@@ -34,9 +34,12 @@ pub(crate) struct Plan {
     pub(crate) shared_only: bool,
     /// The request carries `If-None-Match` or `If-Modified-Since`.
     pub(crate) conditional: bool,
-    /// The request's `Accept-Encoding` accepts gzip: an entry stored
-    /// compressed is served as stored.
+    /// The request's `Accept-Encoding` accepts gzip and its `Cache-Control`
+    /// does not say `no-transform`: an entry stored compressed is served as
+    /// stored.
     pub(crate) accepts_gzip: bool,
+    /// The request carries `Range` or `If-Range`.
+    pub(crate) range: bool,
     /// The cross-instance lock of the key, once this request holds it.
     pub(crate) lock: Option<Arc<HeldLock>>,
     /// How many requests in this process wait for this one's response,
@@ -132,7 +135,9 @@ pub(crate) fn plan<B>(
             Some(query),
         ),
     };
-    let accepts_gzip = fields.accept_encoding && crate::http::accepts_gzip(headers);
+    let accepts_gzip = fields.accept_encoding
+        && crate::http::accepts_gzip(headers)
+        && !(fields.directives && CacheControl::parse(headers).no_transform);
     if let Some(shape) = shape.filter(|s| s.has_material()) {
         shape.push_material(&mut key, req);
     }
@@ -147,6 +152,7 @@ pub(crate) fn plan<B>(
             || cookies == CookiePolicy::SharedOnly,
         conditional: fields.conditional,
         accepts_gzip,
+        range: fields.range,
         lock: None,
         followers: None,
     })

@@ -27,7 +27,11 @@ pub(crate) fn answer_range<B>(
 where
     B: Body<Data = Bytes>,
 {
-    if response.status() != StatusCode::OK || !range.applies_to(response.headers()) {
+    let coded = response
+        .extensions()
+        .get::<super::respond::CodedByCache>()
+        .is_some();
+    if response.status() != StatusCode::OK || !range.applies_to(response.headers(), coded) {
         return response;
     }
     let (mut parts, body) = response.into_parts();

@@ -59,7 +59,12 @@ impl Coding {
 /// representation: both say `Vary: Accept-Encoding` (the choice depends on
 /// it); the gzip one has `Content-Encoding` and its own entity tag, the
 /// decoded one the decoded length.
-pub(crate) fn represent(headers: &mut HeaderMap, gzipped: Option<u64>, coding: Coding) {
+pub(crate) fn represent(
+    headers: &mut HeaderMap,
+    member: &[u8],
+    gzipped: Option<u64>,
+    coding: Coding,
+) {
     let Some(decoded_len) = gzipped else {
         return;
     };
@@ -67,7 +72,7 @@ pub(crate) fn represent(headers: &mut HeaderMap, gzipped: Option<u64>, coding: C
         Coding::AsStored => return,
         Coding::Gzip => {
             headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            retag(headers);
+            retag(headers, member);
         }
         Coding::Decoded => {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(decoded_len));
@@ -76,12 +81,31 @@ pub(crate) fn represent(headers: &mut HeaderMap, gzipped: Option<u64>, coding: C
     vary_on_accept_encoding(headers);
 }
 
-/// Gives the fields of a gzip representation its entity tag.
-fn retag(headers: &mut HeaderMap) {
-    if let Some(tag) = headers.get(header::ETAG).and_then(coded_etag) {
-        headers.insert(header::ETAG, tag);
+/// Gives the fields of the gzip representation of `member` its entity tag;
+/// a stored tag that is not a valid one is dropped, never shared by both
+/// representations.
+fn retag(headers: &mut HeaderMap, member: &[u8]) {
+    let coded = headers
+        .get(header::ETAG)
+        .map(|tag| coded_etag(tag, crate::gzip::member_id(member)));
+    match coded {
+        Some(Some(tag)) => {
+            headers.insert(header::ETAG, tag);
+        }
+        Some(None) => {
+            headers.remove(header::ETAG);
+        }
+        None => {}
     }
 }
+
+/// Marks a response in the gzip representation of an entry the cache
+/// compressed, for a request with `Range`: `If-Range` with a date never
+/// matches it (another instance, level or library version may have stored
+/// other bytes under the same `Last-Modified`); only its own entity tag,
+/// which names its bytes, does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CodedByCache;
 
 /// What `Cache-Status` says about an entry served `via`.
 fn entry_detail<'a>(entry: &Entry, plan: &'a Plan, via: Via, now: u64) -> Detail<'a> {
@@ -123,7 +147,7 @@ pub(crate) fn cached_response<B: Body>(
     let (status, headers, body, marked) = match Arc::try_unwrap(entry) {
         Ok(entry) => {
             let mut headers = entry.headers;
-            represent(&mut headers, entry.gzipped, coding);
+            represent(&mut headers, &entry.body, entry.gzipped, coding);
             let body = match (coding, entry.gzipped) {
                 _ if plan.head => CacheBody::empty(),
                 (Coding::Decoded, Some(len)) => CacheBody::gunzip(entry.body, len),
@@ -151,12 +175,11 @@ pub(crate) fn cached_response<B: Body>(
     if let Some(detail) = detail {
         cache_status(core.settings.cache_status.as_ref(), headers, detail);
     }
+    if coding == Coding::Gzip && plan.range {
+        response.extensions_mut().insert(CodedByCache);
+    }
     response
 }
-
-/// The largest decoded body kept beside a shared entry; larger ones are
-/// decompressed on every hit that needs them, as they are sent.
-const KEEP_DECODED: u64 = 256 * 1024;
 
 /// A shared entry as a hit serves it in `coding`: its headers, its body,
 /// and whether the headers already carry `outcome` in the cache-status
@@ -173,7 +196,7 @@ fn served<B: Body>(
 ) -> (HeaderMap, CacheBody<B>, bool) {
     let prepare = || {
         let mut headers = copy_headers(entry);
-        represent(&mut headers, entry.gzipped, coding);
+        represent(&mut headers, &entry.body, entry.gzipped, coding);
         headers.insert(AGE, age_value(0));
         if let Some(name) = status_header {
             headers.insert(
@@ -187,7 +210,7 @@ fn served<B: Body>(
         }
     };
     let (prepared, body) = match (coding, entry.gzipped) {
-        (Coding::Decoded, Some(len)) if len <= KEEP_DECODED => {
+        (Coding::Decoded, Some(len)) if len <= crate::entry::KEEP_DECODED => {
             let decoded = entry.decoded.get_or_init(|| {
                 let bytes = crate::gzip::decompress(&entry.body, len)?;
                 Some((prepare(), bytes))
@@ -211,7 +234,7 @@ fn served<B: Body>(
         ),
         _ => {
             let mut headers = copy_headers(entry);
-            represent(&mut headers, entry.gzipped, coding);
+            represent(&mut headers, &entry.body, entry.gzipped, coding);
             (headers, body, false)
         }
     }
@@ -249,7 +272,7 @@ pub(crate) fn serve_entry<B: Body>(
         let coded;
         let etag = match (coding, entry.headers.get(header::ETAG)) {
             (Coding::Gzip, Some(tag)) => {
-                coded = coded_etag(tag);
+                coded = coded_etag(tag, crate::gzip::member_id(&entry.body));
                 coded.as_ref()
             }
             (_, tag) => tag,
@@ -264,7 +287,7 @@ pub(crate) fn serve_entry<B: Body>(
         let headers = response.headers_mut();
         if entry.gzipped.is_some() {
             if coding == Coding::Gzip {
-                retag(headers);
+                retag(headers, &entry.body);
             }
             vary_on_accept_encoding(headers);
         }

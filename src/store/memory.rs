@@ -283,7 +283,8 @@ impl MemoryStore {
             .max_capacity(max_bytes)
             .weigher(|k: &String, v: &Value| {
                 let tags: usize = v.tags.iter().map(|t| t.len() + k.len()).sum();
-                u32::try_from(k.len() + v.bytes.len() + tags).unwrap_or(u32::MAX)
+                let decoded = v.decoded.as_ref().map_or(0, |e| e.decoded_reserve());
+                u32::try_from(k.len() + v.bytes.len() + tags + decoded).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
             .eviction_listener(listener)

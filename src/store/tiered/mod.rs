@@ -217,7 +217,7 @@ impl TieredStore {
             // Every entry weighs at least max_bytes / max_entries, so the
             // tier also never holds more than max_entries.
             .weigher(move |k: &String, v: &Local| {
-                u32::try_from(k.len() + v.bytes.len())
+                u32::try_from(k.len() + v.bytes.len() + v.entry.decoded_reserve())
                     .unwrap_or(u32::MAX)
                     .max(floor)
             })
