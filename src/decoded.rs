@@ -39,10 +39,16 @@ const SLOTS: usize = 512;
 /// at most 8 MiB in all.
 const MAX_LEN: usize = 16 * 1024;
 
+/// Values of compressed entries are kept up to this length: comparing them
+/// costs far less than decompressing their bodies for clients that do not
+/// accept gzip.
+const MAX_COMPRESSED_LEN: usize = 32 * 1024;
+
 /// The longest body a kept compressed entry may decode to. Its decoded body
 /// is made on the first hit by a client that does not accept gzip and kept
 /// with it, so later such hits skip decompression (about 10 µs per 10 KiB):
-/// at most 32 MiB more in all, for entries such clients ask for.
+/// with their values, at most 48 MiB in all for entries such clients ask
+/// for.
 const MAX_DECODED: usize = 64 * 1024;
 
 pub(crate) struct Decoded {
@@ -79,7 +85,8 @@ impl Decoded {
     /// The entry `value` (stored at `key`) decodes to; `None` when it does
     /// not decode.
     pub(crate) fn decode(&self, key: &str, value: &Bytes) -> Option<Arc<Entry>> {
-        if value.len() > MAX_LEN {
+        let long = value.len() > MAX_LEN;
+        if value.len() > MAX_COMPRESSED_LEN || (long && !entry::compressed(value)) {
             return entry::decode(value).map(Arc::new);
         }
         let hash = self.hasher.hash_one(key);

@@ -457,6 +457,26 @@ fn digits(text: &[u8]) -> Option<usize> {
     })
 }
 
+/// Whether a stored value says its body is compressed (its flags, read
+/// without decoding the rest; `false` for anything that is not an entry).
+pub(crate) fn compressed(value: &[u8]) -> bool {
+    let Some(meta) = value.get(HEAD_LEN..) else {
+        return false;
+    };
+    if value[..3] != *MAGIC || value[3] != FORMAT {
+        return false;
+    }
+    let mut r = Reader { buf: meta };
+    let mut flags = || {
+        r.u16()?;
+        for _ in 0..8 {
+            r.varint()?;
+        }
+        r.u8()
+    };
+    flags().is_some_and(|f| f & 16 != 0)
+}
+
 /// Decodes a stored value; `None` for anything that is not an entry of this
 /// format. The body and the header values share `value`'s memory.
 pub(crate) fn decode(value: &Bytes) -> Option<Entry> {
@@ -733,6 +753,10 @@ mod tests {
             .unwrap()
         };
         let e = decode(&value(&member, body.len() as u64)).expect("decodes");
+        assert!(compressed(&value(&member, body.len() as u64)));
+        assert!(!compressed(
+            &value(&member, body.len() as u64)[..HEAD_LEN + 3]
+        ));
         assert_eq!(e.gzipped, Some(body.len() as u64));
         assert_eq!(e.body, member);
         // The stored fields are the origin's; `content-length` is the

@@ -106,6 +106,7 @@ mod tests {
             ("Cookie", "session=1"),
             ("If-None-Match", "\"a\""),
             ("Range", "bytes=0-1"),
+            ("Accept-Encoding", "gzip"),
         ]);
         assert_eq!(
             all,
@@ -116,6 +117,7 @@ mod tests {
                 authorization: true,
                 cookie: true,
                 conditional: true,
+                accept_encoding: true,
             }
         );
         assert!(scan(&[("pragma", "no-cache")]).directives);
