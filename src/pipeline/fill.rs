@@ -471,7 +471,10 @@ fn present<B: Body>(
     accepts_gzip: bool,
 ) -> CacheBody<B> {
     let Some(len) = gzipped else {
-        headers.insert(header::CONTENT_LENGTH, at_rest.len().into());
+        // A revalidated entry's stored length may be its member's.
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            headers.insert(header::CONTENT_LENGTH, at_rest.len().into());
+        }
         return CacheBody::full(at_rest);
     };
     if accepts_gzip {
