@@ -199,20 +199,13 @@ pub(crate) struct Served {
     pub(crate) headers: HeaderMap,
 }
 
-/// The largest decoded body kept beside a shared compressed entry (see
-/// [`Entry::decoded`]); larger ones are decompressed on every hit that
-/// needs them, as they are sent.
-pub(crate) const KEEP_DECODED: u64 = 256 * 1024;
-
 impl Entry {
     /// The bytes a shared entry may come to hold beyond its stored value:
     /// the decoded body of a compressed one, kept for clients that do not
     /// accept gzip. The in-process stores weigh entries with it, so it stays
     /// within their `max_bytes`.
     pub(crate) fn decoded_reserve(&self) -> usize {
-        self.gzipped
-            .filter(|len| *len <= KEEP_DECODED)
-            .map_or(0, |len| len as usize)
+        self.gzipped.map_or(0, |len| len as usize)
     }
 
     /// The entry's current age in milliseconds: its age when received plus

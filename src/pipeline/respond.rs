@@ -186,8 +186,9 @@ pub(crate) fn cached_response<B: Body>(
 /// field. The headers are a clone of the map prepared on the entry's first
 /// hit in that representation, or a copy when the entry was prepared for
 /// another layer's status field. A compressed entry's decoded body is made
-/// once too, on its first hit by a client that does not accept gzip (if it
-/// does not decompress, each such hit streams it and is cut short).
+/// once too, on its first hit by a client that does not accept gzip (the
+/// in-process stores weigh entries with it, see `Entry::decoded_reserve`;
+/// if it does not decompress, each such hit streams it and is cut short).
 fn served<B: Body>(
     entry: &Entry,
     status_header: Option<&HeaderName>,
@@ -210,7 +211,7 @@ fn served<B: Body>(
         }
     };
     let (prepared, body) = match (coding, entry.gzipped) {
-        (Coding::Decoded, Some(len)) if len <= crate::entry::KEEP_DECODED => {
+        (Coding::Decoded, Some(len)) => {
             let decoded = entry.decoded.get_or_init(|| {
                 let bytes = crate::gzip::decompress(&entry.body, len)?;
                 Some((prepare(), bytes))
@@ -220,7 +221,6 @@ fn served<B: Body>(
                 None => (None, CacheBody::gunzip(entry.body.clone(), len)),
             }
         }
-        (Coding::Decoded, Some(len)) => (None, CacheBody::gunzip(entry.body.clone(), len)),
         _ => (
             Some(entry.served.get_or_init(prepare)),
             CacheBody::full(entry.body.clone()),
