@@ -31,6 +31,9 @@
 //! `tiered` is the layer on `TieredStore` (the L1 tier in front of a Redis
 //! the harness starts), every request an L1 hit, as target D of the load
 //! benchmark.
+//! `HITPATH_BODY` (bytes) replaces the 200 B body with a JSON list of
+//! about that size (compressed at rest from 1 KiB; the client sends no
+//! `Accept-Encoding`, so a hit serves the body decoded).
 //! Subtract a run with `HITPATH_N=0` from each to leave out start-up, and
 //! divide by `N` (default 20 000). Without valgrind it prints the time per
 //! request, which is only a rough guide.
@@ -54,12 +57,40 @@ use tower_redis_cache::{
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-const BODY: &[u8] = br#"{"id":"42","name":"Product 42","category":"electronics","price":299.99,"in_stock":true,"created_at":"2025-01-01T00:00:00Z","tags":["a","b","c"],"rating":4.5,"reviews":1234,"sku":"SKU-000042-XYZ"}"#;
+const ITEM: &str = r#"{"id":"42","name":"Product 42","category":"electronics","price":299.99,"in_stock":true,"created_at":"2025-01-01T00:00:00Z","tags":["a","b","c"],"rating":4.5,"reviews":1234,"sku":"SKU-000042-XYZ"}"#;
+
+/// The body every handler returns: one item (about 200 B), or with
+/// `HITPATH_BODY` (bytes) a JSON list of that many bytes or a little less,
+/// items numbered in turn.
+static BODY: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+    let len: usize = std::env::var("HITPATH_BODY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if len <= ITEM.len() {
+        return Bytes::from_static(ITEM.as_bytes());
+    }
+    let mut list = String::from("[");
+    let mut i = 0;
+    loop {
+        let item = ITEM.replace("42", &i.to_string());
+        if list.len() + item.len() + 2 > len {
+            break;
+        }
+        if i > 0 {
+            list.push(',');
+        }
+        list.push_str(&item);
+        i += 1;
+    }
+    list.push(']');
+    Bytes::from(list)
+});
 
 async fn handler(_: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::builder()
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(BODY)))
+        .body(Full::new(BODY.clone()))
         .expect("a valid response"))
 }
 
@@ -173,7 +204,7 @@ fn main() {
                     "Wed, 25 Nov 2026 20:00:00 GMT".parse().expect("a value"),
                 );
                 headers.insert("etag", "\"8a4f0c2e\"".parse().expect("a value"));
-                let value = encode(&headers, BODY);
+                let value = encode(&headers, &BODY);
                 (0..n)
                     .map(|_| decode(std::hint::black_box(&value)).unwrap_or(0))
                     .sum()
@@ -250,19 +281,19 @@ async fn http(mode: &str, n: usize) -> usize {
         "http-tiered" => Router::new()
             .route(
                 "/products/42",
-                get(move || async move { json(Bytes::from_static(BODY)) }),
+                get(move || async move { json(BODY.clone()) }),
             )
             .layer(layer(Some(tiered(&redis).await))),
         "http-redis" => Router::new()
             .route(
                 "/products/42",
-                get(move || async move { json(Bytes::from_static(BODY)) }),
+                get(move || async move { json(BODY.clone()) }),
             )
             .layer(layer(Some(redis.store().await))),
         "http-redis-get" => {
             let pool = redis.store().await.pool().clone();
             let () = pool
-                .set("hitpath:raw", Bytes::from_static(BODY), None, None, false)
+                .set("hitpath:raw", BODY.clone(), None, None, false)
                 .await
                 .expect("a SET");
             Router::new().route(
@@ -278,7 +309,7 @@ async fn http(mode: &str, n: usize) -> usize {
         }
         _ => Router::new().route(
             "/products/42",
-            get(move || async move { json(Bytes::from_static(BODY)) }),
+            get(move || async move { json(BODY.clone()) }),
         ),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -326,7 +357,7 @@ async fn redis(layered: bool, n: usize) -> usize {
     }
     let pool = store.pool().clone();
     let () = pool
-        .set("hitpath:raw", Bytes::from_static(BODY), None, None, false)
+        .set("hitpath:raw", BODY.clone(), None, None, false)
         .await
         .expect("a SET");
     let svc = tower::service_fn(move |_: Request<Full<Bytes>>| {
