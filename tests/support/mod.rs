@@ -281,10 +281,13 @@ impl RedisServer {
         );
     }
 
-    /// A store connected to this server.
+    /// A store connected to this server. The connection gets 10 s: test
+    /// binaries start many servers at once, and on a loaded machine the
+    /// default 2 s has run out.
     pub async fn store(&self) -> RedisStore {
         RedisStore::builder(self.url())
             .pool_size(2)
+            .connect_timeout(Duration::from_secs(10))
             .connect()
             .await
             .expect("connect to the test Redis")
