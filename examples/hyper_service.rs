@@ -43,7 +43,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .path_prefix("/time", CachePolicy::new().ttl(Duration::from_secs(5)));
     match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
-            println!("cache store: Redis at {url}");
+            // Not the URL itself: it may hold a password.
+            println!("cache store: Redis (REDIS_URL)");
             builder = builder.redis_url(url);
         }
         _ => println!("cache store: in-memory"),
