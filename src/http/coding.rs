@@ -27,17 +27,7 @@ pub(crate) fn may_compress(headers: &HeaderMap) -> bool {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(compressible_type)
-        && !no_transform(headers)
-}
-
-/// `Cache-Control: no-transform` on any line.
-fn no_transform(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CACHE_CONTROL).iter().any(|line| {
-        line.as_bytes().split(|b| *b == b',').any(|d| {
-            let name = d.split(|b| *b == b'=').next().unwrap_or_default();
-            name.trim_ascii().eq_ignore_ascii_case(b"no-transform")
-        })
-    })
+        && !super::CacheControl::parse(headers).no_transform
 }
 
 /// Media types that are text, or text in structure (JSON, XML, JavaScript,
@@ -119,25 +109,26 @@ const SUFFIX: &str = "-gzip-";
 /// it names these bytes, and another encoding of the same response gets
 /// another tag. `None` for a value that is not an entity tag.
 pub(crate) fn coded_etag(etag: &HeaderValue, id: u32) -> Option<HeaderValue> {
-    let tag = etag.to_str().ok()?.trim();
+    let (weak, inner) = split_tag(etag.to_str().ok()?)?;
+    HeaderValue::try_from(format!("{weak}\"{inner}{SUFFIX}{id:08x}\"")).ok()
+}
+
+/// An entity tag's weakness prefix (`W/` or nothing) and its opaque part
+/// without the quotes; `None` for a value that is not an entity tag.
+fn split_tag(tag: &str) -> Option<(&str, &str)> {
+    let tag = tag.trim();
     let (weak, opaque) = match tag.strip_prefix("W/") {
         Some(rest) => ("W/", rest),
         None => ("", tag),
     };
-    let inner = opaque.strip_prefix('"')?.strip_suffix('"')?;
-    HeaderValue::try_from(format!("{weak}\"{inner}{SUFFIX}{id:08x}\"")).ok()
+    Some((weak, opaque.strip_prefix('"')?.strip_suffix('"')?))
 }
 
 /// The stored tag a client's tag for the gzip representation stands for:
 /// `"x-gzip-0123abcd"` gives `"x"` (weakness kept); `None` when it has no
 /// such suffix.
 pub(crate) fn uncoded_tag(tag: &str) -> Option<String> {
-    let tag = tag.trim();
-    let (weak, opaque) = match tag.strip_prefix("W/") {
-        Some(rest) => ("W/", rest),
-        None => ("", tag),
-    };
-    let inner = opaque.strip_prefix('"')?.strip_suffix('"')?;
+    let (weak, inner) = split_tag(tag)?;
     let (stored, id) = inner.split_at_checked(inner.len().checked_sub(8)?)?;
     if !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;

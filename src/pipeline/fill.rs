@@ -70,7 +70,9 @@ where
         // compressed are mapped back to the service's own.
         let forwarded_tags = (!may_store && req.headers().contains_key(header::IF_NONE_MATCH))
             .then(|| {
-                let sent = req.headers().clone();
+                let sent: HeaderMap = (req.headers().get_all(header::IF_NONE_MATCH).iter())
+                    .map(|v| (header::IF_NONE_MATCH, v.clone()))
+                    .collect();
                 crate::http::map_back_tags(req.headers_mut());
                 sent
             });

@@ -100,8 +100,12 @@ pub(crate) fn plan<B>(
     } else if rule.http.request_directives {
         CacheControl::parse_request(headers)
     } else {
+        // `no-store` and `no-transform` hold whatever the route says of
+        // request directives: they protect the client, not freshness.
+        let parsed = CacheControl::parse(headers);
         CacheControl {
-            no_store: CacheControl::parse(headers).no_store,
+            no_store: parsed.no_store,
+            no_transform: parsed.no_transform,
             ..CacheControl::default()
         }
     };
@@ -135,9 +139,8 @@ pub(crate) fn plan<B>(
             Some(query),
         ),
     };
-    let accepts_gzip = fields.accept_encoding
-        && crate::http::accepts_gzip(headers)
-        && !(fields.directives && CacheControl::parse(headers).no_transform);
+    let accepts_gzip =
+        fields.accept_encoding && !cc.no_transform && crate::http::accepts_gzip(headers);
     if let Some(shape) = shape.filter(|s| s.has_material()) {
         shape.push_material(&mut key, req);
     }
